@@ -1,0 +1,46 @@
+# Repeat-contact predictor. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/demo
+DEMO_N ?= 6000
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export BENTOML_DO_NOT_TRACK := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install test test-fast lint demo clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv with the CPU torch wheel first, then the project and its dev tools
+
+# Re-runs only when the dependency list changes; torch goes first so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install ## ruff over the code
+	$(BIN)/ruff check src tests service benchmarks
+
+test: install lint ## Lint, then the whole test suite (slow end-to-end tests included)
+	$(BIN)/pytest
+
+test-fast: install ## The tests not marked slow
+	$(BIN)/pytest -m "not slow"
+
+demo: install ## Simulate a contact log, validate it, label it (the main job on embedded defaults)
+	$(BIN)/predictor simulate --n $(DEMO_N) --seed 7 --out $(DEMO_DIR)/contacts.csv
+	$(BIN)/predictor validate $(DEMO_DIR)/contacts.csv --out $(DEMO_DIR)/valid.parquet
+	$(BIN)/predictor labels $(DEMO_DIR)/valid.parquet
+
+clean: ## Remove generated data and local model stores (keeps .venv)
+	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache

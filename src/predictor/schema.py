@@ -1,0 +1,385 @@
+"""The contact-log schema: reading exports, row-level validation, and the typed contract of a contact.
+
+Validation is a table of vectorised rules, each producing a mask of failing rows and a reason, so every
+rejected row says which field failed and why, and ``accepted + rejected == input`` holds by construction.
+The pandera model is the contract of what leaves this module (dtypes and invariants), checked once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import yaml
+from pandera.typing import Series
+
+from predictor.config import CHANNELS
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "contact_id",
+    "customer_id",
+    "opened_at",
+    "closed_at",
+    "channel",
+    "issue",
+    "transcript",
+    "agent_id",
+    "handle_seconds",
+    "hold_seconds",
+    "transfers",
+)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("queue", "csat")
+ID_COLUMNS: tuple[str, ...] = ("contact_id", "customer_id", "agent_id", "issue")
+TIMESTAMP_COLUMNS: tuple[str, ...] = ("opened_at", "closed_at")
+DURATION_COLUMNS: tuple[str, ...] = ("handle_seconds", "hold_seconds")
+CSAT_RANGE: tuple[float, float] = (1.0, 5.0)
+
+# What every field means, for the README table and for `predictor validate --help` readers.
+FIELD_DOCS: dict[str, str] = {
+    "contact_id": "Unique id of the contact (string).",
+    "customer_id": "Id of the customer; links contacts of the same person.",
+    "opened_at": "When the contact opened; ISO-8601 with a time zone (or a declared zone).",
+    "closed_at": "When the contact closed; not before opened_at.",
+    "channel": "One of phone, chat, email, social.",
+    "issue": "Primary issue code set by the agent (free taxonomy, lower-cased).",
+    "transcript": "Conversation text; may be empty (phone without speech-to-text).",
+    "agent_id": "Agent who handled the contact.",
+    "handle_seconds": "Handle time in seconds, >= 0.",
+    "hold_seconds": "Hold time in seconds, >= 0.",
+    "transfers": "Number of transfers, integer >= 0.",
+    "queue": "Optional queue / skill group.",
+    "csat": "Optional satisfaction score, 1 to 5.",
+}
+
+
+class ContactSchema(pa.DataFrameModel):
+    """The contract of validated contacts."""
+
+    contact_id: Series[str] = pa.Field(unique=True)
+    customer_id: Series[str]
+    opened_at: Series[Annotated[pd.DatetimeTZDtype, "ns", "UTC"]]
+    closed_at: Series[Annotated[pd.DatetimeTZDtype, "ns", "UTC"]]
+    channel: Series[str] = pa.Field(isin=list(CHANNELS))
+    issue: Series[str]
+    transcript: Series[str]
+    agent_id: Series[str]
+    handle_seconds: Series[float] = pa.Field(ge=0)
+    hold_seconds: Series[float] = pa.Field(ge=0)
+    transfers: Series[int] = pa.Field(ge=0)
+    queue: Series[str]
+    csat: Series[float] = pa.Field(nullable=True)
+
+    @pa.dataframe_check
+    def closes_after_opening(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["closed_at"] >= df["opened_at"]
+
+    class Config:
+        strict = "filter"
+
+
+class SchemaError(ValueError):
+    """The file as a whole cannot be read as a contact log (as opposed to single bad rows)."""
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """How another system's export maps onto our fields (loaded from a small YAML file)."""
+
+    columns: dict[str, str] = field(default_factory=dict)  # our field -> their column
+    timestamp_format: str | None = None  # strptime format; None = ISO-8601
+    timezone: str | None = None  # zone of naive timestamps, e.g. "UTC" or "Europe/Berlin"
+    values: dict[str, dict[str, str]] = field(default_factory=dict)  # our field -> {their value: ours}
+    defaults: dict[str, Any] = field(default_factory=dict)  # our field -> constant where they have none
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ColumnMapping:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(raw) - {"columns", "timestamp_format", "timezone", "values", "defaults"}
+        if unknown:
+            raise SchemaError(f"{path}: unknown mapping keys {sorted(unknown)}")
+        return cls(
+            columns=dict(raw.get("columns") or {}),
+            timestamp_format=raw.get("timestamp_format"),
+            timezone=raw.get("timezone"),
+            values={k: {str(a): str(b) for a, b in v.items()} for k, v in (raw.get("values") or {}).items()},
+            defaults=dict(raw.get("defaults") or {}),
+        )
+
+    def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [theirs for theirs in self.columns.values() if theirs not in frame.columns]
+        if missing:
+            raise SchemaError(f"columns named in the mapping are not in the file: {missing}")
+        out = frame.rename(columns={theirs: ours for ours, theirs in self.columns.items()})
+        for ours, constant in self.defaults.items():
+            if ours not in out.columns:
+                out[ours] = constant
+        for ours, table in self.values.items():
+            if ours in out.columns:
+                as_text = out[ours].astype("string")
+                out[ours] = as_text.map(lambda v, t=table: t.get(v, v) if v is not pd.NA else v)
+        return out
+
+
+@dataclass
+class ValidationResult:
+    """Valid contacts plus one row per (rejected row, field, reason)."""
+
+    contacts: pd.DataFrame
+    rejections: pd.DataFrame  # columns: row, contact_id, field, reason
+    n_input: int
+
+    @property
+    def n_rejected_rows(self) -> int:
+        return int(self.rejections["row"].nunique()) if len(self.rejections) else 0
+
+    @property
+    def n_accepted(self) -> int:
+        return len(self.contacts)
+
+    def counts_by_reason(self) -> pd.DataFrame:
+        if not len(self.rejections):
+            return pd.DataFrame({"field": [], "reason": [], "rows": []})
+        return (
+            self.rejections.groupby(["field", "reason"], as_index=False)["row"]
+            .nunique()
+            .rename(columns={"row": "rows"})
+            .sort_values("rows", ascending=False, ignore_index=True)
+        )
+
+
+def read_log(path: str | Path, mapping: ColumnMapping | None = None) -> pd.DataFrame:
+    """Read a CSV, Parquet or JSONL export as raw values (validation does all typing)."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SchemaError(f"{path}: the file is empty")
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    try:
+        if suffix in (".csv", ".csv.gz"):
+            # Everything as text, and empty cells stay "" rather than NaN: typing is validation's job.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            raise SchemaError(f"{path}: unsupported file type {suffix!r} (use .csv, .parquet or .jsonl)")
+    except SchemaError:
+        raise
+    except Exception as exc:  # a corrupt file must give a message, not a traceback
+        raise SchemaError(f"{path}: cannot be read as {suffix}: {exc}") from exc
+    if mapping is not None:
+        frame = mapping.apply(frame)
+    return frame
+
+
+def validate(
+    frame: pd.DataFrame,
+    *,
+    assume_timezone: str | None = None,
+    timestamp_format: str | None = None,
+) -> ValidationResult:
+    """Validate a raw contact frame row by row.
+
+    Rows are numbered from 1 in input order (the data row of a CSV, not counting the header).
+    A row failing several rules appears once per failure in ``rejections``; duplicates of an
+    accepted ``contact_id`` are rejected after the first valid occurrence.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise SchemaError(
+            f"missing required columns {missing}; found {list(frame.columns)}. "
+            "Rename them in the file or pass a column mapping (--mapping)."
+        )
+    raw = frame.reset_index(drop=True)
+    n = len(raw)
+    row_numbers = np.arange(1, n + 1)
+    failures: list[pd.DataFrame] = []
+
+    def fail(mask: pd.Series | np.ndarray, column: str, reason: str) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            failures.append(pd.DataFrame({"row": row_numbers[mask], "field": column, "reason": reason}))
+
+    out = pd.DataFrame(index=raw.index)
+    for column in ID_COLUMNS:
+        text = _as_text(raw[column])
+        fail(text.isna() | (text == ""), column, "missing value")
+        out[column] = text.fillna("")
+    out["issue"] = out["issue"].str.lower()
+
+    channel = _as_text(raw["channel"]).str.lower()
+    fail(channel.isna() | (channel == ""), "channel", "missing value")
+    fail(channel.notna() & (channel != "") & ~channel.isin(CHANNELS), "channel", "unknown channel")
+    out["channel"] = channel.fillna("")
+
+    out["transcript"] = _as_text(raw["transcript"]).fillna("")
+    out["queue"] = _as_text(raw["queue"]).fillna("") if "queue" in raw.columns else ""
+
+    for column in TIMESTAMP_COLUMNS:
+        parsed, reasons = _parse_timestamps(raw[column], assume_timezone, timestamp_format)
+        for reason in reasons.dropna().unique():
+            fail(reasons == reason, column, reason)
+        out[column] = parsed
+    both = out["opened_at"].notna() & out["closed_at"].notna()
+    fail(both & (out["closed_at"] < out["opened_at"]), "closed_at", "closed before opened")
+
+    for column in DURATION_COLUMNS:
+        value, blank, bad = _parse_number(raw[column])
+        fail(blank, column, "missing value")
+        fail(bad, column, "not a number")
+        fail(value < 0, column, "negative duration")
+        out[column] = value
+
+    transfers, blank, bad = _parse_number(raw["transfers"])
+    fail(blank, "transfers", "missing value")
+    fail(bad | (transfers.notna() & (transfers != transfers.round())), "transfers", "not a whole number")
+    fail(transfers < 0, "transfers", "negative count")
+    out["transfers"] = transfers
+
+    if "csat" in raw.columns:
+        csat, _, bad = _parse_number(raw["csat"])
+        fail(bad, "csat", "not a number")
+        fail(csat.notna() & ~csat.between(*CSAT_RANGE), "csat", f"outside {CSAT_RANGE[0]:g}-{CSAT_RANGE[1]:g}")
+        out["csat"] = csat
+    else:
+        out["csat"] = np.nan
+
+    bad_rows = set()
+    for f in failures:
+        bad_rows.update(f["row"].tolist())
+    valid_mask = ~np.isin(row_numbers, list(bad_rows))
+    duplicate = valid_mask & out["contact_id"].where(valid_mask).duplicated(keep="first").to_numpy()
+    duplicate &= out["contact_id"].notna().to_numpy()
+    fail(duplicate, "contact_id", "duplicate contact_id")
+    valid_mask &= ~duplicate
+
+    rejections = (
+        pd.concat(failures, ignore_index=True)
+        if failures
+        else pd.DataFrame({"row": pd.Series(dtype=int), "field": [], "reason": []})
+    )
+    rejections["contact_id"] = out["contact_id"].to_numpy()[rejections["row"].to_numpy(dtype=int) - 1]
+    rejections = rejections[["row", "contact_id", "field", "reason"]].sort_values(["row", "field"])
+    rejections = rejections.reset_index(drop=True)
+
+    contacts = out.loc[valid_mask].copy()
+    for column in (*ID_COLUMNS, "channel", "transcript", "queue"):
+        contacts[column] = contacts[column].astype(str)
+    contacts["handle_seconds"] = contacts["handle_seconds"].astype(float)
+    contacts["hold_seconds"] = contacts["hold_seconds"].astype(float)
+    contacts["transfers"] = contacts["transfers"].astype("int64")
+    contacts["csat"] = contacts["csat"].astype(float)
+    for column in TIMESTAMP_COLUMNS:
+        contacts[column] = contacts[column].astype("datetime64[ns, UTC]")
+    contacts = contacts.reset_index(drop=True)
+    contacts = ContactSchema.validate(contacts)[list(ContactSchema.to_schema().columns)]
+
+    result = ValidationResult(contacts=contacts, rejections=rejections, n_input=n)
+    assert result.n_accepted + result.n_rejected_rows == n, "a row was lost in validation"
+    if result.n_rejected_rows:
+        log.warning("rejected %d of %d rows", result.n_rejected_rows, n)
+    return result
+
+
+def load_contacts(
+    path: str | Path, mapping_path: str | Path | None = None, assume_timezone: str | None = None
+) -> ValidationResult:
+    """Read and validate a contact log in one call (the usual entry point of every command)."""
+    mapping = ColumnMapping.from_yaml(mapping_path) if mapping_path else None
+    frame = read_log(path, mapping)
+    return validate(
+        frame,
+        assume_timezone=assume_timezone or (mapping.timezone if mapping else None),
+        timestamp_format=mapping.timestamp_format if mapping else None,
+    )
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    text = values.astype("string").str.strip()
+    return text.astype(object).where(text.notna(), None)
+
+
+def _parse_number(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Return (numbers, blank mask, unparseable mask); blanks and junk become NaN."""
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype(object)
+    text = values.astype("string").str.strip()
+    blank = (text.isna() | (text == "")).to_numpy(dtype=bool)
+    number = pd.to_numeric(text.where(~blank, None), errors="coerce").astype(float)
+    bad = (~blank) & (number.isna() | ~np.isfinite(number.fillna(0))).to_numpy(dtype=bool)
+    number = number.where(np.isfinite(number))
+    return number, blank, bad
+
+
+_ZONE_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\s?UTC)$"
+
+
+def _parse_timestamps(
+    values: pd.Series, assume_timezone: str | None, timestamp_format: str | None
+) -> tuple[pd.Series, pd.Series]:
+    """Parse to UTC; return (timestamps, reason-or-None per row)."""
+    reasons = pd.Series([None] * len(values), index=values.index, dtype=object)
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC"), reasons
+    if pd.api.types.is_datetime64_dtype(values):
+        if assume_timezone is None:
+            reasons[values.notna()] = "timestamp has no time zone"
+            reasons[values.isna()] = "missing value"
+            return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]"), reasons
+        localized = values.dt.tz_localize(assume_timezone, ambiguous="NaT", nonexistent="NaT")
+        return localized.dt.tz_convert("UTC"), reasons.where(values.notna(), "missing value")
+
+    text = values.astype("string").str.strip()
+    blank = text.isna() | (text == "")
+    reasons[blank.to_numpy(dtype=bool)] = "missing value"
+    if timestamp_format:
+        naive = pd.to_datetime(text.where(~blank, None), format=timestamp_format, errors="coerce")
+        if getattr(naive.dt, "tz", None) is None:
+            zone = assume_timezone or "UTC"
+            naive = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+        parsed = naive.dt.tz_convert("UTC")
+    else:
+        has_zone = text.str.contains(_ZONE_SUFFIX, regex=True).fillna(False).astype(bool)
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        zoned = ~blank & has_zone
+        if zoned.any():
+            cleaned = text[zoned].str.replace(r"\s?UTC$", "+00:00", regex=True)
+            parsed[zoned] = pd.to_datetime(cleaned, utc=True, errors="coerce", format="ISO8601")
+        unzoned = ~blank & ~has_zone
+        if unzoned.any():
+            local = pd.to_datetime(text[unzoned], errors="coerce", format="ISO8601")
+            if assume_timezone is None:
+                # Only a real timestamp can lack a zone; junk is reported as junk below.
+                naive = unzoned.copy()
+                naive[unzoned] = local.notna().to_numpy()
+                reasons[naive.to_numpy(dtype=bool)] = "timestamp has no time zone"
+            else:
+                local = local.dt.tz_localize(assume_timezone, ambiguous="NaT", nonexistent="NaT")
+                parsed[unzoned] = local.dt.tz_convert("UTC")
+    unparsed = parsed.isna() & reasons.isna()
+    reasons[unparsed.to_numpy(dtype=bool)] = "not a valid timestamp"
+    return parsed, reasons
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a frame as CSV, Parquet or JSONL by the file's suffix (timestamps keep their zone)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix in (".jsonl", ".ndjson"):
+        frame.to_json(path, orient="records", lines=True, date_format="iso")
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        raise SchemaError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .parquet or .jsonl)")
+    return path

@@ -1,0 +1,690 @@
+"""A synthetic contact log with its ground truth kept beside it.
+
+The mechanism follows ../shared/DOMAIN.md: every contact has latent outcomes (was the answer clear, was
+the issue resolved, did the customer show confusion, did the agent mention the adjacent issue); they set
+the probability of an *explicit* repeat (same issue) and of an *implicit* one (an adjacent issue, with an
+issue-specific delay), and customers also come back for unrelated reasons (a background Poisson rate).
+The transcript shows those latents in varied words, mostly at the close of the conversation, and is the
+only place the pipeline can see them. Repeats are contacts too, and can repeat again.
+
+The ground truth (the simulator's own probability of a repeat within the window and the distribution of
+the next issue) goes to a separate file that only the oracle in evaluation may read.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from predictor.config import CHANNELS
+
+# issue -> (complexity 0..1, explicit-repeat delay median hours, adjacency strength, share of new contacts)
+ISSUES: dict[str, tuple[float, float, float, float]] = {
+    "billing_question": (0.45, 48, 0.20, 0.14),
+    "plan_change": (0.40, 30, 0.45, 0.09),
+    "payment_failed": (0.50, 24, 0.35, 0.08),
+    "new_device_setup": (0.60, 6, 0.40, 0.08),
+    "network_outage": (0.55, 8, 0.30, 0.07),
+    "roaming": (0.45, 20, 0.40, 0.05),
+    "password_reset": (0.20, 3, 0.20, 0.08),
+    "cancellation": (0.55, 72, 0.40, 0.05),
+    "number_porting": (0.70, 24, 0.45, 0.04),
+    "sim_delivery": (0.35, 48, 0.40, 0.06),
+    "refund": (0.50, 96, 0.25, 0.06),
+    "data_usage": (0.40, 36, 0.35, 0.07),
+    "contract_renewal": (0.45, 60, 0.40, 0.05),
+    "address_change": (0.25, 48, 0.30, 0.04),
+    "voicemail_setup": (0.30, 4, 0.20, 0.04),
+}
+ISSUE_CODES: tuple[str, ...] = tuple(ISSUES)
+
+# primary -> [(secondary, weight, delay median hours)]; delays from hours to beyond the 7-day window.
+ADJACENT: dict[str, list[tuple[str, float, float]]] = {
+    "billing_question": [("payment_failed", 0.6, 60), ("refund", 0.4, 110)],
+    "plan_change": [("billing_question", 0.65, 150), ("data_usage", 0.35, 40)],
+    "payment_failed": [("billing_question", 0.55, 40), ("refund", 0.45, 100)],
+    "new_device_setup": [("voicemail_setup", 0.5, 5), ("password_reset", 0.5, 14)],
+    "network_outage": [("refund", 0.6, 70), ("billing_question", 0.4, 210)],
+    "roaming": [("data_usage", 0.6, 22), ("billing_question", 0.4, 170)],
+    "password_reset": [("voicemail_setup", 1.0, 6)],
+    "cancellation": [("refund", 0.6, 120), ("number_porting", 0.4, 20)],
+    "number_porting": [("sim_delivery", 0.5, 45), ("network_outage", 0.5, 5)],
+    "sim_delivery": [("new_device_setup", 0.7, 30), ("number_porting", 0.3, 12)],
+    "refund": [("billing_question", 1.0, 140)],
+    "data_usage": [("plan_change", 0.6, 36), ("billing_question", 0.4, 160)],
+    "contract_renewal": [("new_device_setup", 0.55, 72), ("billing_question", 0.45, 190)],
+    "address_change": [("sim_delivery", 0.5, 70), ("billing_question", 0.5, 200)],
+    "voicemail_setup": [("password_reset", 1.0, 8)],
+}
+DELAY_SIGMA = 0.7  # log-normal spread of every delay
+HANDLE_MEDIAN_SECONDS = {"phone": 420.0, "chat": 720.0, "email": 300.0, "social": 360.0}
+CHANNEL_CLARITY = {"phone": 0.3, "chat": 0.0, "email": -0.2, "social": -0.4}
+SEGMENTS = ("consumer", "business")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    n_contacts: int = 20_000
+    seed: int = 7
+    start: str = "2026-01-05"
+    days: int = 180
+    window_days: float = 7.0
+    repeat_rate: float = 1 / 3  # target share of contacts repeated within the window (approximate)
+    n_agents: int = 80
+    contacts_per_customer: float = 2.2  # new-issue contacts per customer over the period
+    phone_without_transcript: float = 0.3
+    pii_share: float = 0.25
+    transfer_continuation: float = 0.5  # share of transferred contacts continued by a second contact
+    base_explicit: float = 0.04
+    issue_mix: dict[str, float] = field(default_factory=lambda: {k: v[3] for k, v in ISSUES.items()})
+
+
+@dataclass
+class SimulatedLog:
+    contacts: pd.DataFrame
+    truth: pd.DataFrame
+
+
+def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], None] | None = None) -> SimulatedLog:
+    """Simulate about ``config.n_contacts`` contacts (exactly that many, oldest first) and their truth."""
+    config = config or SimulatorConfig()
+    rng = np.random.default_rng(config.seed)
+    start = pd.Timestamp(config.start, tz="UTC")
+    period_hours = config.days * 24.0
+    issue_p = np.array([config.issue_mix[i] for i in ISSUE_CODES])
+    issue_p = issue_p / issue_p.sum()
+    # Scale intensities so the default lands near the target repeat rate (calibrated at 1/3).
+    intensity = config.repeat_rate / (1 / 3)
+
+    # Repeats add roughly half again to the new contacts; aim a little over and cut to n_contacts.
+    n_new = int(config.n_contacts * 0.72) + 50
+    n_customers = max(1, int(n_new / config.contacts_per_customer))
+    customers = _customers(rng, n_customers)
+    agents = _agents(rng, config.n_agents)
+    # New-issue contacts form a Poisson process per customer; its rate is also the chance that a
+    # customer comes back for something unrelated (a repeat by coincidence, part of every real log).
+    share = customers["weight"].to_numpy() / customers["weight"].sum()
+    customers["background_per_hour"] = n_new * share / period_hours
+
+    cust = rng.choice(n_customers, n_new, p=share)
+    opened = _business_hours(rng, rng.uniform(0, period_hours, n_new))
+    wave = pd.DataFrame(
+        {
+            "customer": cust,
+            "opened_h": opened,
+            "issue": rng.choice(len(ISSUE_CODES), n_new, p=issue_p),
+            "channel": _pick_channel(rng, customers["preferred_channel"].to_numpy()[cust]),
+            "origin": "new",
+        }
+    )
+    waves = []
+    while len(wave):
+        wave = wave[wave["opened_h"] < period_hours].reset_index(drop=True)
+        if not len(wave):
+            break
+        handled = _handle(rng, wave, customers, agents, config, intensity)
+        waves.append(handled)
+        if progress:
+            progress(len(handled))
+        wave = _next_wave(rng, handled, customers)
+    log = pd.concat(waves, ignore_index=True).sort_values(["opened_h", "customer"], kind="stable")
+    log = log.head(config.n_contacts).reset_index(drop=True)
+    log["contact_id"] = [f"C{i:07d}" for i in range(1, len(log) + 1)]
+
+    text_rng = random.Random(config.seed)
+    transcripts = [_transcript(text_rng, row, config) for row in log.itertuples(index=False)]
+    hours = pd.to_timedelta(log["opened_h"], unit="h")
+    opened_at = (start + hours).dt.floor("s")
+    duration = pd.to_timedelta(log["handle_seconds"] + log["hold_seconds"], unit="s")
+    contacts = pd.DataFrame(
+        {
+            "contact_id": log["contact_id"],
+            "customer_id": [f"U{c:06d}" for c in log["customer"]],
+            "opened_at": opened_at,
+            "closed_at": (opened_at + duration).dt.floor("s"),
+            "channel": log["channel"],
+            "issue": [ISSUE_CODES[i] for i in log["issue"]],
+            "transcript": transcripts,
+            "agent_id": [f"A{a:03d}" for a in log["agent"]],
+            "handle_seconds": log["handle_seconds"].round(0),
+            "hold_seconds": log["hold_seconds"].round(0),
+            "transfers": log["transfers"].astype(int),
+            "queue": log["queue"],
+            "csat": log["csat"],
+        }
+    )
+    truth = _truth(log, config, issue_p)
+    return SimulatedLog(contacts=contacts, truth=truth)
+
+
+def _customers(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    segment = rng.choice(len(SEGMENTS), n, p=[0.8, 0.2])
+    return pd.DataFrame(
+        {
+            "segment": segment,
+            "tenure_months": rng.gamma(2.0, 18.0, n),
+            "preferred_channel": rng.choice(len(CHANNELS), n, p=[0.45, 0.3, 0.15, 0.1]),
+            "weight": np.where(segment == 1, 2.0, 1.0) * rng.gamma(4.0, 0.25, n),
+            "persistence": rng.normal(0.0, 0.25, n),
+        }
+    )
+
+
+def _agents(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    weight = rng.pareto(2.0, n) + 0.3  # a few agents take few contacts: their rates are noisy
+    return pd.DataFrame({"skill": rng.beta(4.0, 3.0, n), "weight": weight / weight.sum()})
+
+
+def _business_hours(rng: np.random.Generator, hours: np.ndarray) -> np.ndarray:
+    day = np.floor(hours / 24.0)
+    within = np.clip(rng.normal(13.0, 3.0, len(hours)), 7.0, 21.5)
+    return day * 24.0 + within
+
+
+def _pick_channel(rng: np.random.Generator, preferred: np.ndarray) -> np.ndarray:
+    other = rng.integers(0, len(CHANNELS), len(preferred))
+    chosen = np.where(rng.random(len(preferred)) < 0.7, preferred, other)
+    return np.array(CHANNELS)[chosen]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _handle(
+    rng: np.random.Generator,
+    wave: pd.DataFrame,
+    customers: pd.DataFrame,
+    agents: pd.DataFrame,
+    config: SimulatorConfig,
+    intensity: float,
+) -> pd.DataFrame:
+    """Draw who handled each contact, how it went, and what it caused."""
+    n = len(wave)
+    out = wave.copy()
+    complexity = np.array([ISSUES[ISSUE_CODES[i]][0] for i in out["issue"]])
+    cust = customers.iloc[out["customer"].to_numpy()]
+    segment = cust["segment"].to_numpy()
+    channel = out["channel"].to_numpy()
+    agent = rng.choice(len(agents), n, p=agents["weight"].to_numpy())
+    skill = agents["skill"].to_numpy()[agent]
+    channel_clarity = np.array([CHANNEL_CLARITY[c] for c in channel])
+    new_customer = cust["tenure_months"].to_numpy() < 3
+
+    transfers = rng.poisson(0.15 + 0.6 * complexity * (1 - skill), n)
+    clear = rng.random(n) < _sigmoid(0.4 + 3.0 * (skill - 0.55) - 2.0 * (complexity - 0.45) + channel_clarity)
+    resolved = rng.random(n) < _sigmoid(1.3 + 2.5 * (skill - 0.55) - 2.5 * (complexity - 0.45) - 0.5 * transfers)
+    confused = rng.random(n) < np.where(clear, 0.08, 0.65) + np.where(new_customer, 0.1, 0.0)
+    mentioned = rng.random(n) < 0.1 + 0.7 * skill
+
+    persistence = cust["persistence"].to_numpy() + np.where(segment == 1, 0.2, 0.0)
+    p_explicit = (
+        (config.base_explicit + 0.26 * ~resolved + 0.09 * ~clear + 0.08 * confused) * np.exp(persistence) * intensity
+    )
+    p_explicit = np.clip(p_explicit, 0.0, 0.9)
+    adjacency = np.array([ISSUES[ISSUE_CODES[i]][2] for i in out["issue"]])
+    p_implicit = np.clip(adjacency * np.where(mentioned, 0.15, 1.0) * 0.44 * intensity, 0.0, 0.9)
+
+    handle = HANDLE_MEDIAN_SECONDS_ARRAY(channel) * np.exp(
+        rng.normal(0, 0.45, n) + 0.9 * (complexity - 0.45) - 0.4 * (skill - 0.55) + 0.25 * transfers
+    )
+    hold = np.where(
+        np.isin(channel, ["phone", "chat"]),
+        rng.exponential(30.0 + 120.0 * (1 - skill) * complexity, n) * (rng.random(n) < 0.5),
+        0.0,
+    )
+    csat_known = rng.random(n) < 0.35
+    csat_raw = np.clip(np.round(2.5 + 1.2 * resolved + 0.8 * clear - 0.6 * confused + rng.normal(0, 0.8, n)), 1, 5)
+
+    u = rng.random(n)
+    outcome = np.where(u < p_explicit, 1, np.where(u < p_explicit + p_implicit * (1 - p_explicit), 2, 0))
+    secondary = np.array([_draw_secondary(rng, ISSUE_CODES[i]) for i in out["issue"]])
+    explicit_delay = np.array([ISSUES[ISSUE_CODES[i]][1] for i in out["issue"]])
+    delay_of = {(p, s): d for p, options in ADJACENT.items() for s, _, d in options}
+    secondary_delay = np.array(
+        [delay_of[ISSUE_CODES[i], ISSUE_CODES[j]] for i, j in zip(out["issue"], secondary, strict=True)]
+    )
+    delay = np.where(outcome == 1, explicit_delay, secondary_delay) * np.exp(rng.normal(0, DELAY_SIGMA, n))
+
+    out["agent"] = agent
+    out["skill"] = skill
+    out["transfers"] = transfers
+    out["clear"] = clear
+    out["resolved"] = resolved
+    out["confused"] = confused
+    out["mentioned"] = mentioned
+    out["new_customer"] = new_customer
+    out["p_explicit"] = p_explicit
+    out["p_implicit"] = p_implicit * (1 - p_explicit)
+    out["background_per_hour"] = cust["background_per_hour"].to_numpy()
+    out["outcome"] = outcome
+    out["secondary"] = secondary
+    out["delay_h"] = delay
+    out["handle_seconds"] = handle
+    out["hold_seconds"] = hold
+    out["queue"] = np.where(
+        np.array([ISSUE_CODES[i] for i in out["issue"]]) == "cancellation",
+        "retention",
+        np.where(segment == 1, "business", "consumer"),
+    )
+    out["csat"] = np.where(csat_known, csat_raw, np.nan)
+    out["closed_h"] = out["opened_h"] + (handle + hold) / 3600.0
+    out["segment"] = segment
+    return out
+
+
+def HANDLE_MEDIAN_SECONDS_ARRAY(channel: np.ndarray) -> np.ndarray:
+    return np.array([HANDLE_MEDIAN_SECONDS[c] for c in channel])
+
+
+def _draw_secondary(rng: np.random.Generator, issue: str) -> int:
+    options = ADJACENT[issue]
+    weights = np.array([w for _, w, _ in options])
+    pick = rng.choice(len(options), p=weights / weights.sum())
+    return ISSUE_CODES.index(options[pick][0])
+
+
+def _next_wave(rng: np.random.Generator, handled: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+    """Contacts caused by this wave: transfer continuations, repeats, and unrelated returns."""
+    parts = []
+    # A transferred contact is often continued minutes later: the same contact, not a repeat.
+    cont = handled[(handled["transfers"] > 0) & (rng.random(len(handled)) < 0.5)]
+    cont = cont.assign(opened_h=cont["closed_h"] + rng.uniform(1, 10, len(cont)) / 60.0, origin="continuation")
+    parts.append(cont[["customer", "opened_h", "issue", "channel", "origin"]])
+    # Repeats come only from contacts not continued (the continuation carries the episode's outcome).
+    caused = handled[(handled["outcome"] > 0) & ~handled.index.isin(cont.index)]
+    issue = np.where(caused["outcome"] == 1, caused["issue"], caused["secondary"])
+    same_channel = rng.random(len(caused)) < 0.6
+    preferred = customers["preferred_channel"].to_numpy()[caused["customer"].to_numpy()]
+    channel = np.where(same_channel, caused["channel"], np.array(CHANNELS)[preferred])
+    parts.append(
+        pd.DataFrame(
+            {
+                "customer": caused["customer"].to_numpy(),
+                "opened_h": caused["closed_h"].to_numpy() + caused["delay_h"].to_numpy(),
+                "issue": issue,
+                "channel": channel,
+                "origin": np.where(caused["outcome"] == 1, "explicit", "implicit"),
+            }
+        )
+    )
+    return pd.concat(parts, ignore_index=True)
+
+
+def _truth(log: pd.DataFrame, config: SimulatorConfig, issue_p: np.ndarray) -> pd.DataFrame:
+    """The probability of a repeat within the window, and of each next issue, from the mechanism."""
+    window = config.window_days * 24.0
+    grid = np.linspace(0.0, window, 337)[None, :]  # half-hour steps
+    lam = log["background_per_hour"].to_numpy()[:, None]
+    survival_bg = np.exp(-lam * grid)
+
+    def lognormal_cdf(median: np.ndarray) -> np.ndarray:
+        from scipy.special import ndtr
+
+        with np.errstate(divide="ignore"):
+            return ndtr((np.log(np.maximum(grid, 1e-9)) - np.log(median[:, None])) / DELAY_SIGMA)
+
+    issues = log["issue"].to_numpy()
+    n = len(log)
+    p_first = np.zeros((n, len(ISSUE_CODES)))
+    caused_cdf_total = np.zeros_like(grid * np.ones((n, 1)))
+    components: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    explicit_median = np.array([ISSUES[ISSUE_CODES[i]][1] for i in issues])
+    components.append((log["p_explicit"].to_numpy(), explicit_median, issues))
+    for slot in range(2):
+        prob = np.zeros(n)
+        median = np.ones(n)
+        target = np.zeros(n, dtype=int)
+        for row, i in enumerate(issues):
+            options = ADJACENT[ISSUE_CODES[i]]
+            if slot < len(options):
+                secondary, weight, delay = options[slot]
+                total = sum(w for _, w, _ in options)
+                prob[row] = log["p_implicit"].iat[row] * weight / total
+                median[row] = delay
+                target[row] = ISSUE_CODES.index(secondary)
+        components.append((prob, median, target))
+
+    for prob, median, target in components:
+        cdf = lognormal_cdf(median) * prob[:, None]
+        caused_cdf_total += cdf
+        density = np.diff(cdf, axis=1)
+        mass = (density * survival_bg[:, 1:]).sum(axis=1)
+        np.add.at(p_first, (np.arange(n), target), mass)
+    # The background return wins when it comes before any caused repeat.
+    bg_density = -np.diff(survival_bg, axis=1)
+    bg_mass = (bg_density * (1 - caused_cdf_total[:, 1:])).sum(axis=1)
+    p_first += bg_mass[:, None] * issue_p[None, :]
+    # Continued contacts repeat through their continuation, which is a few minutes later.
+    p_repeat = p_first.sum(axis=1)
+    next_dist = p_first / np.maximum(p_repeat[:, None], 1e-12)
+
+    truth = pd.DataFrame(
+        {
+            "contact_id": log["contact_id"].to_numpy(),
+            "true_repeat_probability": p_repeat,
+            "caused_outcome": np.array(["none", "explicit", "implicit"])[log["outcome"].to_numpy()],
+            "caused_issue": np.where(
+                log["outcome"] == 1,
+                [ISSUE_CODES[i] for i in issues],
+                np.where(log["outcome"] == 2, [ISSUE_CODES[i] for i in log["secondary"]], None),
+            ),
+            "caused_delay_hours": np.where(log["outcome"] > 0, log["delay_h"], np.nan),
+            "clear": log["clear"].to_numpy(),
+            "resolved": log["resolved"].to_numpy(),
+            "confused": log["confused"].to_numpy(),
+            "mentioned_adjacent": log["mentioned"].to_numpy(),
+            "origin": log["origin"].to_numpy(),
+        }
+    )
+    for k, code in enumerate(ISSUE_CODES):
+        truth[f"p_next__{code}"] = next_dist[:, k]
+    return _carry_continuations(truth, log)
+
+
+def _carry_continuations(truth: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
+    """A transferred contact that was continued repeats exactly when its continuation does."""
+    cont = log.index[log["origin"] == "continuation"]
+    if not len(cont):
+        return truth
+    prob_cols = ["true_repeat_probability", *[c for c in truth.columns if c.startswith("p_next__")]]
+    by_customer = log.reset_index().sort_values(["customer", "opened_h"])
+    prev = by_customer.groupby("customer")["index"].shift(1)
+    parent_of = dict(zip(by_customer["index"], prev, strict=True))
+    for child in cont:
+        parent = parent_of.get(child)
+        if parent is not None and not np.isnan(parent):
+            truth.loc[int(parent), prob_cols] = truth.loc[child, prob_cols].to_numpy()
+    return truth
+
+
+# --- transcripts -----------------------------------------------------------------------------------------
+
+AGENT_NAMES = ("Sam", "Priya", "Lukas", "Maria", "Tom", "Aisha", "Jonas", "Elena", "Chris", "Nadia", "Omar", "Lea")
+ISSUE_PHRASES: dict[str, tuple[str, ...]] = {
+    "billing_question": (
+        "my bill this month is higher than usual and I don't understand the charges",
+        "there is a charge on my invoice I don't recognise",
+        "can you explain my latest bill, the amount looks wrong",
+        "why was I charged twice on this month's statement",
+    ),
+    "plan_change": (
+        "I want to switch to a cheaper plan",
+        "I'd like to upgrade my plan to get more data",
+        "can I change my tariff to the unlimited one",
+        "I need to move to a different package",
+    ),
+    "payment_failed": (
+        "my payment didn't go through",
+        "the direct debit failed and now I got a warning",
+        "my card was declined when I tried to pay the bill",
+        "I got an email saying my payment failed",
+    ),
+    "new_device_setup": (
+        "I just got a new phone and need help setting it up",
+        "my new handset isn't connecting to the network",
+        "how do I move everything over to my new device",
+        "the new phone you sent me shows no service",
+    ),
+    "network_outage": (
+        "I have had no signal since this morning",
+        "the internet keeps dropping out at home",
+        "is there an outage in my area, nothing works",
+        "calls keep failing and mobile data is down",
+    ),
+    "roaming": (
+        "I'm travelling abroad next week and want roaming to work",
+        "my phone doesn't work since I arrived in Spain",
+        "how much does it cost to use data abroad",
+        "roaming is switched on but I have no data here",
+    ),
+    "password_reset": (
+        "I can't log into my account",
+        "I forgot my password for the app",
+        "the password reset link isn't working",
+        "I'm locked out of my online account",
+    ),
+    "cancellation": (
+        "I want to cancel my contract",
+        "I'd like to end my service at the end of the month",
+        "please close my account, I'm moving to another provider",
+        "how do I cancel and what does it cost",
+    ),
+    "number_porting": (
+        "I want to keep my number when I switch to you",
+        "my number transfer from my old provider hasn't happened",
+        "I need my old number moved to this SIM",
+        "the porting of my number seems stuck",
+    ),
+    "sim_delivery": (
+        "my new SIM card hasn't arrived",
+        "where is my SIM, it was supposed to come on Monday",
+        "I need a replacement SIM sent out",
+        "the SIM delivery tracking hasn't updated for days",
+    ),
+    "refund": (
+        "I was promised a refund and haven't received it",
+        "I'd like a refund for the days without service",
+        "when will I get my money back",
+        "the credit you said you'd apply isn't on my account",
+    ),
+    "data_usage": (
+        "my data ran out much faster than expected",
+        "I got a message that I've used all my data",
+        "why is my data usage so high this month",
+        "can you check what's using all my mobile data",
+    ),
+    "contract_renewal": (
+        "my contract is ending and I want to renew",
+        "what offers do you have for renewing my contract",
+        "I'd like to extend my contract and get a new phone",
+        "my minimum term is up, can I get a better deal",
+    ),
+    "address_change": (
+        "I've moved house and need to update my address",
+        "please change the billing address on my account",
+        "I need my details updated, I have a new address",
+        "can you update where my letters are sent",
+    ),
+    "voicemail_setup": (
+        "my voicemail isn't working",
+        "how do I set up voicemail on my phone",
+        "callers can't leave me a message",
+        "I don't get notified about voicemails anymore",
+    ),
+}
+# What the agent says to pre-empt each issue when it is the adjacent one (next-issue avoidance).
+PROACTIVE: dict[str, tuple[str, ...]] = {
+    "billing_question": (
+        "one more thing: your next bill will include a pro-rated charge for the change, so it may look higher once",
+        "just so you know, the first bill after this will show a part-month charge, that's expected",
+    ),
+    "payment_failed": (
+        "also, please update your card details in the app so the next payment doesn't fail",
+        "before you go, check that your direct debit details are current so the next payment goes through",
+    ),
+    "refund": (
+        "and the refund will show on your account within five working days, you don't need to call about it",
+        "you'll see the credit as a separate line on your next statement, it takes up to a week",
+    ),
+    "data_usage": (
+        "by the way, turn off background app refresh or your data may run out quickly",
+        "one tip: you can track your data usage in the app so there are no surprises",
+    ),
+    "voicemail_setup": (
+        "one more thing: you'll need to set up voicemail again on the new device, dial 121 and follow the steps",
+        "also remember to record a new voicemail greeting, it doesn't carry over",
+    ),
+    "password_reset": (
+        "also, you'll need to log in again on the new device, here's how to reset your password if needed",
+        "just so you know, the app will ask for a new password, use the reset link we send you",
+    ),
+    "number_porting": (
+        "note that your number will move over within one working day, you don't need to do anything",
+        "your old number transfers automatically, expect a short gap of a few hours",
+    ),
+    "network_outage": (
+        "after the switch there may be a few hours without signal, restart the phone if it lasts longer",
+        "if you see no service after the transfer, just restart your phone once",
+    ),
+    "sim_delivery": (
+        "your new SIM will arrive in two to three days, I've sent the tracking link by email",
+        "the SIM ships today, you'll get a text with the tracking number",
+    ),
+    "new_device_setup": (
+        "when the new phone arrives, insert the SIM and restart it, the setup guide is in the box",
+        "for the new device, follow the setup guide we email you and it'll connect automatically",
+    ),
+    "plan_change": (
+        "if you keep running out, a bigger plan might suit you better, you can switch in the app any time",
+        "you can change to a plan with more data whenever you like, it takes effect immediately",
+    ),
+}
+CLEAR = (
+    "Here's exactly what happens next: {action}. You'll see it within {n} hours, and you'll get a confirmation text.",
+    "Let me walk you through it step by step. First, {action}. That's all you need to do, it's done within {n} hours.",
+    "To be clear: {action}, and you won't need to do anything else. It takes about {n} hours.",
+    "So the fix is simple: {action}. I've also emailed you a summary of these steps.",
+)
+CONFUSING = (
+    "It's probably something on the system side, it might sort itself out, or maybe try again later.",
+    "Hmm, there are a few things it could be, possibly the settings or the account, hard to say really.",
+    "Usually this works, I think, unless it's the other thing, so you could try a few options.",
+    "I'm not fully sure, it could be related to a recent update, you might want to check back at some point.",
+)
+ACTIONS = (
+    "I've updated the setting on your account",
+    "I've applied the correction to your account",
+    "I've reissued the request from our side",
+    "I've reset it in our system",
+)
+RESOLVED = (
+    "That's now fixed on our side.",
+    "Everything is sorted now, I can see it's working.",
+    "I've completed that for you, it's done.",
+    "All done, the change is confirmed in the system.",
+)
+UNRESOLVED = (
+    "I've raised a ticket with the technical team and they'll look into it.",
+    "I can't fix this from here, so I've passed it on to another department.",
+    "I've logged it, someone should get back to you, though I can't say when.",
+    "Unfortunately that needs escalating, it's with the back office now.",
+)
+CONFUSED = (
+    "Sorry, I'm still not sure what I'm supposed to do now.",
+    "Wait, so do I need to do something or not?",
+    "I don't really understand, will it work or should I call again?",
+    "Okay... I'm a bit lost, but fine I guess.",
+)
+SATISFIED = (
+    "Great, that makes sense, thanks.",
+    "Perfect, that's clear. Thank you!",
+    "Brilliant, thanks for explaining it so well.",
+    "Okay, understood, thanks for your help.",
+)
+FILLER = (
+    ("Agent", "Can I confirm your full name and the postcode on the account, please?"),
+    ("Customer", "Sure, one second, I have to find the letter you sent me."),
+    ("Agent", "Thanks for waiting. I'm just pulling up your account details now."),
+    ("Customer", "I've already tried turning it off and on again a couple of times."),
+    ("Agent", "I understand how frustrating that is, let me have a look at what's going on."),
+    ("Customer", "I've been a customer for years and this has never happened before."),
+    ("Agent", "I'm checking the history on your account and the last few transactions."),
+    ("Customer", "I called last week about something else but that was fine."),
+    ("Agent", "Bear with me, the system is a bit slow today."),
+    ("Customer", "No problem, I'm in no rush, I just want it sorted."),
+    ("Agent", "I can see a few notes here from previous conversations."),
+    ("Customer", "My partner uses the same account, could that be part of it?"),
+    ("Agent", "Let me just check one more thing with my colleague, may I put you on a short hold?"),
+    ("Customer", "I'm on a train so the line might cut out, sorry."),
+    ("Agent", "I'm looking at the network status for your area as well."),
+    ("Customer", "I read something on your website about this but it wasn't clear to me."),
+)
+ALREADY_CALLED = (
+    "I already called about this.",
+    "This is the second time I contact you about it.",
+    "Nothing changed since last time.",
+)
+GREETINGS = (
+    "Hello, you're through to customer support, my name is {name}. How can I help?",
+    "Hi, thanks for contacting us, this is {name}. What can I do for you today?",
+    "Good morning, {name} here. How can I help you?",
+    "Hi there, I'm {name} from the support team. What's the problem?",
+)
+CLOSINGS = (
+    "Is there anything else I can help with today? Thanks for contacting us, have a good day.",
+    "Thanks for your patience. Take care!",
+    "Thank you for getting in touch, goodbye.",
+    "Have a great rest of your day.",
+)
+
+
+def _pii(rng: random.Random) -> str:
+    kind = rng.randrange(3)
+    if kind == 0:
+        user = rng.choice(("jane.doe", "m.smith", "kowalski.p", "alex99", "t.nguyen"))
+        return f"My email is {user}{rng.randrange(10, 99)}@example.com if you need it."
+    if kind == 1:
+        return f"You can call me back on +44 7{rng.randrange(100, 999)} {rng.randrange(100000, 999999)}."
+    groups = " ".join(f"{rng.randrange(1000, 9999)}" for _ in range(4))
+    return f"The card I used ends in... actually the full number is {groups}."
+
+
+def _transcript(rng: random.Random, row: object, config: SimulatorConfig) -> str:
+    channel = row.channel
+    if channel == "phone" and rng.random() < config.phone_without_transcript:
+        return ""
+    issue = ISSUE_CODES[row.issue]
+    # Social and many chat/e-mail threads are terse: no greeting, no small talk, no sign-off.
+    brief = channel == "social" or (channel in ("chat", "email") and rng.random() < 0.25)
+    lines = [] if brief else [f"Agent: {rng.choice(GREETINGS).format(name=rng.choice(AGENT_NAMES))}"]
+    opening = rng.choice(ISSUE_PHRASES[issue])
+    lines.append(f"Customer: Hi, {opening}.")
+    if row.origin == "explicit":
+        lines.append(f"Customer: {rng.choice(ALREADY_CALLED)}")
+    if row.new_customer and rng.random() < 0.6:
+        lines.append("Customer: I only joined a few weeks ago, so I'm still figuring things out.")
+    if rng.random() < config.pii_share:
+        lines.append(f"Customer: {_pii(rng)}")
+    # Middle turns vary the length from a few lines to several hundred words; the outcome is said at the end.
+    n_filler = min(int(rng.expovariate(1 / (2.0 + 6.0 * ISSUES[issue][0]))), 40)
+    if channel == "email":
+        n_filler = n_filler // 2
+    if brief:
+        n_filler = 0
+    for _ in range(n_filler):
+        speaker, text = rng.choice(FILLER)
+        lines.append(f"{speaker}: {text}")
+    if row.transfers:
+        lines.append("Agent: I'm going to transfer you to a colleague who handles this.")
+    if row.clear:
+        lines.append("Agent: " + rng.choice(CLEAR).format(action=rng.choice(ACTIONS), n=rng.choice((2, 4, 24, 48))))
+    else:
+        lines.append("Agent: " + rng.choice(CONFUSING))
+    lines.append("Agent: " + rng.choice(RESOLVED if row.resolved else UNRESOLVED))
+    lines.append("Customer: " + rng.choice(CONFUSED if row.confused else SATISFIED))
+    if row.mentioned:
+        secondary = [s for s, _, _ in ADJACENT[issue]]
+        mention = rng.choice(PROACTIVE.get(rng.choice(secondary), PROACTIVE["billing_question"]))
+        lines.append(f"Agent: {mention[0].upper()}{mention[1:]}.")
+    if not brief:
+        lines.append("Agent: " + rng.choice(CLOSINGS))
+    return "\n".join(lines)
+
+
+def truth_path(contacts_path: str | Path) -> Path:
+    """Where the ground truth of a simulated log lives: beside it, never inside it."""
+    contacts_path = Path(contacts_path)
+    return contacts_path.with_name(contacts_path.name.split(".")[0] + ".truth.parquet")
+
+
+def write(result: SimulatedLog, contacts_path: str | Path) -> tuple[Path, Path]:
+    """Write the log and, beside it, its ground truth."""
+    from predictor.schema import write_table
+
+    return write_table(result.contacts, contacts_path), write_table(result.truth, truth_path(contacts_path))

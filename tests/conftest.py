@@ -1,0 +1,75 @@
+"""Shared fixtures: small generated logs and hand-built contacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from predictor.simulate import SimulatedLog, SimulatorConfig, simulate
+
+T0 = pd.Timestamp("2026-03-02 09:00", tz="UTC")
+
+
+def contact(
+    contact_id: str,
+    customer_id: str = "U1",
+    opened_hours: float = 0.0,
+    minutes: float = 10.0,
+    issue: str = "billing_question",
+    transfers: int = 0,
+    channel: str = "chat",
+    **extra: object,
+) -> dict[str, object]:
+    """One valid contact, opened ``opened_hours`` after T0, lasting ``minutes``."""
+    opened = T0 + pd.Timedelta(hours=opened_hours)
+    row: dict[str, object] = {
+        "contact_id": contact_id,
+        "customer_id": customer_id,
+        "opened_at": opened,
+        "closed_at": opened + pd.Timedelta(minutes=minutes),
+        "channel": channel,
+        "issue": issue,
+        "transcript": "Customer: hi. Agent: all done.",
+        "agent_id": "A1",
+        "handle_seconds": minutes * 60.0,
+        "hold_seconds": 0.0,
+        "transfers": transfers,
+        "queue": "consumer",
+        "csat": float("nan"),
+    }
+    row.update(extra)
+    return row
+
+
+def frame(*rows: dict[str, object]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
+
+
+@pytest.fixture(scope="session")
+def small_log() -> SimulatedLog:
+    return simulate(SimulatorConfig(n_contacts=1500, seed=3, days=60))
+
+
+@pytest.fixture(scope="session")
+def default_log() -> SimulatedLog:
+    """A log at the simulator's defaults, large enough for its statistics to settle."""
+    return simulate(SimulatorConfig(n_contacts=20_000, seed=5))
+
+
+@pytest.fixture
+def small_log_csv(tmp_path: Path, small_log: SimulatedLog) -> Path:
+    from predictor.schema import write_table
+    from predictor.simulate import truth_path
+
+    path = tmp_path / "contacts.csv"
+    write_table(small_log.contacts, path)
+    write_table(small_log.truth, truth_path(path))
+    return path
