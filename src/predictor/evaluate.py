@@ -1,0 +1,160 @@
+"""Metrics and plots for the repeat, next-issue and timing models, baselines and the oracle.
+
+The oracle (the simulator's own probabilities) is the only reader of the ground-truth file: it shows the
+ceiling a model could reach on simulated data, so the gap is printed beside every figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+ECE_BINS = 10
+TOP_SHARES: tuple[float, ...] = (0.1, 0.2)
+
+
+def repeat_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """ROC AUC, PR AUC, Brier, ECE (10 equal-width bins) and recall of repeats in the top 10/20% of risk."""
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    out = {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+    }
+    for share in TOP_SHARES:
+        out[f"recall_top{int(share * 100)}"] = recall_at_top(y, p, share)
+    return out
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
+    which = np.clip((p * bins).astype(int), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(p[mask].mean() - y[mask].mean())
+    return float(total)
+
+
+def recall_at_top(y: np.ndarray, p: np.ndarray, share: float) -> float:
+    """Share of all repeats found among the ``share`` highest-risk contacts."""
+    k = max(1, round(len(p) * share))
+    top = np.argsort(-p, kind="stable")[:k]
+    return float(y[top].sum() / max(y.sum(), 1))
+
+
+def topk_accuracy(true: np.ndarray, proba: np.ndarray, classes: list[str], k: int) -> float:
+    top = np.argsort(-proba, axis=1)[:, :k]
+    names = np.array(classes)[top]
+    return float((names == np.asarray(true)[:, None]).any(axis=1).mean())
+
+
+def timing_metrics(hours: np.ndarray, median: np.ndarray, p90: np.ndarray) -> dict[str, float]:
+    return {
+        "median_abs_error_hours": float(np.median(np.abs(hours - median))),
+        "p90_coverage": float(np.mean(hours <= p90)),
+    }
+
+
+def load_truth(path: str | Path) -> pd.DataFrame:
+    """The simulator's ground truth: read here, and only here, for the oracle."""
+    return pd.read_parquet(path)
+
+
+def oracle_next_issue(truth: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    columns = [c for c in truth.columns if c.startswith("p_next__")]
+    return truth[columns].to_numpy(), [c.removeprefix("p_next__") for c in columns]
+
+
+# -- plots ---------------------------------------------------------------------------------------------
+
+
+def plot_roc_pr(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, p in scores.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+        precision, recall, _ = precision_recall_curve(y, p)
+        pr_ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(y, p):.3f})")
+    roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC: repeat within window")
+    pr_ax.axhline(np.mean(y), color="grey", lw=0.8, ls=":")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall")
+    roc_ax.legend(fontsize=8)
+    pr_ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(y: np.ndarray, scores: dict[str, np.ndarray], path: Path, bins: int = ECE_BINS) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    edges = np.linspace(0, 1, bins + 1)
+    for name, p in scores.items():
+        which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+        xs, ys = [], []
+        for b in range(bins):
+            mask = which == b
+            if mask.sum() >= 10:
+                xs.append(p[mask].mean())
+                ys.append(y[mask].mean())
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":")
+    ax.set(xlabel="predicted probability", ylabel="observed repeat rate", title="Reliability (test slice)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_gain(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    shares = np.linspace(0, 1, 101)
+    for name, p in scores.items():
+        order = np.argsort(-p, kind="stable")
+        found = np.r_[0, np.cumsum(y[order])] / max(y.sum(), 1)
+        ax.plot(shares, found[(shares * len(y)).astype(int)], label=name)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="random")
+    ax.set(
+        xlabel="share of contacts followed up (highest risk first)",
+        ylabel="share of repeats reached",
+        title="Cumulative gain",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion(true: np.ndarray, predicted: np.ndarray, classes: list[str], path: Path) -> Path:
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)))
+    for t, p in zip(true, predicted, strict=True):
+        if t in index and p in index:
+            matrix[index[t], index[p]] += 1
+    matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=70, fontsize=7, ha="right")
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="predicted next issue (top 1)", ylabel="actual next issue", title="Next issue: share of each row")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,191 @@
+"""THE feature function, used by training and by the scoring service alike.
+
+``build(contacts, history)`` describes each contact at the moment it closed: its metadata, what was known
+about the customer and the agent at that moment (point-in-time: only contacts closed by then, and only
+labels whose window had ended or whose repeat had been seen by then), and its transcript embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from predictor.config import LabelConfig
+from predictor.embed import Embedder
+from predictor.labels import derive
+
+CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue")
+HISTORY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
+AGENT_PRIOR_STRENGTH = 30.0  # pseudo-contacts: an agent's rate needs ~30 closed windows to count
+DEFAULT_REPEAT_RATE = 1 / 3  # the industry figure, the prior before any window has closed
+EMBEDDING_PREFIX = "emb_"
+
+
+@dataclass
+class FeatureSet:
+    """Features of the contacts to score, in the order given, plus what they were built with."""
+
+    frame: pd.DataFrame
+    text_columns: list[str] = field(default_factory=list)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c not in self.text_columns]
+
+
+def build(
+    contacts: pd.DataFrame,
+    history: pd.DataFrame | None = None,
+    *,
+    embedder: Embedder | None = None,
+    labels: LabelConfig | None = None,
+    progress: bool = False,
+) -> FeatureSet:
+    """Features of ``contacts`` as of each one's close.
+
+    ``history`` is every contact known to the caller (the whole log in training, the contact store in
+    the service); it may include ``contacts`` themselves. Only history that had closed by a contact's
+    close, and labels known by then, reach its features. Pass ``embedder=None`` for no text features.
+    """
+    labels = labels or LabelConfig()
+    known = _union(history, contacts)
+    meta = _metadata(contacts)
+    hist = _history(contacts, known, labels)
+    frame = pd.concat([meta, hist], axis=1)
+    text_columns: list[str] = []
+    if embedder is not None:
+        vectors = embedder.encode(contacts["transcript"].tolist(), progress=progress)
+        text_columns = [f"{EMBEDDING_PREFIX}{i:03d}" for i in range(vectors.shape[1])]
+        frame = pd.concat([frame, pd.DataFrame(vectors, columns=text_columns, index=frame.index)], axis=1)
+    return FeatureSet(frame=frame, text_columns=text_columns)
+
+
+def _union(history: pd.DataFrame | None, contacts: pd.DataFrame) -> pd.DataFrame:
+    if history is None:
+        return contacts
+    both = pd.concat([history, contacts], ignore_index=True)
+    return both.drop_duplicates("contact_id", keep="first").reset_index(drop=True)
+
+
+def _metadata(contacts: pd.DataFrame) -> pd.DataFrame:
+    closed = contacts["closed_at"]
+    words = contacts["transcript"].str.split().str.len().fillna(0)
+    return pd.DataFrame(
+        {
+            "channel": contacts["channel"].astype(str),
+            "issue": contacts["issue"].astype(str),
+            "queue": contacts["queue"].astype(str),
+            "log_handle_seconds": np.log1p(contacts["handle_seconds"].astype(float)),
+            "log_hold_seconds": np.log1p(contacts["hold_seconds"].astype(float)),
+            "transfers": contacts["transfers"].astype(float),
+            "close_hour": closed.dt.hour.astype(float),
+            "close_weekday": closed.dt.day_of_week.astype(float),
+            "csat": contacts["csat"].astype(float),
+            "has_transcript": (words > 0).astype(float),
+            "transcript_words": words.astype(float),
+        },
+        index=contacts.index,
+    )
+
+
+def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -> pd.DataFrame:
+    """Customer and agent history as of each contact's close (nothing later can reach it)."""
+    window = pd.Timedelta(days=labels.repeat_window_days)
+    labelled = derive(known, labels)
+    # Backward-looking: was a contact itself a return within the window? Known when it opened.
+    by_open = labelled.sort_values(["customer_id", "opened_at", "contact_id"], kind="stable")
+    prev_closed = by_open.groupby("customer_id")["closed_at"].shift(1)
+    is_return = ((by_open["opened_at"] - prev_closed <= window) & ~by_open["continues_previous"]).fillna(False)
+    labelled["is_return"] = is_return.reindex(labelled.index).astype(float)
+
+    # The customer's earlier contacts: theirs that closed by this one's close, this one excluded.
+    ordered = labelled.sort_values(["customer_id", "closed_at", "contact_id"], kind="stable").reset_index(drop=True)
+    codes = {c: i for i, c in enumerate(pd.unique(ordered["customer_id"]))}
+    keys = _Keyed(ordered["customer_id"].map(codes).to_numpy(), _us(ordered["closed_at"]))
+    query_code = contacts["customer_id"].map(codes).to_numpy()
+    t = _us(contacts["closed_at"])
+    upto = keys.count_upto(query_code, t)  # includes the contact itself
+    self_return = contacts["contact_id"].map(dict(zip(labelled["contact_id"], labelled["is_return"], strict=True)))
+    cum_return = np.r_[0.0, np.cumsum(ordered["is_return"].to_numpy())]
+    out = pd.DataFrame(index=contacts.index)
+    for days in HISTORY_WINDOWS_DAYS:
+        since = keys.count_upto(query_code, t - int(pd.Timedelta(days=days) / pd.Timedelta(microseconds=1)))
+        out[f"customer_contacts_{days}d"] = (upto - since - 1).astype(float)
+        out[f"customer_returns_{days}d"] = cum_return[upto] - cum_return[since] - self_return.to_numpy()
+
+    # The latest earlier contact: the last one up to this close that is not this contact.
+    ids = ordered["contact_id"].to_numpy()
+    last = upto - 1
+    last = np.where(ids[np.maximum(last, 0)] == contacts["contact_id"].to_numpy(), last - 1, last)
+    first_of_customer = keys.count_upto(query_code, np.full(len(t), np.iinfo(np.int64).min // 4))
+    has_prev = last >= first_of_customer
+    safe = np.maximum(last, 0)
+    prev_close = _us(ordered["closed_at"])[safe]
+    since_hours = (_us(contacts["opened_at"]) - prev_close) / 3.6e9
+    out["hours_since_previous_contact"] = np.where(has_prev, since_hours, np.nan)
+    out["prev_issue"] = np.where(has_prev, ordered["issue"].to_numpy()[safe], "none").astype(str)
+    out["same_issue_as_previous"] = (out["prev_issue"].to_numpy() == contacts["issue"].astype(str).to_numpy()).astype(
+        float
+    )
+    out["is_return"] = self_return.to_numpy(dtype=float)
+
+    agent_rate, agent_known = _agent_repeat_rate(contacts, labelled)
+    out["agent_repeat_rate"] = agent_rate
+    out["agent_closed_windows"] = agent_known
+    return out
+
+
+class _Keyed:
+    """Rows sorted by (group code, time): counts of a group's rows up to a time in one searchsorted."""
+
+    def __init__(self, codes: np.ndarray, times: np.ndarray) -> None:
+        self.base = int(times.min()) if len(times) else 0
+        self.span = (int(times.max()) - self.base + 2) if len(times) else 1
+        self.keys = codes.astype(np.int64) * self.span + (times - self.base)
+
+    def count_upto(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Index just past the last row of each group with time <= the query (groups absent: their start)."""
+        missing = pd.isna(codes)
+        code = np.where(missing, -1, codes).astype(np.int64)
+        clipped = np.clip(times - self.base, -1, self.span - 1)
+        found = np.searchsorted(self.keys, code * self.span + clipped, side="right")
+        return np.where(missing, 0, found)
+
+
+def _agent_repeat_rate(contacts: pd.DataFrame, labelled: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each agent's repeat rate from labels known by the contact's close, shrunk to the global rate."""
+    known = labelled[~labelled["censored"]].dropna(subset=["label_known_at"])
+    t = _us(contacts["closed_at"])
+
+    # Global rate as of each close: the prior an agent's rate shrinks towards.
+    by_time = known.sort_values("label_known_at", kind="stable")
+    cum_all = np.r_[0.0, np.cumsum(by_time["is_repeat"].astype(float).to_numpy())]
+    k = np.searchsorted(_us(by_time["label_known_at"]), t, side="right")
+    global_rate = (cum_all[k] + AGENT_PRIOR_STRENGTH * DEFAULT_REPEAT_RATE) / (k + AGENT_PRIOR_STRENGTH)
+
+    by_agent = known.sort_values(["agent_id", "label_known_at"], kind="stable").reset_index(drop=True)
+    codes = {a: i for i, a in enumerate(pd.unique(by_agent["agent_id"]))}
+    keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), _us(by_agent["label_known_at"]))
+    query_code = contacts["agent_id"].map(codes).to_numpy()
+    upto = keys.count_upto(query_code, t)
+    start = keys.count_upto(query_code, np.full(len(t), np.iinfo(np.int64).min // 4))
+    cum = np.r_[0.0, np.cumsum(by_agent["is_repeat"].astype(float).to_numpy())]
+    volume = (upto - start).astype(float)
+    repeats = cum[upto] - cum[start]
+    rate = (repeats + AGENT_PRIOR_STRENGTH * global_rate) / (volume + AGENT_PRIOR_STRENGTH)
+    return rate, volume
+
+
+def _us(times: pd.Series) -> np.ndarray:
+    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
+
+
+def as_model_input(features: pd.DataFrame, categories: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """Categorical columns with the training categories (unseen values become missing)."""
+    out = features.copy()
+    for column, values in categories.items():
+        out[column] = pd.Categorical(out[column].astype(str), categories=list(values))
+    return out

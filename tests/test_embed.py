@@ -1,0 +1,74 @@
+"""Embeddings: redaction, head+tail truncation, dedup and the cache (with the real MiniLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictor.config import EmbeddingConfig
+from predictor.embed import SEPARATOR, Embedder, EmbeddingCache, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "placeholder", "secret"),
+    [
+        ("mail me at jane.doe42@example.com please", "[EMAIL]", "jane.doe42@example.com"),
+        ("call +44 7700 900123 after six", "[PHONE]", "7700 900123"),
+        ("card 4111 1111 1111 1111 was charged", "[CARD]", "4111 1111 1111 1111"),
+        ("account 12345678 is mine", "[NUMBER]", "12345678"),
+    ],
+)
+def test_redaction(text: str, placeholder: str, secret: str) -> None:
+    out = redact(text)
+    assert placeholder in out
+    assert secret not in out
+
+
+def test_redaction_leaves_ordinary_text() -> None:
+    text = "I was charged 25 pounds twice on 3 March, within 48 hours."
+    assert redact(text) == text
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    return Embedder(EmbeddingConfig(cache_dir=tmp_path_factory.mktemp("cache"), max_tokens=32, head_fraction=0.5))
+
+
+def test_long_text_keeps_head_and_tail(embedder: Embedder) -> None:
+    text = "opening words " + "filler " * 200 + "closing words"
+    head_tail = embedder.prepare([text])[0]
+    head_only = embedder.prepare([text], truncation="head")[0]
+    assert head_tail.startswith("opening words") and head_tail.endswith("closing words")
+    assert SEPARATOR in head_tail
+    assert "closing" not in head_only
+    assert embedder.prepare(["short text"]) == ["short text"]
+
+
+def test_encode_dedups_caches_and_zeroes_empty(embedder: Embedder) -> None:
+    texts = ["the bill is wrong", "", "the bill is wrong", "my phone has no signal"]
+    vectors = embedder.encode(texts)
+    assert vectors.shape == (4, 384)
+    np.testing.assert_array_equal(vectors[1], 0)
+    np.testing.assert_allclose(vectors[0], vectors[2])
+    np.testing.assert_allclose(np.linalg.norm(vectors[[0, 3]], axis=1), 1.0, rtol=1e-5)
+    cache = EmbeddingCache(Path(embedder.config.cache_dir) / "embeddings.sqlite")
+    assert len(cache) == 2
+    again = Embedder(embedder.config)  # a fresh process would start like this
+    again._encode_uncached = None  # any call to the model would now fail: everything must come from the cache
+    np.testing.assert_allclose(again.encode(texts), vectors)
+
+
+def test_paraphrases_are_closer_than_other_topics(embedder: Embedder) -> None:
+    a, b, c = embedder.encode(["my bill is too high", "I was overcharged on my invoice", "how do I set up voicemail"])
+    assert a @ b > a @ c
+
+
+def test_pickled_embedder_carries_no_weights(embedder: Embedder) -> None:
+    import pickle
+
+    embedder.encode(["warm up"])
+    blob = pickle.dumps(embedder)
+    assert len(blob) < 10_000
+    assert pickle.loads(blob).config == embedder.config

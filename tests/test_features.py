@@ -1,0 +1,91 @@
+"""The feature function: point-in-time history, no leakage, and the same output for any caller."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import T0, contact, frame
+
+from predictor.features import build
+from predictor.schema import validate
+
+
+@pytest.fixture(scope="module")
+def contacts(small_log) -> pd.DataFrame:
+    return validate(small_log.contacts).contacts
+
+
+def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+
+
+def test_no_future_information_enters(contacts: pd.DataFrame) -> None:
+    full = build(contacts).frame
+    rng = np.random.default_rng(0)
+    for position in rng.choice(len(contacts), 25, replace=False):
+        closed = contacts["closed_at"].iloc[position]
+        past_only = contacts[contacts["opened_at"] <= closed]  # every contact after its close deleted
+        alone = build(contacts.iloc[[position]], past_only).frame
+        assert_same(full.iloc[[position]], alone)
+
+
+def test_scoring_one_contact_matches_scoring_the_whole_log(contacts: pd.DataFrame) -> None:
+    full = build(contacts).frame
+    picks = [10, 500, 1200]
+    subset = build(contacts.iloc[picks], contacts).frame
+    assert_same(full.iloc[picks], subset)
+
+
+def test_history_counts_by_hand() -> None:
+    rows = validate(
+        frame(
+            contact("C1", opened_hours=0),
+            contact("C2", opened_hours=30, issue="refund"),  # a return (within 7 days of C1)
+            contact("C3", opened_hours=24 * 20),
+            contact("C4", opened_hours=24 * 20 + 2, issue="refund", agent_id="A2"),
+        )
+    ).contacts
+    f = build(rows).frame.set_index(rows["contact_id"])
+    assert f.loc["C1", "customer_contacts_90d"] == 0
+    assert np.isnan(f.loc["C1", "hours_since_previous_contact"])
+    assert f.loc["C2", "customer_contacts_7d"] == 1
+    assert f.loc["C2", "is_return"] == 1
+    assert f.loc["C2", "prev_issue"] == "billing_question"
+    assert f.loc["C3", "customer_contacts_7d"] == 0
+    assert f.loc["C3", "customer_contacts_30d"] == 2
+    assert f.loc["C3", "customer_returns_30d"] == 1
+    assert f.loc["C4", "same_issue_as_previous"] == 0
+    assert f.loc["C4", "hours_since_previous_contact"] == pytest.approx(2 - 10 / 60)
+
+
+def test_agent_rate_uses_only_labels_known_at_close() -> None:
+    # Agent A1 handles C1 (repeated by C2 after 30 h). At C3's close (10 h) that repeat was not yet seen.
+    rows = validate(
+        frame(
+            contact("C1", customer_id="U1", opened_hours=0),
+            contact("C3", customer_id="U9", opened_hours=10),
+            contact("C2", customer_id="U1", opened_hours=30, agent_id="A7"),
+            contact("C5", customer_id="U8", opened_hours=40),
+        )
+    ).contacts
+    f = build(rows).frame.set_index(rows["contact_id"])
+    assert f.loc["C3", "agent_closed_windows"] == 0
+    assert f.loc["C5", "agent_closed_windows"] == 1  # C1's repeat was seen at hour 30
+    assert f.loc["C5", "agent_repeat_rate"] > f.loc["C3", "agent_repeat_rate"]
+
+
+def test_unknown_customer_and_agent_get_neutral_history() -> None:
+    history = validate(frame(contact("C1"))).contacts
+    new = validate(frame(contact("N1", customer_id="NEW", agent_id="NEWAGENT", opened_hours=5))).contacts
+    f = build(new, history).frame.iloc[0]
+    assert f["customer_contacts_90d"] == 0
+    assert f["agent_closed_windows"] == 0
+    assert 0 < f["agent_repeat_rate"] < 1
+
+
+def test_empty_transcripts_everywhere_work() -> None:
+    rows = validate(frame(contact("C1", transcript=""), contact("C2", opened_hours=3, transcript=""))).contacts
+    f = build(rows).frame
+    assert (f["has_transcript"] == 0).all()
+    assert T0 is not None
