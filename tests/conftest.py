@@ -73,3 +73,40 @@ def small_log_csv(tmp_path: Path, small_log: SimulatedLog) -> Path:
     write_table(small_log.contacts, path)
     write_table(small_log.truth, truth_path(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def train_log() -> SimulatedLog:
+    """Big enough for a time split with every slice populated, small enough to embed in under a minute."""
+    return simulate(SimulatorConfig(n_contacts=1800, seed=21, days=90))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="session")
+def settings(workdir: Path):
+    """Settings pointing every store (MLflow, artifacts, embedding cache) into a temporary folder."""
+    from predictor.config import EmbeddingConfig, RegistryConfig, Settings
+
+    return Settings(
+        models_dir=workdir,
+        embedding=EmbeddingConfig(cache_dir=Path(os.environ.get("PREDICTOR_TEST_CACHE", workdir / "cache"))),
+        registry=RegistryConfig(
+            tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+            artifact_root=workdir / "mlartifacts",
+            model_name="test-predictor",
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(train_log: SimulatedLog, settings, workdir: Path):
+    """One real training run (MiniLM embeddings included), shared by the tests that need a model."""
+    from predictor.schema import validate
+    from predictor.train import fit
+
+    contacts = validate(train_log.contacts).contacts
+    return fit(contacts, settings, ablation=False, truth=train_log.truth, plots_dir=workdir / "plots"), contacts

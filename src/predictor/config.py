@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHANNELS: tuple[str, ...] = ("phone", "chat", "email", "social")
@@ -51,6 +51,19 @@ class RegistryConfig(BaseModel):
     ece_tolerance: float = 0.01
 
 
+class ServiceConfig(BaseModel):
+    store_url: str = Field("sqlite:///models/contacts.db", description="SQLAlchemy URL of the contact store.")
+    api_token: SecretStr | None = Field(None, description="Bearer token required on scoring calls when set.")
+    model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
+    max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
+    max_transcript_chars: int = Field(20_000, ge=1)
+    scripts_path: Path = Path("data/followup_scripts.yaml")
+    follow_up_threshold: float = Field(0.4, ge=0, le=1, description="Act when the repeat risk is at least this.")
+    follow_up_channel: str | None = Field(None, description="Send follow-ups here; default: the contact's channel.")
+    high_risk: float = Field(0.5, ge=0, le=1)
+    medium_risk: float = Field(0.3, ge=0, le=1)
+
+
 class Settings(BaseSettings):
     """Runtime configuration; read once per command from the environment."""
 
@@ -63,6 +76,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingConfig = EmbeddingConfig()
     split: SplitConfig = SplitConfig()
     registry: RegistryConfig = RegistryConfig()
+    service: ServiceConfig = ServiceConfig()
     hyperparams_path: Path | None = None
 
 

@@ -168,8 +168,10 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             import torch
+            import transformers
             from sentence_transformers import SentenceTransformer
 
+            transformers.utils.logging.disable_progress_bar()
             torch.set_num_threads(self.config.threads)
             self._model = SentenceTransformer(self.model_path, device="cpu")
             self._model.max_seq_length = self.config.max_tokens
@@ -185,6 +187,8 @@ class Embedder:
 
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            # We cut texts ourselves; the tokenizer need not warn about lengths it only measures.
+            self._tokenizer.model_max_length = 1_000_000
         return self._tokenizer
 
     def _get_cache(self) -> EmbeddingCache:

@@ -20,7 +20,9 @@ from predictor.labels import derive
 CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue")
 HISTORY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
 AGENT_PRIOR_STRENGTH = 30.0  # pseudo-contacts: an agent's rate needs ~30 closed windows to count
-DEFAULT_REPEAT_RATE = 1 / 3  # the industry figure, the prior before any window has closed
+DEFAULT_REPEAT_RATE = 1 / 3  # the industry figure: the prior every agent's rate shrinks towards
+# Every history feature looks back at most this far, so a scorer needs only this much of its store.
+LOOKBACK_DAYS = max(HISTORY_WINDOWS_DAYS)
 EMBEDDING_PREFIX = "emb_"
 
 
@@ -112,16 +114,16 @@ def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -
     cum_return = np.r_[0.0, np.cumsum(ordered["is_return"].to_numpy())]
     out = pd.DataFrame(index=contacts.index)
     for days in HISTORY_WINDOWS_DAYS:
-        since = keys.count_upto(query_code, t - int(pd.Timedelta(days=days) / pd.Timedelta(microseconds=1)))
+        since = keys.count_upto(query_code, t - _days_us(days))
         out[f"customer_contacts_{days}d"] = (upto - since - 1).astype(float)
         out[f"customer_returns_{days}d"] = cum_return[upto] - cum_return[since] - self_return.to_numpy()
 
-    # The latest earlier contact: the last one up to this close that is not this contact.
+    # The latest earlier contact within the look-back: the last one up to this close, not this contact.
     ids = ordered["contact_id"].to_numpy()
     last = upto - 1
     last = np.where(ids[np.maximum(last, 0)] == contacts["contact_id"].to_numpy(), last - 1, last)
-    first_of_customer = keys.count_upto(query_code, np.full(len(t), np.iinfo(np.int64).min // 4))
-    has_prev = last >= first_of_customer
+    lookback_start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
+    has_prev = last >= lookback_start
     safe = np.maximum(last, 0)
     prev_close = _us(ordered["closed_at"])[safe]
     since_hours = (_us(contacts["opened_at"]) - prev_close) / 3.6e9
@@ -156,27 +158,26 @@ class _Keyed:
 
 
 def _agent_repeat_rate(contacts: pd.DataFrame, labelled: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Each agent's repeat rate from labels known by the contact's close, shrunk to the global rate."""
+    """Each agent's repeat rate over the labels that became known in the look-back before the contact's
+    close, shrunk towards the industry rate so that a handful of contacts cannot rank an agent."""
     known = labelled[~labelled["censored"]].dropna(subset=["label_known_at"])
     t = _us(contacts["closed_at"])
-
-    # Global rate as of each close: the prior an agent's rate shrinks towards.
-    by_time = known.sort_values("label_known_at", kind="stable")
-    cum_all = np.r_[0.0, np.cumsum(by_time["is_repeat"].astype(float).to_numpy())]
-    k = np.searchsorted(_us(by_time["label_known_at"]), t, side="right")
-    global_rate = (cum_all[k] + AGENT_PRIOR_STRENGTH * DEFAULT_REPEAT_RATE) / (k + AGENT_PRIOR_STRENGTH)
 
     by_agent = known.sort_values(["agent_id", "label_known_at"], kind="stable").reset_index(drop=True)
     codes = {a: i for i, a in enumerate(pd.unique(by_agent["agent_id"]))}
     keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), _us(by_agent["label_known_at"]))
     query_code = contacts["agent_id"].map(codes).to_numpy()
     upto = keys.count_upto(query_code, t)
-    start = keys.count_upto(query_code, np.full(len(t), np.iinfo(np.int64).min // 4))
+    start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
     cum = np.r_[0.0, np.cumsum(by_agent["is_repeat"].astype(float).to_numpy())]
     volume = (upto - start).astype(float)
     repeats = cum[upto] - cum[start]
-    rate = (repeats + AGENT_PRIOR_STRENGTH * global_rate) / (volume + AGENT_PRIOR_STRENGTH)
+    rate = (repeats + AGENT_PRIOR_STRENGTH * DEFAULT_REPEAT_RATE) / (volume + AGENT_PRIOR_STRENGTH)
     return rate, volume
+
+
+def _days_us(days: float) -> int:
+    return int(pd.Timedelta(days=days) / pd.Timedelta(microseconds=1))
 
 
 def _us(times: pd.Series) -> np.ndarray:

@@ -6,6 +6,7 @@ One object serves the MLflow pyfunc, the scoring service and the reports, and al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from predictor.embed import Embedder
 from predictor.features import CATEGORICAL, EMBEDDING_PREFIX, FeatureSet, as_model_input, build
 
 TOP_K = 3
+TEXT_HEAD_PREFIX = "text_"
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "contact_id",
     "repeat_probability",
@@ -62,7 +64,8 @@ class RepeatContactModel:
     label_config: LabelConfig
     embedding_config: EmbeddingConfig | None  # None: trained without text
     categories: dict[str, list[str]]
-    feature_columns: list[str]
+    feature_columns: list[str]  # metadata and history columns fed to the boosters
+    text_heads: TextHeads | None
     repeat: Any  # calibrated classifier with predict_proba
     repeat_booster: Any  # the uncalibrated LightGBM inside, for attributions
     next_issue: Any
@@ -98,7 +101,13 @@ class RepeatContactModel:
         return build(contacts, history, embedder=self.embedder(), labels=self.label_config)
 
     def model_input(self, features: pd.DataFrame) -> pd.DataFrame:
-        return as_model_input(features[self.feature_columns], self.categories)
+        """What the boosters see: typed metadata + history, and the text heads' scores."""
+        X = as_model_input(features[self.feature_columns], self.categories)
+        if self.text_heads is not None:
+            embedding = features[[c for c in features.columns if c.startswith(EMBEDDING_PREFIX)]].to_numpy()
+            has_text = features["has_transcript"].to_numpy() > 0
+            X = pd.concat([X, self.text_heads.transform(embedding, has_text, index=X.index)], axis=1)
+        return X
 
     def predict(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
         """Score validated contacts at close; ``history`` is what was known (may include them)."""
@@ -127,8 +136,8 @@ class RepeatContactModel:
         """The features that pushed each score up or down most (SHAP values of the booster), in words."""
         contrib = self.repeat_booster.predict(X, pred_contrib=True)
         columns = list(X.columns)
-        text = [i for i, c in enumerate(columns) if c.startswith(EMBEDDING_PREFIX)]
-        named = [i for i, c in enumerate(columns) if not c.startswith(EMBEDDING_PREFIX)]
+        text = [i for i, c in enumerate(columns) if c.startswith(TEXT_HEAD_PREFIX)]
+        named = [i for i, c in enumerate(columns) if not c.startswith(TEXT_HEAD_PREFIX)]
         result = []
         for row in contrib:
             items = [(columns[i], float(row[i])) for i in named]
@@ -147,6 +156,67 @@ class RepeatContactModel:
                 ]
             )
         return result
+
+
+class TextHeads:
+    """Linear read-outs of the transcript embedding, one per outcome (repeat, explicit, implicit).
+
+    A sentence embedding holds "was it resolved", "was the customer confused", "was the next issue
+    mentioned" as directions, not as single coordinates: a logistic regression per outcome finds them,
+    and the boosters combine their scores with metadata and history. Training rows get out-of-fold
+    scores (``fit_oof``) so the boosters never learn from a head that saw their own label.
+    """
+
+    def __init__(
+        self, targets: Sequence[str] = ("repeat", "explicit", "implicit"), C: float = 1.0, folds: int = 5, seed: int = 0
+    ) -> None:
+        self.targets = targets
+        self.C = C
+        self.folds = folds
+        self.seed = seed
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"{TEXT_HEAD_PREFIX}{t}" for t in self.targets]
+
+    def fit(self, embedding: np.ndarray, labels: np.ndarray) -> TextHeads:
+        from sklearn.linear_model import LogisticRegression
+
+        self.models_ = [
+            LogisticRegression(C=self.C, max_iter=3000).fit(embedding, labels[:, k]) for k in range(labels.shape[1])
+        ]
+        return self
+
+    def fit_oof(self, embedding: np.ndarray, labels: np.ndarray, has_text: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """Fit on all rows; return each row's score from the fold that did not see it."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import KFold, cross_val_predict
+
+        self.fit(embedding, labels)
+        folds = KFold(self.folds, shuffle=True, random_state=self.seed)
+        oof = np.column_stack(
+            [
+                cross_val_predict(
+                    LogisticRegression(C=self.C, max_iter=3000),
+                    embedding,
+                    labels[:, k],
+                    cv=folds,
+                    method="predict_proba",
+                )[:, 1]
+                for k in range(labels.shape[1])
+            ]
+        )
+        oof[~has_text] = np.nan
+        return pd.DataFrame(oof, columns=self.columns, index=index)
+
+    def transform(self, embedding: np.ndarray, has_text: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        scores = (
+            np.column_stack([m.predict_proba(embedding)[:, 1] for m in self.models_])
+            if len(embedding)
+            else (np.zeros((0, len(self.models_))))
+        )
+        scores[~has_text] = np.nan  # no transcript: missing, not "a transcript that says nothing"
+        return pd.DataFrame(scores, columns=self.columns, index=index)
 
 
 def categorical_levels(features: pd.DataFrame) -> dict[str, list[str]]:

@@ -76,11 +76,11 @@ class SimulatorConfig:
     window_days: float = 7.0
     repeat_rate: float = 1 / 3  # target share of contacts repeated within the window (approximate)
     n_agents: int = 80
-    contacts_per_customer: float = 2.2  # new-issue contacts per customer over the period
+    contacts_per_customer: float = 1.6  # new-issue contacts per customer over the period
     phone_without_transcript: float = 0.3
     pii_share: float = 0.25
     transfer_continuation: float = 0.5  # share of transferred contacts continued by a second contact
-    base_explicit: float = 0.04
+    base_explicit: float = 0.015
     issue_mix: dict[str, float] = field(default_factory=lambda: {k: v[3] for k, v in ISSUES.items()})
 
 
@@ -131,7 +131,7 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
         waves.append(handled)
         if progress:
             progress(len(handled))
-        wave = _next_wave(rng, handled, customers)
+        wave = _next_wave(rng, handled, customers, config.transfer_continuation)
     log = pd.concat(waves, ignore_index=True).sort_values(["opened_h", "customer"], kind="stable")
     log = log.head(config.n_contacts).reset_index(drop=True)
     log["contact_id"] = [f"C{i:07d}" for i in range(1, len(log) + 1)]
@@ -169,8 +169,8 @@ def _customers(rng: np.random.Generator, n: int) -> pd.DataFrame:
             "segment": segment,
             "tenure_months": rng.gamma(2.0, 18.0, n),
             "preferred_channel": rng.choice(len(CHANNELS), n, p=[0.45, 0.3, 0.15, 0.1]),
-            "weight": np.where(segment == 1, 2.0, 1.0) * rng.gamma(4.0, 0.25, n),
-            "persistence": rng.normal(0.0, 0.25, n),
+            "weight": np.where(segment == 1, 2.0, 1.0) * rng.gamma(16.0, 1 / 16, n),
+            "persistence": rng.normal(0.0, 0.05, n),
         }
     )
 
@@ -216,7 +216,7 @@ def _handle(
     channel_clarity = np.array([CHANNEL_CLARITY[c] for c in channel])
     new_customer = cust["tenure_months"].to_numpy() < 3
 
-    transfers = rng.poisson(0.15 + 0.6 * complexity * (1 - skill), n)
+    transfers = rng.poisson(0.05 + 0.5 * complexity * (1 - skill), n)
     clear = rng.random(n) < _sigmoid(0.4 + 3.0 * (skill - 0.55) - 2.0 * (complexity - 0.45) + channel_clarity)
     resolved = rng.random(n) < _sigmoid(1.3 + 2.5 * (skill - 0.55) - 2.5 * (complexity - 0.45) - 0.5 * transfers)
     confused = rng.random(n) < np.where(clear, 0.08, 0.65) + np.where(new_customer, 0.1, 0.0)
@@ -224,11 +224,11 @@ def _handle(
 
     persistence = cust["persistence"].to_numpy() + np.where(segment == 1, 0.2, 0.0)
     p_explicit = (
-        (config.base_explicit + 0.26 * ~resolved + 0.09 * ~clear + 0.08 * confused) * np.exp(persistence) * intensity
+        (config.base_explicit + 0.34 * ~resolved + 0.12 * ~clear + 0.12 * confused) * np.exp(persistence) * intensity
     )
     p_explicit = np.clip(p_explicit, 0.0, 0.9)
     adjacency = np.array([ISSUES[ISSUE_CODES[i]][2] for i in out["issue"]])
-    p_implicit = np.clip(adjacency * np.where(mentioned, 0.15, 1.0) * 0.44 * intensity, 0.0, 0.9)
+    p_implicit = np.clip(adjacency * np.where(mentioned, 0.08, 1.0) * 0.72 * intensity, 0.0, 0.9)
 
     handle = HANDLE_MEDIAN_SECONDS_ARRAY(channel) * np.exp(
         rng.normal(0, 0.45, n) + 0.9 * (complexity - 0.45) - 0.4 * (skill - 0.55) + 0.25 * transfers
@@ -253,18 +253,24 @@ def _handle(
 
     out["agent"] = agent
     out["skill"] = skill
-    out["transfers"] = transfers
-    out["clear"] = clear
-    out["resolved"] = resolved
-    out["confused"] = confused
-    out["mentioned"] = mentioned
+    continued = (out["origin"] == "continuation").to_numpy()
+    out["transfers"] = np.where(continued, 0, transfers)
+    drawn = {
+        "clear": clear,
+        "resolved": resolved,
+        "confused": confused,
+        "mentioned": mentioned,
+        "p_explicit": p_explicit,
+        "p_implicit": p_implicit * (1 - p_explicit),
+        "outcome": outcome,
+        "secondary": secondary,
+        "delay_h": delay,
+    }
+    for column, values in drawn.items():
+        inherited = np.where(continued, out[column], values) if column in out.columns else values
+        out[column] = np.asarray(inherited).astype(values.dtype)
     out["new_customer"] = new_customer
-    out["p_explicit"] = p_explicit
-    out["p_implicit"] = p_implicit * (1 - p_explicit)
     out["background_per_hour"] = cust["background_per_hour"].to_numpy()
-    out["outcome"] = outcome
-    out["secondary"] = secondary
-    out["delay_h"] = delay
     out["handle_seconds"] = handle
     out["hold_seconds"] = hold
     out["queue"] = np.where(
@@ -289,13 +295,29 @@ def _draw_secondary(rng: np.random.Generator, issue: str) -> int:
     return ISSUE_CODES.index(options[pick][0])
 
 
-def _next_wave(rng: np.random.Generator, handled: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
+INHERITED: tuple[str, ...] = (
+    "clear",
+    "resolved",
+    "confused",
+    "mentioned",
+    "p_explicit",
+    "p_implicit",
+    "outcome",
+    "secondary",
+    "delay_h",
+)
+
+
+def _next_wave(
+    rng: np.random.Generator, handled: pd.DataFrame, customers: pd.DataFrame, transfer_continuation: float
+) -> pd.DataFrame:
     """Contacts caused by this wave: transfer continuations, repeats, and unrelated returns."""
     parts = []
     # A transferred contact is often continued minutes later: the same contact, not a repeat.
-    cont = handled[(handled["transfers"] > 0) & (rng.random(len(handled)) < 0.5)]
+    # The episode's outcome was settled in the first contact: the continuation inherits it.
+    cont = handled[(handled["transfers"] > 0) & (rng.random(len(handled)) < transfer_continuation)]
     cont = cont.assign(opened_h=cont["closed_h"] + rng.uniform(1, 10, len(cont)) / 60.0, origin="continuation")
-    parts.append(cont[["customer", "opened_h", "issue", "channel", "origin"]])
+    parts.append(cont[["customer", "opened_h", "issue", "channel", "origin", *INHERITED]])
     # Repeats come only from contacts not continued (the continuation carries the episode's outcome).
     caused = handled[(handled["outcome"] > 0) & ~handled.index.isin(cont.index)]
     issue = np.where(caused["outcome"] == 1, caused["issue"], caused["secondary"])
@@ -647,7 +669,7 @@ def _transcript(rng: random.Random, row: object, config: SimulatorConfig) -> str
     lines.append(f"Customer: Hi, {opening}.")
     if row.origin == "explicit":
         lines.append(f"Customer: {rng.choice(ALREADY_CALLED)}")
-    if row.new_customer and rng.random() < 0.6:
+    if row.new_customer and rng.random() < 0.85:
         lines.append("Customer: I only joined a few weeks ago, so I'm still figuring things out.")
     if rng.random() < config.pii_share:
         lines.append(f"Customer: {_pii(rng)}")

@@ -30,7 +30,7 @@ from predictor.config import Settings
 from predictor.embed import Embedder, redact
 from predictor.features import as_model_input, build
 from predictor.labels import derive
-from predictor.model import RepeatContactModel, categorical_levels
+from predictor.model import RepeatContactModel, TextHeads, categorical_levels
 
 log = logging.getLogger(__name__)
 OTHER = "other"
@@ -139,13 +139,15 @@ def fit(
     features = full[feature_set.metadata_columns]
     text_columns = feature_set.text_columns
     categories = categorical_levels(features.iloc[split.train])
-    feature_columns = list(full.columns)
     lap("features")
     y = labelled["is_repeat"].astype("float").to_numpy()
+    tr, cal, te = split.train, split.calibration, split.test
+    embedding = full[text_columns].to_numpy() if text_columns else None
+    stage("text heads")
+    heads, X = _design(features, embedding, labelled, categories, tr, hp)
+    lap("text_heads")
 
     stage("repeat model")
-    X = as_model_input(full, categories)
-    tr, cal, te = split.train, split.calibration, split.test
     repeat_booster, repeat = _fit_repeat(X.iloc[tr], y[tr], X.iloc[cal], y[cal], hp)
     lap("repeat_model")
 
@@ -159,7 +161,8 @@ def fit(
         label_config=settings.labels,
         embedding_config=embedding_config,
         categories=categories,
-        feature_columns=feature_columns,
+        feature_columns=list(features.columns),
+        text_heads=heads,
         repeat=repeat,
         repeat_booster=repeat_booster,
         next_issue=next_model,
@@ -182,8 +185,7 @@ def fit(
         scores["tf-idf + logistic regression"] = _tfidf_baseline(contacts, tr, te, y, hp)
         if ablation and settings.embedding.truncation == "head_tail":
             head = embedder.encode(contacts["transcript"].tolist(), truncation="head", progress=True)
-            X_head = X.copy()
-            X_head[text_columns] = head
+            _, X_head = _design(features, head, labelled, categories, tr, hp)
             _, head_model = _fit_repeat(X_head.iloc[tr], y[tr], X_head.iloc[cal], y[cal], hp)
             scores["ablation: head-only truncation"] = head_model.predict_proba(X_head.iloc[te])[:, 1]
     lap("baselines")
@@ -267,6 +269,29 @@ def fit(
         data_fingerprint=fingerprint(contacts),
         test_contacts=contacts.iloc[te],
     )
+
+
+def _design(
+    features: pd.DataFrame,
+    embedding: np.ndarray | None,
+    labelled: pd.DataFrame,
+    categories: dict[str, list[str]],
+    train_rows: np.ndarray,
+    hp: dict[str, Any],
+) -> tuple[TextHeads | None, pd.DataFrame]:
+    """The boosters' input for every row: training rows get out-of-fold text-head scores."""
+    X = as_model_input(features, categories)
+    if embedding is None:
+        return None, X
+    has_text = features["has_transcript"].to_numpy() > 0
+    repeat = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()
+    kind = labelled["repeat_type"].astype(str).to_numpy()
+    targets = np.column_stack([repeat, repeat & (kind == "explicit"), repeat & (kind == "implicit")]).astype(int)
+    heads = TextHeads(C=hp["text_heads"]["C"], folds=hp["text_heads"]["folds"])
+    oof = heads.fit_oof(embedding[train_rows], targets[train_rows], has_text[train_rows], X.index[train_rows])
+    scores = heads.transform(embedding, has_text, X.index)
+    scores.iloc[train_rows] = oof.to_numpy()
+    return heads, pd.concat([X, scores], axis=1)
 
 
 def fingerprint(contacts: pd.DataFrame) -> str:

@@ -1,0 +1,52 @@
+"""The scoring service: ticketing systems call it when a contact closes.
+
+    bentoml serve service.service:Predictor --port 3000
+
+Loads the MLflow champion (or the version pinned by PREDICTOR_SERVICE__MODEL_VERSION) once, keeps the
+embedder warm, and answers each contact with its repeat risk, likely next issues and the follow-up to send.
+The logic lives in `predictor.serving`; this file only wires it to HTTP.
+"""
+
+from __future__ import annotations
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+
+from predictor.api import BatchRequest, BatchResponse, ContactIn, ScoreResponse
+from predictor.config import get_settings
+from predictor.http_guard import GuardMiddleware
+
+
+def _token() -> str | None:
+    secret = get_settings().service.api_token
+    return secret.get_secret_value() if secret else None
+
+
+@bentoml.service(name="repeat-contact-predictor", traffic={"timeout": 120})
+class Predictor:
+    def __init__(self) -> None:
+        from predictor import logs
+        from predictor.serving import Scorer
+
+        logs.setup()
+        self.settings = get_settings()
+        self.scorer = Scorer.from_settings(self.settings)
+
+    def __is_ready__(self) -> bool:
+        return self.scorer is not None
+
+    @bentoml.api
+    def score(self, contact: ContactIn, /) -> ScoreResponse:
+        """Score one contact at close."""
+        return self.scorer.score(contact)
+
+    @bentoml.api
+    def score_batch(self, request: BatchRequest, /) -> BatchResponse:
+        """Score many contacts in one call (one embedding batch); bad items are reported one by one."""
+        limit = self.settings.service.max_batch
+        if len(request.contacts) > limit:
+            raise InvalidArgument(f"contacts: at most {limit} contacts per call, got {len(request.contacts)}")
+        return self.scorer.score_batch(request.contacts)
+
+
+Predictor.add_asgi_middleware(GuardMiddleware, token=_token)

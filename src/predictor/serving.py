@@ -1,0 +1,183 @@
+"""Scoring at close time: validated contacts in, answers out, every contact kept in the store.
+
+The BentoML service in ``service/`` is a thin shell around ``Scorer``; everything here runs (and is
+tested) without a server too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from predictor.api import (
+    BatchItem,
+    BatchResponse,
+    ContactIn,
+    FollowUpOut,
+    HoursToRepeat,
+    NextIssue,
+    Reason,
+    ScoreResponse,
+    item_errors,
+)
+from predictor.config import Settings
+from predictor.features import LOOKBACK_DAYS
+from predictor.model import TOP_K, RepeatContactModel
+from predictor.plan import FollowUpPlan
+from predictor.store import ContactStore
+
+log = logging.getLogger(__name__)
+UNKNOWN_ISSUE = "other"
+
+
+@dataclass
+class Scorer:
+    model: RepeatContactModel
+    model_version: str
+    store: ContactStore
+    plan: FollowUpPlan
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        # One scoring at a time: the store's point-in-time history must include what was just saved.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scorer:
+        from predictor.registry import load_bundle
+
+        model, version = load_bundle(settings, settings.service.model_version)
+        store = ContactStore(settings.service.store_url)
+        plan = FollowUpPlan.from_yaml(
+            settings.service.scripts_path,
+            act_threshold=settings.service.follow_up_threshold,
+            channel=settings.service.follow_up_channel,
+        )
+        scorer = cls(model, version, store, plan, settings)
+        scorer.warm_up()
+        return scorer
+
+    def warm_up(self) -> None:
+        """Load the embedding model and touch every code path once, so the first caller waits for nothing."""
+        embedder = self.model.embedder()
+        if embedder is not None:
+            embedder.encode(["warm-up"])
+
+    # -- entry points -------------------------------------------------------------------------------------
+    def score(self, contact: ContactIn) -> ScoreResponse:
+        return self.score_many([contact])[0]
+
+    def score_batch(self, items: list[dict[str, Any]]) -> BatchResponse:
+        """Validate each item on its own: a bad one is reported, the others are scored."""
+        valid: list[tuple[int, ContactIn]] = []
+        results: dict[int, BatchItem] = {}
+        for index, item in enumerate(items):
+            contact_id = item.get("contact_id") if isinstance(item, dict) else None
+            try:
+                valid.append((index, ContactIn.model_validate(item)))
+            except ValidationError as exc:
+                results[index] = BatchItem(
+                    index=index,
+                    contact_id=contact_id if isinstance(contact_id, str) else None,
+                    ok=False,
+                    errors=item_errors(exc),
+                )
+        scored = self.score_many([c for _, c in valid]) if valid else []
+        for (index, contact), response in zip(valid, scored, strict=True):
+            results[index] = BatchItem(index=index, contact_id=contact.contact_id, ok=True, result=response)
+        ordered = [results[i] for i in range(len(items))]
+        return BatchResponse(results=ordered, scored=len(valid), rejected=len(items) - len(valid))
+
+    def score_many(self, contacts: list[ContactIn]) -> list[ScoreResponse]:
+        frame, warnings = self._frame(contacts)
+        with self._lock:
+            stored = self.store.responses(frame["contact_id"].tolist())
+            fresh = frame[~frame["contact_id"].isin(stored)].drop_duplicates("contact_id")
+            answers: dict[str, dict[str, Any]] = {}
+            if len(fresh):
+                answers = self._score_frame(fresh, warnings)
+                self.store.save(fresh, answers, self.model_version)
+        out = []
+        for contact_id in frame["contact_id"]:
+            if contact_id in stored:
+                out.append(ScoreResponse.model_validate({**stored[contact_id], "replayed": True}))
+            else:
+                out.append(ScoreResponse.model_validate(answers[contact_id]))
+        return out
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _frame(self, contacts: list[ContactIn]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+        known = set(self.model.issue_codes)
+        warnings: dict[str, list[str]] = {}
+        rows = []
+        for c in contacts:
+            row = c.model_dump()
+            issue = row["issue"].lower()
+            if issue not in known:
+                warnings.setdefault(c.contact_id, []).append(
+                    f"unknown issue code '{row['issue']}': scored as '{UNKNOWN_ISSUE}'"
+                )
+                issue = UNKNOWN_ISSUE
+            row["issue"] = issue
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        for column in ("opened_at", "closed_at"):
+            frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[ns, UTC]")
+        frame["csat"] = frame["csat"].astype(float)
+        frame["transfers"] = frame["transfers"].astype("int64")
+        frame["handle_seconds"] = frame["handle_seconds"].astype(float)
+        frame["hold_seconds"] = frame["hold_seconds"].astype(float)
+        return frame, warnings
+
+    def _score_frame(self, frame: pd.DataFrame, warnings: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        lookback = LOOKBACK_DAYS + self.model.label_config.repeat_window_days + 1
+        history = self.store.history_for(frame, lookback_days=lookback)
+        feature_set = self.model.features(frame.reset_index(drop=True), history)
+        X = self.model.model_input(feature_set.frame)
+        predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
+        proba = self.model.next_issue_proba(X)
+        reasons = self.model.reasons(X)
+        service = self.settings.service
+        answers = {}
+        for position, (row, contact) in enumerate(
+            zip(predictions.itertuples(index=False), frame.itertuples(), strict=True)
+        ):
+            p = float(row.repeat_probability)
+            top = np.argsort(-proba.iloc[position].to_numpy())[:TOP_K]
+            next_issues = [
+                NextIssue(
+                    issue=proba.columns[k],
+                    probability=round(float(proba.iat[position, k]), 6),
+                    repeat_type="explicit" if proba.columns[k] == contact.issue else "implicit",
+                )
+                for k in top
+            ]
+            follow_up = self.plan.recommend(
+                repeat_probability=p,
+                next_issue=next_issues[0].issue if next_issues else None,
+                contact_issue=contact.issue,
+                contact_channel=contact.channel,
+                hours_to_repeat_median=float(row.hours_to_repeat_median),
+            )
+            band = "high" if p >= service.high_risk else "medium" if p >= service.medium_risk else "low"
+            response = ScoreResponse(
+                contact_id=contact.contact_id,
+                model_version=self.model_version,
+                repeat_probability=p,
+                risk_band=band,
+                next_issues=next_issues,
+                hours_to_repeat=HoursToRepeat(
+                    median=round(float(row.hours_to_repeat_median), 2), p90=round(float(row.hours_to_repeat_p90), 2)
+                ),
+                reasons=[Reason(**r) for r in reasons[position]],
+                follow_up=FollowUpOut(**follow_up.__dict__),
+                warnings=warnings.get(contact.contact_id, []),
+            )
+            answers[contact.contact_id] = response.model_dump(mode="json")
+        return answers

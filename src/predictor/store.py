@@ -1,0 +1,196 @@
+"""The service's contact store: every scored contact, idempotent by ``contact_id``.
+
+SQLite (WAL) by default, PostgreSQL by URL. Scoring reads a customer's and an agent's history from here,
+point-in-time, through the same feature function as training. Transcripts are stored redacted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+from predictor.embed import redact
+
+metadata = MetaData()
+contacts_table = Table(
+    "contacts",
+    metadata,
+    Column("contact_id", String(128), primary_key=True),
+    Column("customer_id", String(128), nullable=False, index=True),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("issue", String(128), nullable=False),
+    Column("transcript", Text, nullable=False),
+    Column("agent_id", String(128), nullable=False, index=True),
+    Column("handle_seconds", Float, nullable=False),
+    Column("hold_seconds", Float, nullable=False),
+    Column("transfers", Integer, nullable=False),
+    Column("queue", String(128), nullable=False),
+    Column("csat", Float, nullable=True),
+    Column("scored_at", DateTime(timezone=True), nullable=True),
+    Column("model_version", String(32), nullable=True),
+    Column("response", Text, nullable=True),  # the JSON answer given, returned again on a retry
+)
+CONTACT_COLUMNS: tuple[str, ...] = (
+    "contact_id", "customer_id", "opened_at", "closed_at", "channel", "issue", "transcript", "agent_id",
+    "handle_seconds", "hold_seconds", "transfers", "queue", "csat",
+)  # fmt: skip
+
+
+class ContactStore:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def responses(self, contact_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored answers for contacts already scored (a retry gets the same answer)."""
+        ids = list(contact_ids)
+        if not ids:
+            return {}
+        query = select(contacts_table.c.contact_id, contacts_table.c.response).where(
+            contacts_table.c.contact_id.in_(ids), contacts_table.c.response.is_not(None)
+        )
+        with self.engine.connect() as db:
+            return {row.contact_id: json.loads(row.response) for row in db.execute(query)}
+
+    def history_for(self, contacts: pd.DataFrame, lookback_days: float) -> pd.DataFrame:
+        """Everything the features of ``contacts`` may use: their customers' and agents' recent contacts,
+        and the contacts of the customers those agents served (their repeat labels)."""
+        if contacts.empty:
+            return _empty_frame()
+        since = contacts["closed_at"].min().to_pydatetime() - timedelta(days=lookback_days)
+        c = contacts_table.c
+        recent = c.closed_at >= since
+        agents_customers = select(c.customer_id).where(c.agent_id.in_(contacts["agent_id"].unique().tolist()), recent)
+        customers = set(contacts["customer_id"].unique().tolist())
+        query = select(*[c[name] for name in CONTACT_COLUMNS]).where(
+            recent, (c.customer_id.in_(customers)) | (c.customer_id.in_(agents_customers))
+        )
+        with self.engine.connect() as db:
+            frame = pd.DataFrame(db.execute(query).mappings().all())
+        return _typed(frame)
+
+    def save(self, contacts: pd.DataFrame, responses: dict[str, dict[str, Any]], model_version: str) -> set[str]:
+        """Insert contacts with their answers; ones already present are left as they were.
+
+        Returns the ids actually inserted.
+        """
+        if contacts.empty:
+            return set()
+        rows = []
+        now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        for record in contacts[list(CONTACT_COLUMNS)].to_dict("records"):
+            record["opened_at"] = record["opened_at"].to_pydatetime()
+            record["closed_at"] = record["closed_at"].to_pydatetime()
+            record["transcript"] = redact(record["transcript"])
+            record["csat"] = None if pd.isna(record["csat"]) else float(record["csat"])
+            record["transfers"] = int(record["transfers"])
+            record["scored_at"] = now
+            record["model_version"] = model_version
+            record["response"] = json.dumps(responses[record["contact_id"]])
+            rows.append(record)
+        insert = _insert(self.dialect)
+        statement = insert(contacts_table).on_conflict_do_nothing(index_elements=["contact_id"])
+        statement = statement.returning(contacts_table.c.contact_id)
+        inserted: set[str] = set()
+        with self.engine.begin() as db:
+            for row in rows:  # one by one: executemany cannot return what each row did
+                inserted.update(r[0] for r in db.execute(statement, row))
+        return inserted
+
+    def load_frame(self, contacts: pd.DataFrame) -> None:
+        """Bulk-load a validated log (e.g. history from before the service started), without answers."""
+        records = contacts[list(CONTACT_COLUMNS)].copy()
+        records["transcript"] = records["transcript"].map(redact)
+        records["csat"] = records["csat"].astype(object).where(records["csat"].notna(), None)
+        insert = _insert(self.dialect)
+        statement = insert(contacts_table).on_conflict_do_nothing(index_elements=["contact_id"])
+        payload = records.to_dict("records")
+        for row in payload:
+            row["opened_at"] = row["opened_at"].to_pydatetime()
+            row["closed_at"] = row["closed_at"].to_pydatetime()
+            row["transfers"] = int(row["transfers"])
+        with self.engine.begin() as db:
+            for start in range(0, len(payload), 1000):
+                db.execute(statement, payload[start : start + 1000])
+
+    def all_contacts(self) -> pd.DataFrame:
+        with self.engine.connect() as db:
+            frame = pd.DataFrame(db.execute(select(*[contacts_table.c[n] for n in CONTACT_COLUMNS])).mappings().all())
+        return _typed(frame)
+
+    def count(self) -> int:
+        with self.engine.connect() as db:
+            return int(db.execute(select(func.count()).select_from(contacts_table)).scalar_one())
+
+    def integrity_ok(self) -> bool:
+        if self.dialect != "sqlite":
+            return True
+        with self.engine.connect() as db:
+            return db.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def _insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash in WAL mode
+    cursor.close()
+
+
+def _empty_frame() -> pd.DataFrame:
+    return _typed(pd.DataFrame(columns=list(CONTACT_COLUMNS)))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows as the schema types them (SQLite hands back naive datetimes: they were stored as UTC)."""
+    if frame.empty:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CONTACT_COLUMNS})
+    out = frame.copy()
+    for column in ("opened_at", "closed_at"):
+        values = pd.to_datetime(out[column])
+        values = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        out[column] = values.astype("datetime64[ns, UTC]")
+    for column in ("contact_id", "customer_id", "channel", "issue", "transcript", "agent_id", "queue"):
+        out[column] = out[column].astype(str)
+    for column in ("handle_seconds", "hold_seconds", "csat"):
+        out[column] = pd.to_numeric(out[column]).astype(float)
+    out["transfers"] = pd.to_numeric(out["transfers"]).astype("int64")
+    return out

@@ -1,0 +1,259 @@
+"""The scoring service over real HTTP: `bentoml serve` on a loopback port, a champion from MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from predictor.registry import log_and_register, pyfunc_input
+from predictor.store import ContactStore
+
+ROOT = Path(__file__).parents[1]
+TOKEN = "test-token-123"
+MAX_BATCH = 50
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_json(row: pd.Series) -> dict:
+    body = {k: row[k] for k in ("contact_id", "customer_id", "channel", "issue", "transcript", "agent_id", "queue")}
+    body["opened_at"] = row["opened_at"].isoformat()
+    body["closed_at"] = row["closed_at"].isoformat()
+    body["handle_seconds"] = float(row["handle_seconds"])
+    body["hold_seconds"] = float(row["hold_seconds"])
+    body["transfers"] = int(row["transfers"])
+    body["csat"] = None if pd.isna(row["csat"]) else float(row["csat"])
+    return body
+
+
+@pytest.fixture(scope="module")
+def served(trained, settings, workdir: Path) -> Iterator[dict]:
+    """Register the trained model as champion of its own name, preload history, start the server."""
+    result, contacts = trained
+    service_settings = settings.model_copy(
+        update={"registry": settings.registry.model_copy(update={"model_name": "service-predictor"})}
+    )
+    registration = log_and_register(result, service_settings, contacts)
+    assert registration.promoted
+
+    test_ids = set(result.test_contacts["contact_id"])
+    ordered = contacts.sort_values("closed_at")
+    first_test_close = result.test_contacts["closed_at"].min()
+    history = ordered[(ordered["closed_at"] < first_test_close) & ~ordered["contact_id"].isin(test_ids)]
+    to_score = ordered[ordered["contact_id"].isin(test_ids)]
+    store_url = f"sqlite:///{workdir / 'service-store.db'}"
+    store = ContactStore(store_url)
+    store.load_frame(history)
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREDICTOR_REGISTRY__TRACKING_URI": service_settings.registry.tracking_uri,
+        "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(service_settings.registry.artifact_root),
+        "PREDICTOR_REGISTRY__MODEL_NAME": "service-predictor",
+        "PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir),
+        "PREDICTOR_SERVICE__STORE_URL": store_url,
+        "PREDICTOR_SERVICE__API_TOKEN": TOKEN,
+        "PREDICTOR_SERVICE__MAX_BATCH": str(MAX_BATCH),
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(ROOT / "data" / "followup_scripts.yaml"),
+        "BENTOML_HOME": str(workdir / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = (workdir / "bentoml.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor", "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            assert process.poll() is None, (workdir / "bentoml.log").read_text()[-4000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "service not ready in 240 s"
+            time.sleep(0.5)
+        yield {
+            "base": base,
+            "client": httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120),
+            "to_score": to_score,
+            "history": history,
+            "store": store,
+            "settings": service_settings,
+            "version": registration.version,
+        }
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_health_metrics_and_openapi(served) -> None:
+    base = served["base"]
+    assert httpx.get(f"{base}/livez").status_code == 200
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    assert httpx.get(f"{base}/metrics").status_code == 200
+    spec = httpx.get(f"{base}/docs.json").json()
+    assert "/score" in spec["paths"] and "/score_batch" in spec["paths"]
+    text = json.dumps(spec)
+    for description in (
+        "Calibrated probability of a repeat",
+        "Send within this many hours",
+        "Unique id of the contact",
+    ):
+        assert description in text
+
+
+def test_auth_is_required_on_scoring_only(served) -> None:
+    body = as_json(served["to_score"].iloc[0])
+    assert httpx.post(f"{served['base']}/score", json=body).status_code == 401
+    wrong = httpx.post(f"{served['base']}/score", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert httpx.get(f"{served['base']}/livez").status_code == 200
+
+
+def test_score_answers_everything_and_is_idempotent(served) -> None:
+    client, store = served["client"], served["store"]
+    body = as_json(served["to_score"].iloc[0])
+    before = store.count()
+    first = client.post("/score", json=body)
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    assert answer["model_version"] == served["version"]
+    assert 0 <= answer["repeat_probability"] <= 1
+    assert answer["risk_band"] in {"low", "medium", "high"}
+    assert len(answer["next_issues"]) == 3
+    assert {n["repeat_type"] for n in answer["next_issues"]} <= {"explicit", "implicit"}
+    assert answer["hours_to_repeat"]["p90"] >= answer["hours_to_repeat"]["median"]
+    assert len(answer["reasons"]) == 3
+    follow_up = answer["follow_up"]
+    assert 0 < follow_up["send_within_hours"] <= 24
+    assert follow_up["channel"] == body["channel"]
+    assert store.count() == before + 1
+
+    again = client.post("/score", json=body)
+    assert again.status_code == 200
+    assert again.json()["replayed"] is True
+    assert {k: v for k, v in again.json().items() if k != "replayed"} == {
+        k: v for k, v in answer.items() if k != "replayed"
+    }
+    assert store.count() == before + 1
+
+
+def test_transcripts_are_stored_redacted(served) -> None:
+    client, store = served["client"], served["store"]
+    body = as_json(served["to_score"].iloc[1])
+    body["transcript"] = "Customer: my email is secret.person@example.com and card 4111 1111 1111 1111."
+    assert client.post("/score", json=body).status_code == 200
+    stored = store.all_contacts().set_index("contact_id").loc[body["contact_id"], "transcript"]
+    assert "secret.person" not in stored and "4111" not in stored
+    assert "[EMAIL]" in stored and "[CARD]" in stored
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"channel": "fax"}, "channel"),
+        ({"handle_seconds": -1}, "handle_seconds"),
+        ({"hold_seconds": float("nan")}, "hold_seconds"),
+        ({"transfers": True}, "transfers"),
+        ({"transfers": "2"}, "transfers"),
+        ({"opened_at": "2026-03-02T09:00:00"}, "opened_at"),
+        ({"closed_at": "2020-01-01T00:00:00Z"}, "closed_at"),
+        ({"contact_id": "1; DROP TABLE contacts;--"}, "contact_id"),
+        ({"contact_id": None}, "contact_id"),
+        ({"transcript": "x" * 20_001}, "transcript"),
+        ({"csat": 9}, "csat"),
+    ],
+)
+def test_invalid_input_is_a_400_naming_the_field(served, change: dict, field: str) -> None:
+    client, store = served["client"], served["store"]
+    body = as_json(served["to_score"].iloc[2])
+    body.update(change)
+    before = store.count()
+    response = client.post(
+        "/score", content=json.dumps(body, allow_nan=True), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert field in response.text
+    assert store.count() == before
+
+
+def test_missing_field_and_non_json_bodies(served) -> None:
+    client = served["client"]
+    body = as_json(served["to_score"].iloc[2])
+    del body["agent_id"]
+    missing = client.post("/score", json=body)
+    assert missing.status_code == 400 and "agent_id" in missing.text
+    assert client.post("/score", content=b"not json", headers={"Content-Type": "text/plain"}).status_code == 415
+    broken = client.post("/score", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400
+
+
+def test_unknown_issue_is_scored_as_other_with_a_warning(served) -> None:
+    body = as_json(served["to_score"].iloc[3])
+    body["issue"] = "brand_new_issue"
+    response = served["client"].post("/score", json=body)
+    assert response.status_code == 200, response.text
+    assert any("brand_new_issue" in w for w in response.json()["warnings"])
+
+
+def test_batch_reports_a_bad_item_and_scores_the_rest(served) -> None:
+    rows = [as_json(r) for _, r in served["to_score"].iloc[4:8].iterrows()]
+    rows[1]["channel"] = "pigeon"
+    response = served["client"].post("/score_batch", json={"contacts": rows})
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["scored"] == 3 and out["rejected"] == 1
+    bad = out["results"][1]
+    assert not bad["ok"] and bad["errors"][0]["field"] == "channel"
+    assert all(item["ok"] for i, item in enumerate(out["results"]) if i != 1)
+
+
+def test_oversized_batch_is_a_400_naming_contacts(served) -> None:
+    rows = [as_json(served["to_score"].iloc[0])] * (MAX_BATCH + 1)
+    response = served["client"].post("/score_batch", json={"contacts": rows})
+    assert response.status_code == 400
+    assert "contacts" in response.text
+
+
+def test_train_serve_parity(served) -> None:
+    """/score_batch gives the registered pyfunc's probabilities for the same contacts and history."""
+    import mlflow
+
+    to_score = served["to_score"].iloc[10:40]
+    response = served["client"].post("/score_batch", json={"contacts": [as_json(r) for _, r in to_score.iterrows()]})
+    assert response.status_code == 200, response.text
+    served_p = {item["contact_id"]: item["result"]["repeat_probability"] for item in response.json()["results"]}
+
+    mlflow.set_tracking_uri(served["settings"].registry.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/service-predictor@champion")
+    history = served["store"].all_contacts()  # what the service knew, and (later) what it was sent
+    offline = model.predict(pyfunc_input(to_score, history)).set_index("contact_id")["repeat_probability"]
+    for contact_id, p in served_p.items():
+        assert p == pytest.approx(offline[contact_id], abs=1e-6)
+    assert np.std(list(served_p.values())) > 0

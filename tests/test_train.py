@@ -1,0 +1,113 @@
+"""Training end to end on a small simulated log: split, models, baselines, evaluation, registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from predictor.labels import derive
+from predictor.registry import CHAMPION, connect, log_and_register, promote, pyfunc_input
+from predictor.train import fit, load_hyperparams, time_split
+
+
+def test_time_split_is_ordered_embargoed_and_excludes_censored(trained, settings) -> None:
+    _, contacts = trained
+    labelled = derive(contacts, settings.labels)
+    split = time_split(labelled, settings)
+    closed = labelled["closed_at"]
+    window = pd.Timedelta(days=settings.labels.repeat_window_days)
+    assert closed.iloc[split.train].max() + window <= closed.iloc[split.calibration].min()
+    assert closed.iloc[split.calibration].max() + window <= closed.iloc[split.test].min()
+    assert not labelled["censored"].iloc[np.r_[split.train, split.calibration, split.test]].any()
+    counts = split.counts
+    assert counts["train"] + counts["calibration"] + counts["test"] + counts["censored"] + counts["embargoed"] == len(
+        contacts
+    )
+    assert counts["censored"] > 0
+
+
+def test_models_and_baselines_are_evaluated(trained) -> None:
+    result, _ = trained
+    metrics = result.metrics
+    expected = {"model", "issue base rate", "metadata + history (no text)", "tf-idf + logistic regression"}
+    assert expected | {"oracle (simulator truth)"} <= set(metrics.index)
+    assert metrics[["roc_auc", "pr_auc", "brier", "ece", "recall_top10", "recall_top20"]].notna().all().all()
+    assert metrics.loc["model", "roc_auc"] > 0.55
+    assert metrics.loc["model", "roc_auc"] > metrics.loc["issue base rate", "roc_auc"]
+    assert 0 <= result.next_issue_metrics["top3_accuracy"] <= 1
+    assert result.next_issue_metrics["top3_accuracy"] >= result.next_issue_metrics["top1_accuracy"]
+    assert 0.6 < result.timing_metrics["p90_coverage"] <= 1
+    assert set(result.plots) == {"roc_pr", "reliability", "gain", "next_issue_confusion"}
+    assert all(p.stat().st_size > 5_000 for p in result.plots.values())
+    assert result.params["uses_text"] is True
+
+
+def test_predictions_have_the_promised_shape(trained) -> None:
+    result, contacts = trained
+    scored = result.model.predict(contacts.tail(5), contacts)
+    assert list(scored["contact_id"]) == list(contacts["contact_id"].tail(5))
+    assert scored["repeat_probability"].between(0, 1).all()
+    assert (scored["next_issue_1_probability"] >= scored["next_issue_2_probability"]).all()
+    assert (scored["hours_to_repeat_p90"] >= scored["hours_to_repeat_median"]).all()
+    reasons = result.model.reasons(result.model.model_input(result.model.features(contacts.tail(2), contacts).frame))
+    assert len(reasons) == 2 and len(reasons[0]) == 3
+    assert all(r["description"] for r in reasons[0])
+
+
+def test_training_without_any_transcript_drops_text_features(train_log, settings) -> None:
+    from predictor.schema import validate
+
+    contacts = validate(train_log.contacts.assign(transcript="")).contacts
+    result = fit(contacts, settings, ablation=False)
+    assert result.params["uses_text"] is False
+    assert not result.model.uses_text
+    assert "tf-idf + logistic regression" not in result.metrics.index
+    assert not any(c.startswith("emb_") for c in result.model.feature_columns)
+
+
+def test_registry_gate_and_fresh_process_load(trained, train_log, settings, workdir) -> None:
+    result, contacts = trained
+    first = log_and_register(result, settings, contacts)
+    assert first.promoted and "first champion" in first.reason
+
+    # A deliberately worse challenger: one stump, no text.
+    weak = load_hyperparams()
+    weak["repeat"] = {"n_estimators": 1, "num_leaves": 2, "learning_rate": 0.1}
+    worse = fit(contacts, settings, use_text=False, ablation=False, hyperparams=weak)
+    assert (
+        worse.metrics.loc["model", "roc_auc"] < result.metrics.loc["model", "roc_auc"] - settings.registry.auc_tolerance
+    )
+    second = log_and_register(worse, settings, contacts)
+    assert not second.promoted
+    assert "not promoted" in second.reason and "AUC" in second.reason
+    client = connect(settings.registry)
+    name = settings.registry.model_name
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == first.version
+    assert client.get_model_version(name, second.version).tags["gate"] == "rejected"
+
+    # The champion, loaded in a fresh process, gives the probabilities seen in training.
+    test = result.test_contacts.head(40)
+    payload = workdir / "pyfunc_input.parquet"
+    pyfunc_input(test, contacts).to_parquet(payload)
+    script = f"""
+import json, mlflow, pandas as pd
+mlflow.set_tracking_uri({settings.registry.tracking_uri!r})
+model = mlflow.pyfunc.load_model("models:/{name}@champion")
+out = model.predict(pd.read_parquet({str(payload)!r}))
+print(json.dumps(dict(zip(out.contact_id, out.repeat_probability))))
+"""
+    env = {"PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir), "HF_HUB_OFFLINE": "1", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = result.test_predictions.set_index("contact_id")["repeat_probability"]
+    for contact_id, p in fresh.items():
+        assert p == pytest.approx(expected[contact_id], abs=1e-6)
+
+    promote(second.version, settings, reason="test override")
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == second.version
