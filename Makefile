@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-fast lint demo clean
+.PHONY: help install test test-fast lint demo serve clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -37,10 +37,16 @@ test: install lint ## Lint, then the whole test suite (slow end-to-end tests inc
 test-fast: install ## The tests not marked slow
 	$(BIN)/pytest -m "not slow"
 
-demo: install ## Simulate a contact log, validate it, label it (the main job on embedded defaults)
+demo: install ## The main job: simulate a log, validate, label, train + register, score over HTTP
 	$(BIN)/predictor simulate --n $(DEMO_N) --seed 7 --out $(DEMO_DIR)/contacts.csv
 	$(BIN)/predictor validate $(DEMO_DIR)/contacts.csv --out $(DEMO_DIR)/valid.parquet
 	$(BIN)/predictor labels $(DEMO_DIR)/valid.parquet
+	$(BIN)/predictor train $(DEMO_DIR)/valid.parquet --oracle-truth $(DEMO_DIR)/contacts.truth.parquet \
+		--plots-dir $(DEMO_DIR)/plots
+	$(BIN)/predictor serve-demo $(DEMO_DIR)/valid.parquet --store $(DEMO_DIR)/store.db
+
+serve: install ## Run the scoring service on port 3000 (needs a trained champion: make demo)
+	$(BIN)/bentoml serve service.service:Predictor --port 3000
 
 clean: ## Remove generated data and local model stores (keeps .venv)
-	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache
+	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache models/contacts.db

@@ -18,7 +18,7 @@ from predictor.http_guard import GuardMiddleware
 
 
 def _token() -> str | None:
-    secret = get_settings().service.api_token
+    secret = get_settings().api_token
     return secret.get_secret_value() if secret else None
 
 

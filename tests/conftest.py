@@ -109,4 +109,4 @@ def trained(train_log: SimulatedLog, settings, workdir: Path):
     from predictor.train import fit
 
     contacts = validate(train_log.contacts).contacts
-    return fit(contacts, settings, ablation=False, truth=train_log.truth, plots_dir=workdir / "plots"), contacts
+    return fit(contacts, settings, ablation=False, oracle=train_log.truth, plots_dir=workdir / "plots"), contacts

@@ -59,20 +59,21 @@ def test_history_counts_by_hand() -> None:
     assert f.loc["C4", "hours_since_previous_contact"] == pytest.approx(2 - 10 / 60)
 
 
-def test_agent_rate_uses_only_labels_known_at_close() -> None:
-    # Agent A1 handles C1 (repeated by C2 after 30 h). At C3's close (10 h) that repeat was not yet seen.
+def test_agent_rate_uses_only_windows_closed_at_close() -> None:
+    # Agent A1 handles C1 (repeated by C2 after 30 h). The label counts only once C1's 7-day window has
+    # ended, even though the repeat was seen earlier: counting repeats early would inflate recent rates.
     rows = validate(
         frame(
             contact("C1", customer_id="U1", opened_hours=0),
-            contact("C3", customer_id="U9", opened_hours=10),
             contact("C2", customer_id="U1", opened_hours=30, agent_id="A7"),
             contact("C5", customer_id="U8", opened_hours=40),
+            contact("C6", customer_id="U7", opened_hours=7 * 24 + 1),
         )
     ).contacts
     f = build(rows).frame.set_index(rows["contact_id"])
-    assert f.loc["C3", "agent_closed_windows"] == 0
-    assert f.loc["C5", "agent_closed_windows"] == 1  # C1's repeat was seen at hour 30
-    assert f.loc["C5", "agent_repeat_rate"] > f.loc["C3", "agent_repeat_rate"]
+    assert f.loc["C5", "agent_closed_windows"] == 0
+    assert f.loc["C6", "agent_closed_windows"] == 1
+    assert f.loc["C6", "agent_repeat_rate"] > f.loc["C5", "agent_repeat_rate"]
 
 
 def test_unknown_customer_and_agent_get_neutral_history() -> None:

@@ -40,6 +40,7 @@ def test_a_repeat_seen_before_data_end_is_not_censored() -> None:
     result = labelled(contact("C1"), contact("C2", opened_hours=24), as_of=as_of)
     assert bool(result.loc["C1", "is_repeat"]) is True
     assert not result.loc["C1", "censored"]
+    assert not result.loc["C1", "window_complete"]  # known, but its window is not over: not for fitting
     assert result.loc["C2", "censored"]  # its own window is still open
 
 

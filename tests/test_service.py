@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from predictor.api import contact_json
+from predictor.devserver import running_service
 from predictor.registry import log_and_register, pyfunc_input
 from predictor.store import ContactStore
 
@@ -25,21 +22,8 @@ MAX_BATCH = 50
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def as_json(row: pd.Series) -> dict:
-    body = {k: row[k] for k in ("contact_id", "customer_id", "channel", "issue", "transcript", "agent_id", "queue")}
-    body["opened_at"] = row["opened_at"].isoformat()
-    body["closed_at"] = row["closed_at"].isoformat()
-    body["handle_seconds"] = float(row["handle_seconds"])
-    body["hold_seconds"] = float(row["hold_seconds"])
-    body["transfers"] = int(row["transfers"])
-    body["csat"] = None if pd.isna(row["csat"]) else float(row["csat"])
-    return body
+    return contact_json(row.to_dict())
 
 
 @pytest.fixture(scope="module")
@@ -61,55 +45,29 @@ def served(trained, settings, workdir: Path) -> Iterator[dict]:
     store = ContactStore(store_url)
     store.load_frame(history)
 
-    port = free_port()
     env = {
-        **os.environ,
         "PREDICTOR_REGISTRY__TRACKING_URI": service_settings.registry.tracking_uri,
         "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(service_settings.registry.artifact_root),
         "PREDICTOR_REGISTRY__MODEL_NAME": "service-predictor",
         "PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir),
         "PREDICTOR_SERVICE__STORE_URL": store_url,
-        "PREDICTOR_SERVICE__API_TOKEN": TOKEN,
+        "PREDICTOR_API_TOKEN": TOKEN,
         "PREDICTOR_SERVICE__MAX_BATCH": str(MAX_BATCH),
         "PREDICTOR_SERVICE__SCRIPTS_PATH": str(ROOT / "data" / "followup_scripts.yaml"),
         "BENTOML_HOME": str(workdir / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "HF_HUB_OFFLINE": "1",
     }
-    log = (workdir / "bentoml.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            assert process.poll() is None, (workdir / "bentoml.log").read_text()[-4000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "service not ready in 240 s"
-            time.sleep(0.5)
+    with running_service(env, workdir / "bentoml.log") as service:
         yield {
-            "base": base,
-            "client": httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120),
+            "base": service.base_url,
+            "client": httpx.Client(
+                base_url=service.base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+            ),
             "to_score": to_score,
             "history": history,
             "store": store,
             "settings": service_settings,
             "version": registration.version,
         }
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_health_metrics_and_openapi(served) -> None:

@@ -122,3 +122,18 @@ def item_errors(exc: Any) -> list[ItemError]:
         loc = ".".join(str(p) for p in error.get("loc", ())) or "body"
         out.append(ItemError(field=loc, message=error.get("msg", "invalid")))
     return out
+
+
+def contact_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A validated contact (a row of the schema's frame) as the JSON body of /score."""
+    body = {k: row[k] for k in ("contact_id", "customer_id", "channel", "issue", "transcript", "agent_id", "queue")}
+    csat = row.get("csat")
+    body.update(
+        opened_at=row["opened_at"].isoformat(),
+        closed_at=row["closed_at"].isoformat(),
+        handle_seconds=float(row["handle_seconds"]),
+        hold_seconds=float(row["hold_seconds"]),
+        transfers=int(row["transfers"]),
+        csat=None if csat is None or csat != csat else float(csat),
+    )
+    return body

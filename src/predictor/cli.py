@@ -175,7 +175,7 @@ def train(
             settings,
             use_text=text,
             ablation=ablation,
-            truth=truth,
+            oracle=truth,
             plots_dir=plots_dir,
             stage=lambda name: progress.update(task, description=f"training: {name}"),
         )
@@ -209,11 +209,90 @@ def promote(
     console.print(f"champion -> {settings.registry.model_name} version {version} ({reason})")
 
 
+@app.command("serve-demo")
+def serve_demo(
+    path: Annotated[Path, typer.Argument(help="Contact log; its last days are scored, the rest is history.")],
+    held_out_days: Annotated[float, typer.Option(help="Score the contacts closed in the last N days.")] = 2.0,
+    store: Annotated[Path, typer.Option(help="SQLite file for the demo's contact store (recreated).")] = Path(
+        "data/demo/store.db"
+    ),
+    show: Annotated[int, typer.Option(help="How many answers to print in full.")] = 3,
+) -> None:
+    """Start the real BentoML service, score the held-out contacts over HTTP, print answers, stop it.
+
+    The store is first filled with the earlier contacts, so the service reads customer and agent history
+    from it exactly as in production.
+    """
+    import json
+    import secrets
+
+    import httpx
+
+    from predictor.api import contact_json
+    from predictor.config import get_settings
+    from predictor.devserver import running_service
+    from predictor.store import ContactStore
+
+    settings = get_settings()
+    contacts = _load(path, None, None).contacts.sort_values("closed_at")
+    cutoff = contacts["closed_at"].max() - pd_timedelta(days=held_out_days)
+    history, held_out = contacts[contacts["closed_at"] <= cutoff], contacts[contacts["closed_at"] > cutoff]
+    store.unlink(missing_ok=True)
+    store_url = f"sqlite:///{store.resolve()}"
+    ContactStore(store_url).load_frame(history)
+    console.print(f"store {store}: {len(history):,} earlier contacts loaded; scoring {len(held_out):,} held-out")
+    token = secrets.token_urlsafe(16)
+    env = {
+        "PREDICTOR_REGISTRY__TRACKING_URI": _absolute_sqlite(settings.registry.tracking_uri),
+        "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(Path(settings.registry.artifact_root).resolve()),
+        "PREDICTOR_EMBEDDING__CACHE_DIR": str(Path(settings.embedding.cache_dir).resolve()),
+        "PREDICTOR_SERVICE__STORE_URL": store_url,
+        "PREDICTOR_API_TOKEN": token,
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(Path(settings.service.scripts_path).resolve()),
+    }
+    started = time.perf_counter()
+    with running_service(env, store.parent / "service.log") as service:
+        console.print(f"service ready at {service.base_url} in {time.perf_counter() - started:.1f} s")
+        client = httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
+        bodies = [contact_json(row) for row in held_out.to_dict("records")]
+        results = []
+        clock = time.perf_counter()
+        with _progress() as progress:
+            task = progress.add_task("scoring over HTTP", total=len(bodies))
+            for start in range(0, len(bodies), 100):
+                response = client.post("/score_batch", json={"contacts": bodies[start : start + 100]})
+                response.raise_for_status()
+                results.extend(item["result"] for item in response.json()["results"] if item["ok"])
+                progress.advance(task, len(bodies[start : start + 100]))
+        elapsed = time.perf_counter() - clock
+    for answer in sorted(results, key=lambda r: -r["repeat_probability"])[:show]:
+        console.print_json(json.dumps(answer))
+    act = sum(r["follow_up"]["act"] for r in results)
+    high = sum(r["risk_band"] == "high" for r in results)
+    console.print(
+        f"scored {len(results):,} contacts over HTTP in {elapsed:.1f} s ({len(results) / max(elapsed, 1e-9):.0f}/s); "
+        f"{high} high risk; follow-up recommended for {act}"
+    )
+
+
+def _absolute_sqlite(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def pd_timedelta(**kwargs: float):  # noqa: ANN201 - pandas imported lazily to keep --help fast
+    import pandas as pd
+
+    return pd.Timedelta(**kwargs)
+
+
 def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imported lazily
     counts = result.split.counts
     console.print(
         f"split by close time: train {counts['train']:,}, calibration {counts['calibration']:,}, "
-        f"test {counts['test']:,}; censored (excluded) {counts['censored']:,}; embargoed {counts['embargoed']:,}"
+        f"test {counts['test']:,}; window still open at data end (excluded) {counts['window_open']:,}, of "
+        f"which censored {counts['censored']:,}; embargoed between slices {counts['embargoed']:,}"
     )
     table = Table(
         "model",

@@ -53,7 +53,6 @@ class RegistryConfig(BaseModel):
 
 class ServiceConfig(BaseModel):
     store_url: str = Field("sqlite:///models/contacts.db", description="SQLAlchemy URL of the contact store.")
-    api_token: SecretStr | None = Field(None, description="Bearer token required on scoring calls when set.")
     model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
     max_transcript_chars: int = Field(20_000, ge=1)
@@ -78,6 +77,8 @@ class Settings(BaseSettings):
     registry: RegistryConfig = RegistryConfig()
     service: ServiceConfig = ServiceConfig()
     hyperparams_path: Path | None = None
+    # PREDICTOR_API_TOKEN: when set, every scoring call needs "Authorization: Bearer <token>".
+    api_token: SecretStr | None = None
 
 
 @lru_cache(maxsize=1)

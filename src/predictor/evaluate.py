@@ -77,9 +77,16 @@ def load_truth(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def oracle_next_issue(truth: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    columns = [c for c in truth.columns if c.startswith("p_next__")]
-    return truth[columns].to_numpy(), [c.removeprefix("p_next__") for c in columns]
+def oracle_repeat(truth: pd.DataFrame, contact_ids: pd.Series) -> np.ndarray:
+    """The simulator's own probability of a repeat within the window, for these contacts."""
+    return truth.set_index("contact_id").loc[contact_ids, "true_repeat_probability"].to_numpy()
+
+
+def oracle_next_issue(truth: pd.DataFrame, contact_ids: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """The simulator's distribution of the next issue, given a repeat (one column per issue)."""
+    rows = truth.set_index("contact_id").loc[contact_ids]
+    columns = [c for c in rows.columns if c.startswith("p_next__")]
+    return rows[columns].to_numpy(), [c.removeprefix("p_next__") for c in columns]
 
 
 # -- plots ---------------------------------------------------------------------------------------------

@@ -160,12 +160,14 @@ class _Keyed:
 def _agent_repeat_rate(contacts: pd.DataFrame, labelled: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each agent's repeat rate over the labels that became known in the look-back before the contact's
     close, shrunk towards the industry rate so that a handful of contacts cannot rank an agent."""
-    known = labelled[~labelled["censored"]].dropna(subset=["label_known_at"])
+    # A label counts once its whole window has passed, repeat or not: counting repeats as soon as they
+    # are seen but non-repeats only later would inflate every recent rate.
+    known = labelled[~labelled["censored"]]
     t = _us(contacts["closed_at"])
 
-    by_agent = known.sort_values(["agent_id", "label_known_at"], kind="stable").reset_index(drop=True)
+    by_agent = known.sort_values(["agent_id", "window_ends_at"], kind="stable").reset_index(drop=True)
     codes = {a: i for i, a in enumerate(pd.unique(by_agent["agent_id"]))}
-    keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), _us(by_agent["label_known_at"]))
+    keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), _us(by_agent["window_ends_at"]))
     query_code = contacts["agent_id"].map(codes).to_numpy()
     upto = keys.count_upto(query_code, t)
     start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)

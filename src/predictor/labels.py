@@ -20,7 +20,8 @@ LABEL_COLUMNS: tuple[str, ...] = (
     "repeat_type",
     "next_issue",
     "hours_to_repeat",
-    "label_known_at",
+    "window_ends_at",
+    "window_complete",
     "continues_previous",
 )
 
@@ -34,8 +35,12 @@ def derive(
 
     ``as_of`` is when the data was extracted; by default the last close time in the log. Columns:
     ``is_repeat`` (nullable boolean, <NA> when censored), ``censored``, ``repeat_type``
-    (explicit/implicit), ``next_issue``, ``hours_to_repeat``, ``label_known_at`` (when the label became
-    known: the repeat's opening, or the window's end) and ``continues_previous``.
+    (explicit/implicit), ``next_issue``, ``hours_to_repeat``, ``window_ends_at``, ``window_complete``
+    (the whole window lies before ``as_of``) and ``continues_previous``.
+
+    Anything fitted or evaluated should use only ``window_complete`` rows, not merely the uncensored
+    ones: near the end of the data a repeat is seen before the window closes but a non-repeat is not,
+    so "uncensored" alone over-represents repeats.
     """
     config = config or LabelConfig()
     window = pd.Timedelta(days=config.repeat_window_days)
@@ -82,7 +87,6 @@ def derive(
     is_repeat = pd.array(np.where(censored, pd.NA, repeat), dtype="boolean")
     next_issue = np.where(repeat, issue[nxt_safe], None)
     repeat_type = np.where(repeat, np.where(issue[nxt_safe] == issue, "explicit", "implicit"), None)
-    known_ms = np.where(repeat, opened[nxt_safe], np.where(censored, np.iinfo(np.int64).max // 2, window_end))
 
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
@@ -91,8 +95,8 @@ def derive(
     out["repeat_type"] = pd.array(repeat_type[inverse], dtype="string")
     out["next_issue"] = pd.array(next_issue[inverse], dtype="string")
     out["hours_to_repeat"] = np.where(repeat, hours, np.nan)[inverse]
-    known = pd.to_datetime(known_ms[inverse].clip(max=4_102_444_800_000), unit="ms", utc=True)
-    out["label_known_at"] = pd.Series(known, index=out.index).where(~out["censored"])
+    out["window_ends_at"] = pd.to_datetime(window_end[inverse], unit="ms", utc=True).astype("datetime64[ns, UTC]")
+    out["window_complete"] = (window_end <= as_of_ms)[inverse]
     out["continues_previous"] = continues[inverse]
     return out
 
@@ -110,7 +114,8 @@ def _empty_labels(out: pd.DataFrame) -> pd.DataFrame:
     out["repeat_type"] = pd.array([], dtype="string")
     out["next_issue"] = pd.array([], dtype="string")
     out["hours_to_repeat"] = np.array([], dtype=float)
-    out["label_known_at"] = pd.Series([], dtype="datetime64[ns, UTC]")
+    out["window_ends_at"] = pd.Series([], dtype="datetime64[ns, UTC]")
+    out["window_complete"] = np.array([], dtype=bool)
     out["continues_previous"] = np.array([], dtype=bool)
     return out
 

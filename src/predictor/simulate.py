@@ -567,48 +567,132 @@ PROACTIVE: dict[str, tuple[str, ...]] = {
         "you can change to a plan with more data whenever you like, it takes effect immediately",
     ),
 }
-CLEAR = (
-    "Here's exactly what happens next: {action}. You'll see it within {n} hours, and you'll get a confirmation text.",
-    "Let me walk you through it step by step. First, {action}. That's all you need to do, it's done within {n} hours.",
-    "To be clear: {action}, and you won't need to do anything else. It takes about {n} hours.",
-    "So the fix is simple: {action}. I've also emailed you a summary of these steps.",
-)
-CONFUSING = (
-    "It's probably something on the system side, it might sort itself out, or maybe try again later.",
-    "Hmm, there are a few things it could be, possibly the settings or the account, hard to say really.",
-    "Usually this works, I think, unless it's the other thing, so you could try a few options.",
-    "I'm not fully sure, it could be related to a recent update, you might want to check back at some point.",
+# The outcome sentences are composed from parts, so the same meaning comes in hundreds of wordings (as in
+# real conversations) and a model must read meaning, not memorise a handful of phrases.
+CLEAR_PARTS = (
+    (
+        "Here's exactly what happens next:",
+        "Let me walk you through it.",
+        "To be clear:",
+        "So the fix is simple:",
+        "Right, here is the plan:",
+        "Okay, step by step:",
+    ),
+    ("{action}.",),
+    (
+        "You'll see it within {n} hours.",
+        "It takes effect within {n} hours.",
+        "Give it about {n} hours.",
+        "It should show within {n} hours at most.",
+        "Expect it to be live in {n} hours.",
+    ),
+    (
+        "You won't need to do anything else.",
+        "I've also emailed you a summary of these steps.",
+        "You'll get a confirmation text when it's done.",
+        "Nothing else is needed from your side.",
+        "I've noted all of this on your account.",
+        "",
+    ),
 )
 ACTIONS = (
     "I've updated the setting on your account",
     "I've applied the correction to your account",
     "I've reissued the request from our side",
     "I've reset it in our system",
+    "I've changed it for you just now",
+    "I've put the fix through on your line",
+    "I've corrected the record on our side",
+    "I've re-sent it from here",
 )
-RESOLVED = (
-    "That's now fixed on our side.",
-    "Everything is sorted now, I can see it's working.",
-    "I've completed that for you, it's done.",
-    "All done, the change is confirmed in the system.",
+CONFUSING_PARTS = (
+    ("It's probably", "I think it might be", "It could be", "Possibly it's", "Hmm, maybe it's", "Usually that's"),
+    (
+        "something on the system side,",
+        "the settings or the account,",
+        "related to a recent update,",
+        "one of a few things,",
+        "a temporary glitch, or not,",
+        "the other thing we sometimes see,",
+    ),
+    (
+        "so it might sort itself out.",
+        "so you could try again later maybe.",
+        "hard to say really.",
+        "you might want to check back at some point.",
+        "so try a few options and see.",
+        "I'm not fully sure.",
+    ),
 )
-UNRESOLVED = (
-    "I've raised a ticket with the technical team and they'll look into it.",
-    "I can't fix this from here, so I've passed it on to another department.",
-    "I've logged it, someone should get back to you, though I can't say when.",
-    "Unfortunately that needs escalating, it's with the back office now.",
+RESOLVED_PARTS = (
+    (
+        "That's now fixed",
+        "Everything is sorted now",
+        "I've completed that for you",
+        "All done",
+        "That's resolved",
+        "It's working again",
+    ),
+    ("on our side.", ", I can see it in the system.", ", it's confirmed.", ", nothing is pending.", "."),
+)
+UNRESOLVED_PARTS = (
+    (
+        "I've raised a ticket with the technical team",
+        "I can't fix this from here, so I've passed it on",
+        "I've logged it with the back office",
+        "Unfortunately that needs escalating",
+        "I've sent it to another department",
+        "I've flagged it for a specialist",
+    ),
+    (
+        "and they'll look into it.",
+        ", someone should get back to you.",
+        ", though I can't say when.",
+        "and they'll be in touch.",
+        ", it may take a while.",
+        ".",
+    ),
 )
 CONFUSED = (
     "Sorry, I'm still not sure what I'm supposed to do now.",
     "Wait, so do I need to do something or not?",
     "I don't really understand, will it work or should I call again?",
     "Okay... I'm a bit lost, but fine I guess.",
+    "Hm, that didn't really answer my question.",
+    "So... what happens if it still doesn't work?",
+    "I'm confused, you said something different before.",
+    "Not sure I follow, but okay.",
+    "I still don't get why this happened.",
+    "Right. I'll see, I suppose.",
 )
 SATISFIED = (
     "Great, that makes sense, thanks.",
     "Perfect, that's clear. Thank you!",
     "Brilliant, thanks for explaining it so well.",
     "Okay, understood, thanks for your help.",
+    "Lovely, that's exactly what I needed.",
+    "Clear, thanks a lot.",
+    "Thank you, that's really helpful.",
+    "Makes sense now, cheers.",
+    "Excellent, thanks for sorting it.",
+    "Good, I know what to expect now. Thanks!",
 )
+
+
+def _compose(rng: random.Random, parts: tuple[tuple[str, ...], ...], **values: object) -> str:
+    text = " ".join(p for p in (rng.choice(options) for options in parts) if p).format(**values)
+    return text.replace(" ,", ",").replace(" .", ".")
+
+
+def _typos(rng: random.Random, text: str, rate: float = 0.03) -> str:
+    """Customers type fast: swap a few neighbouring letters (chat, e-mail and social only)."""
+    chars = list(text)
+    for k in range(len(chars) - 1):
+        if chars[k].isalpha() and chars[k + 1].isalpha() and rng.random() < rate:
+            chars[k], chars[k + 1] = chars[k + 1], chars[k]
+    return "".join(chars)
+
+
 FILLER = (
     ("Agent", "Can I confirm your full name and the postcode on the account, please?"),
     ("Customer", "Sure, one second, I have to find the letter you sent me."),
@@ -685,11 +769,12 @@ def _transcript(rng: random.Random, row: object, config: SimulatorConfig) -> str
     if row.transfers:
         lines.append("Agent: I'm going to transfer you to a colleague who handles this.")
     if row.clear:
-        lines.append("Agent: " + rng.choice(CLEAR).format(action=rng.choice(ACTIONS), n=rng.choice((2, 4, 24, 48))))
+        lines.append("Agent: " + _compose(rng, CLEAR_PARTS, action=rng.choice(ACTIONS), n=rng.choice((2, 4, 24, 48))))
     else:
-        lines.append("Agent: " + rng.choice(CONFUSING))
-    lines.append("Agent: " + rng.choice(RESOLVED if row.resolved else UNRESOLVED))
-    lines.append("Customer: " + rng.choice(CONFUSED if row.confused else SATISFIED))
+        lines.append("Agent: " + _compose(rng, CONFUSING_PARTS))
+    lines.append("Agent: " + _compose(rng, RESOLVED_PARTS if row.resolved else UNRESOLVED_PARTS))
+    reaction = rng.choice(CONFUSED if row.confused else SATISFIED)
+    lines.append("Customer: " + (_typos(rng, reaction) if channel != "phone" else reaction))
     if row.mentioned:
         secondary = [s for s, _, _ in ADJACENT[issue]]
         mention = rng.choice(PROACTIVE.get(rng.choice(secondary), PROACTIVE["billing_question"]))

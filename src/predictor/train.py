@@ -58,20 +58,22 @@ def time_split(labelled: pd.DataFrame, settings: Settings) -> Split:
     window = pd.Timedelta(days=settings.labels.repeat_window_days)
     test_start = closed.quantile(1 - settings.split.test_fraction)
     cal_start = closed.quantile(1 - settings.split.test_fraction - settings.split.calibration_fraction)
-    known = ~labelled["censored"].to_numpy()
+    # Whole window observed, not merely "uncensored": see labels.derive on outcome-dependent censoring.
+    known = labelled["window_complete"].to_numpy()
     # A row's label is known at most one window after its close: that must be before the next slice.
     train = known & (closed <= cal_start - window).to_numpy()
     calibration = known & ((closed > cal_start) & (closed <= test_start - window)).to_numpy()
     test = known & (closed > test_start).to_numpy()
     counts = {
         "contacts": len(labelled),
-        "censored": int((~known).sum()),
+        "censored": int(labelled["censored"].sum()),
+        "window_open": int((~known).sum()),
         "train": int(train.sum()),
         "calibration": int(calibration.sum()),
         "test": int(test.sum()),
     }
     counts["embargoed"] = (
-        counts["contacts"] - counts["censored"] - counts["train"] - counts["calibration"] - counts["test"]
+        counts["contacts"] - counts["window_open"] - counts["train"] - counts["calibration"] - counts["test"]
     )
     return Split(
         train=np.flatnonzero(train),
@@ -103,7 +105,7 @@ def fit(
     *,
     use_text: bool = True,
     ablation: bool = True,
-    truth: pd.DataFrame | None = None,
+    oracle: pd.DataFrame | None = None,
     plots_dir: Path | None = None,
     hyperparams: dict[str, Any] | None = None,
     stage: Callable[[str], None] = lambda _: None,
@@ -191,10 +193,8 @@ def fit(
     lap("baselines")
 
     stage("evaluation")
-    test_truth = None
-    if truth is not None:
-        test_truth = truth.set_index("contact_id").reindex(contacts["contact_id"].iloc[te])
-        scores["oracle (simulator truth)"] = test_truth["true_repeat_probability"].to_numpy()
+    if oracle is not None:
+        scores["oracle (simulator truth)"] = evaluate.oracle_repeat(oracle, contacts["contact_id"].iloc[te])
     rows = []
     long_text = (features["transcript_words"].iloc[te] > settings.embedding.max_tokens * 0.75).to_numpy()
     for name, p in scores.items():
@@ -217,10 +217,8 @@ def fit(
             (np.array(next_classes)[proba.argmax(1)] == contacts["issue"].iloc[repeats_te].to_numpy()).mean()
         ),
     }
-    if test_truth is not None:
-        oracle_proba, oracle_classes = evaluate.oracle_next_issue(
-            truth.set_index("contact_id").reindex(contacts["contact_id"].iloc[repeats_te])
-        )
+    if oracle is not None:
+        oracle_proba, oracle_classes = evaluate.oracle_next_issue(oracle, contacts["contact_id"].iloc[repeats_te])
         next_metrics["oracle_top1_accuracy"] = evaluate.topk_accuracy(next_true, oracle_proba, oracle_classes, 1)
         next_metrics["oracle_top3_accuracy"] = evaluate.topk_accuracy(next_true, oracle_proba, oracle_classes, 3)
     hours_true = labelled["hours_to_repeat"].iloc[repeats_te].to_numpy()

@@ -1,0 +1,77 @@
+"""Run the real BentoML service in a child process on a loopback port (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningService:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_service(
+    env: dict[str, str], log_path: Path, port: int | None = None, ready_timeout: float = 240.0
+) -> Iterator[RunningService]:
+    """Start `bentoml serve service.service:Predictor`, wait for /readyz, stop it on exit."""
+    port = port or free_port()
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", **env}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, process, log_path, ready_timeout)
+            yield RunningService(base, process, log_path)
+        finally:
+            stop(process)
+
+
+def wait_ready(base: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"service not ready after {timeout:.0f} s; see {log_path}")
+        time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
