@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-fast lint demo serve clean
+.PHONY: help install test test-deps test-fast lint demo serve clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,10 +28,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+test-deps: ## System packages the tests need (PostgreSQL for the contact-store tests)
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		echo "installing PostgreSQL (apt-get) for the store tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 lint: install ## ruff over the code
 	$(BIN)/ruff check src tests service benchmarks
 
-test: install lint ## Lint, then the whole test suite (slow end-to-end tests included)
+test: install test-deps lint ## Lint, then the whole test suite (slow end-to-end tests included)
 	$(BIN)/pytest
 
 test-fast: install ## The tests not marked slow

@@ -1,0 +1,109 @@
+"""The contact store on SQLite and on a real PostgreSQL server: idempotent, redacting, point-in-time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import contact, frame
+
+from predictor.devserver import free_port
+from predictor.features import LOOKBACK_DAYS, build
+from predictor.schema import validate
+from predictor.store import ContactStore
+
+
+def _postgres_bin() -> Path | None:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return candidates[-1].parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a loopback port (run as the postgres user when we are root)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="predictor-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres", "postgres")
+        base.chmod(0o700)
+        Path(tempfile.gettempdir()).chmod(0o1777)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = base / "data"
+    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ContactStore:
+    if request.param == "sqlite":
+        return ContactStore(f"sqlite:///{tmp_path / 'store.db'}")
+    url = request.getfixturevalue("postgres_url")
+    s = ContactStore(url)
+    with s.engine.begin() as db:
+        db.exec_driver_sql("TRUNCATE contacts")
+    return s
+
+
+def answer(contact_id: str) -> dict:
+    return {"contact_id": contact_id, "repeat_probability": 0.5}
+
+
+def test_save_is_idempotent_and_keeps_the_first_answer(store: ContactStore) -> None:
+    rows = validate(frame(contact("C1"), contact("C2", opened_hours=1))).contacts
+    assert store.save(rows, {"C1": answer("C1"), "C2": answer("C2")}, "3") == {"C1", "C2"}
+    assert store.save(rows.head(1), {"C1": {"contact_id": "C1", "repeat_probability": 0.9}}, "4") == set()
+    assert store.count() == 2
+    assert store.responses(["C1", "C9"]) == {"C1": answer("C1")}
+
+
+def test_transcripts_are_redacted_on_the_way_in(store: ContactStore) -> None:
+    rows = validate(frame(contact("C1", transcript="mail a.b@example.com or call +44 7700 900123"))).contacts
+    store.save(rows, {"C1": answer("C1")}, "1")
+    stored = store.all_contacts()["transcript"].iloc[0]
+    assert "example.com" not in stored and "900123" not in stored
+
+
+def test_round_trip_keeps_types_and_zones(store: ContactStore, small_log) -> None:
+    contacts = validate(small_log.contacts.head(300)).contacts
+    store.load_frame(contacts)
+    back = store.all_contacts().set_index("contact_id").loc[contacts["contact_id"]].reset_index()
+    pd.testing.assert_series_equal(back["closed_at"], contacts["closed_at"], check_names=False)
+    assert back["transfers"].dtype == "int64"
+    assert back["csat"].isna().sum() == contacts["csat"].isna().sum()
+
+
+def test_history_subset_gives_the_features_of_the_whole_store(store: ContactStore, small_log) -> None:
+    contacts = validate(small_log.contacts).contacts.sort_values("closed_at", ignore_index=True)
+    past, new = contacts.iloc[:1200], contacts.iloc[1200:1230]
+    store.load_frame(past)
+    history = store.history_for(new, lookback_days=LOOKBACK_DAYS + 8)
+    assert len(history) <= len(past)
+    from_subset = build(new.reset_index(drop=True), history).frame
+    from_everything = build(new.reset_index(drop=True), past).frame
+    pd.testing.assert_frame_equal(from_subset, from_everything)
+
+
+def test_sqlite_store_passes_its_integrity_check(tmp_path: Path) -> None:
+    s = ContactStore(f"sqlite:///{tmp_path / 'store.db'}")
+    s.save(validate(frame(contact("C1"))).contacts, {"C1": answer("C1")}, "1")
+    assert s.integrity_ok()
+    with s.engine.connect() as db:
+        assert db.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
