@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-deps test-fast lint demo serve clean
+.PHONY: help install test test-deps test-fast lint demo serve bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -55,3 +55,7 @@ serve: install ## Run the scoring service on port 3000 (needs a trained champion
 
 clean: ## Remove generated data and local model stores (keeps .venv)
 	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache models/contacts.db
+
+bench: install ## Benchmarks (ratios against a baseline measured in the same run) -> bench-results/
+	$(BIN)/python benchmarks/bench_train.py --n 20000
+	$(BIN)/python benchmarks/bench_service.py

@@ -1,0 +1,144 @@
+"""Service benchmark over loopback HTTP: /score latency and /score_batch throughput.
+
+    .venv/bin/python benchmarks/bench_service.py            # trains a small champion first if needed
+
+Every request carries a transcript never seen before (a unique tag is appended), so the embedding cache
+cannot flatter the figures. The baseline, measured in the same run, is the raw embedding time of the same
+texts in this process: the difference is what the service adds (HTTP, validation, history, store).
+Bounded: a fixed number of sequential requests. Results go to bench-results/service.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from predictor.api import contact_json
+from predictor.config import EmbeddingConfig, RegistryConfig, Settings
+from predictor.devserver import running_service
+from predictor.embed import Embedder
+from predictor.registry import log_and_register
+from predictor.schema import validate
+from predictor.simulate import SimulatorConfig, simulate
+from predictor.store import ContactStore
+from predictor.train import fit
+
+LONG_FILLER = " ".join(["I have been waiting for this for quite a while and I checked the app twice already."] * 20)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.array(values) * 1000
+    return {f"p{q}": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    settings = Settings(
+        embedding=EmbeddingConfig(cache_dir=work / "cache"),
+        registry=RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=work / "art"),
+    )
+    contacts = validate(simulate(SimulatorConfig(n_contacts=2500, seed=3, days=90)).contacts).contacts
+    result = fit(contacts, settings, ablation=False)
+    log_and_register(result, settings, contacts)
+    history = contacts.sort_values("closed_at").iloc[:-300]
+    fresh = contacts.sort_values("closed_at").iloc[-300:]
+    store_url = f"sqlite:///{work / 'store.db'}"
+    ContactStore(store_url).load_frame(history)
+
+    env = {
+        "PREDICTOR_REGISTRY__TRACKING_URI": settings.registry.tracking_uri,
+        "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(settings.registry.artifact_root),
+        "PREDICTOR_EMBEDDING__CACHE_DIR": str(work / "cache"),
+        "PREDICTOR_SERVICE__STORE_URL": store_url,
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(Path("data/followup_scripts.yaml").resolve()),
+    }
+    rows = fresh.to_dict("records")
+    report: dict = {}
+    embedder = Embedder(EmbeddingConfig(cache_dir=work / "raw-cache"))
+    embedder.encode(["warm up"])
+    with running_service(env, work / "service.log") as service:
+        client = httpx.Client(base_url=service.base_url, timeout=120)
+        for kind in ("short", "long"):
+            latencies, texts = [], []
+            for k in range(args.requests):
+                row = dict(rows[k % len(rows)])
+                row["contact_id"] = f"bench-{kind}-{k}"
+                base = "Customer: my bill is wrong. Agent: fixed." if kind == "short" else LONG_FILLER
+                row["transcript"] = f"{base} (ref {kind}{k})"
+                texts.append(row["transcript"])
+                started = time.perf_counter()
+                response = client.post("/score", json=contact_json(row))
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+            raw = []
+            for text in texts:  # baseline: the same texts, embedded in-process
+                started = time.perf_counter()
+                embedder.encode([text + " raw"])
+                raw.append(time.perf_counter() - started)
+            report[f"score_{kind}"] = {"http_ms": percentiles(latencies), "raw_embedding_ms": percentiles(raw)}
+        bodies = []
+        for k in range(args.batch):
+            row = dict(rows[k % len(rows)])
+            row["contact_id"] = f"bench-batch-{k}"
+            row["transcript"] = f"{row['transcript']} (batch ref {k})"
+            bodies.append(contact_json(row))
+        started = time.perf_counter()
+        response = client.post("/score_batch", json={"contacts": bodies})
+        batch_seconds = time.perf_counter() - started
+        response.raise_for_status()
+        started = time.perf_counter()
+        embedder.encode([b["transcript"] + " raw" for b in bodies])
+        raw_batch = time.perf_counter() - started
+        report["score_batch"] = {
+            "contacts": args.batch,
+            "seconds": round(batch_seconds, 2),
+            "contacts_per_second": round(args.batch / batch_seconds, 1),
+            "raw_embedding_contacts_per_second": round(args.batch / raw_batch, 1),
+            "service_over_raw": round(batch_seconds / raw_batch, 2),
+        }
+        import psutil
+
+        report["service_rss_mb"] = round(
+            sum(
+                p.memory_info().rss
+                for p in [
+                    psutil.Process(service.process.pid),
+                    *psutil.Process(service.process.pid).children(recursive=True),
+                ]
+            )
+            / 2**20
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "service.json").write_text(json.dumps(report, indent=2))
+    lines = ["| measure | HTTP p50 / p95 / p99 ms | raw embedding p50 / p95 / p99 ms |", "|---|---|---|"]
+    for kind in ("short", "long"):
+        h, r = report[f"score_{kind}"]["http_ms"], report[f"score_{kind}"]["raw_embedding_ms"]
+        http = f"{h['p50']} / {h['p95']} / {h['p99']}"
+        raw = f"{r['p50']} / {r['p95']} / {r['p99']}"
+        lines.append(f"| /score, {kind} transcript | {http} | {raw} |")
+    b = report["score_batch"]
+    lines += [
+        "",
+        f"/score_batch: {b['contacts']} contacts in {b['seconds']} s = {b['contacts_per_second']} contacts/s "
+        f"(raw embedding alone: {b['raw_embedding_contacts_per_second']}/s; "
+        f"service / raw time = {b['service_over_raw']}x)",
+        f"service RSS: {report['service_rss_mb']} MB",
+    ]
+    (args.out / "service.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Training benchmark: cold vs warm embedding cache, and embedding throughput.
+
+    .venv/bin/python benchmarks/bench_train.py --n 20000 [--n 100000]
+
+For each size: simulate a log, train with an empty embedding cache (cold), then train again on the same
+log (warm: every embedding comes from the cache). The warm run is the baseline measured in the same run;
+the report gives cold/warm as a ratio. Results go to bench-results/train.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from predictor.config import EmbeddingConfig, Settings
+from predictor.schema import validate
+from predictor.simulate import SimulatorConfig, simulate
+from predictor.train import fit
+
+
+def run(n: int, seed: int) -> dict:
+    contacts = validate(simulate(SimulatorConfig(n_contacts=n, seed=seed)).contacts).contacts
+    texts = int((contacts["transcript"].str.strip() != "").sum())
+    with tempfile.TemporaryDirectory() as cache:
+        settings = Settings(embedding=EmbeddingConfig(cache_dir=Path(cache)))
+        runs = {}
+        for label in ("cold", "warm"):
+            started = time.perf_counter()
+            result = fit(contacts, settings, ablation=False)
+            runs[label] = {"seconds": round(time.perf_counter() - started, 2), "stages": result.timings}
+            print(f"n={n} {label}: {runs[label]['seconds']:.1f} s  {result.timings}", flush=True)
+    cold, warm = runs["cold"], runs["warm"]
+    embed_seconds = cold["stages"]["features"] - warm["stages"]["features"]
+    return {
+        "contacts": n,
+        "transcripts": texts,
+        "cold_seconds": cold["seconds"],
+        "warm_seconds": warm["seconds"],
+        "cold_over_warm": round(cold["seconds"] / warm["seconds"], 2),
+        "embedding_texts_per_second": round(texts / max(embed_seconds, 1e-9), 1),
+        "stages_cold": cold["stages"],
+        "stages_warm": warm["stages"],
+        "auc": round(float(result.metrics.loc["model", "roc_auc"]), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", help="log size (repeatable); default 20000")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    rows = [run(n, args.seed) for n in (args.n or [20_000])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    (args.out / "train.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    lines = [
+        "| contacts | transcripts | cold s | warm s | cold / warm | embedding texts/s | model AUC |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['contacts']:,} | {r['transcripts']:,} | {r['cold_seconds']:.1f} | {r['warm_seconds']:.1f} | "
+            f"{r['cold_over_warm']:.1f}x | {r['embedding_texts_per_second']:.1f} | {r['auc']:.3f} |"
+            for r in rows
+        ),
+    ]
+    (args.out / "train.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
