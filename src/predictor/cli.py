@@ -182,13 +182,62 @@ def train(
         progress.update(task, description="training: done")
     print_training_result(result)
     console.print(f"trained in {time.perf_counter() - started:.1f} s; plots in {plots_dir}")
+    plan_file = _mine_plan(result_in.contacts, settings, settings.service.plan_path)
     if register:
         from predictor.registry import log_and_register
 
-        reg = log_and_register(result, settings, result_in.contacts)
+        reg = log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file])
         colour = "green" if reg.promoted else "yellow"
         console.print(f"registered {settings.registry.model_name} version {reg.version} (run {reg.run_id})")
         console.print(f"[{colour}]{reg.reason}[/]")
+
+
+@app.command()
+def plan(
+    path: Annotated[Path, typer.Argument(help="Contact log to mine (.csv, .parquet or .jsonl).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Plan file (YAML); default from config.")] = None,
+    top: Annotated[int, typer.Option(help="How many primary issues (by repeat volume).", min=1)] = 15,
+    min_cell: Annotated[int, typer.Option(help="Cells with fewer repeats are flagged as low volume.")] = 20,
+    mapping: MappingOption = None,
+    assume_timezone: TimezoneOption = None,
+) -> None:
+    """Mine the next-issue-avoidance plan: which issues follow which, when, and the script for each.
+
+    Writes a versioned YAML file that the service reads for its follow-ups; issues without a script in the
+    scripts file are listed as gaps to fill.
+    """
+    from predictor.config import get_settings
+
+    settings = get_settings()
+    result = _load(path, mapping, assume_timezone)
+    _mine_plan(result.contacts, settings, out or settings.service.plan_path, top=top, min_cell=min_cell, show=True)
+
+
+def _mine_plan(contacts, settings, out: Path, top: int = 15, min_cell: int = 20, show: bool = False) -> Path:  # noqa: ANN001
+    from predictor.labels import derive
+    from predictor.plan import FollowUpPlan, mine, write_plan
+
+    scripts = FollowUpPlan.from_yaml(settings.service.scripts_path)
+    mined = mine(derive(contacts, settings.labels), scripts, top_primaries=top, min_cell=min_cell)
+    path = write_plan(mined, out)
+    if show:
+        table = Table("primary", "repeats", "share", "next issue", "type", "share", "median h", "p75 h", "send in h",
+                      "script", title=f"Next-issue-avoidance plan {mined['version']}")  # fmt: skip
+        for p in mined["primaries"]:
+            for k, s in enumerate(p["secondaries"][:3]):
+                table.add_row(
+                    p["issue"] if k == 0 else "", f"{p['repeats']:,}" if k == 0 else "",
+                    f"{p['share_of_all_repeats']:.0%}" if k == 0 else "", s["issue"], s["repeat_type"],
+                    f"{s['share']:.0%}" + (" (low volume)" if s["low_volume"] else ""), f"{s['median_hours']:.0f}",
+                    f"{s['p75_hours']:.0f}", f"{s['send_within_hours']:.0f}", "GAP" if s["script_missing"] else "yes",
+                )  # fmt: skip
+        console.print(table)
+    gaps = ", ".join(f"{g['primary']} -> {g['secondary']}" for g in mined["gaps"] if not g["low_volume"]) or "none"
+    small = sum(g["low_volume"] for g in mined["gaps"])
+    console.print(f"plan written to [bold]{path}[/]; scripts missing (gaps to fill): {gaps}")
+    if small:
+        console.print(f"({small} more gaps in low-volume cells are listed in the file)")
+    return path
 
 
 @app.command()

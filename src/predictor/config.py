@@ -57,6 +57,7 @@ class ServiceConfig(BaseModel):
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
     max_transcript_chars: int = Field(20_000, ge=1)
     scripts_path: Path = Path("data/followup_scripts.yaml")
+    plan_path: Path = Field(Path("models/next_issue_plan.yaml"), description="Mined plan (used if the file exists).")
     follow_up_threshold: float = Field(0.4, ge=0, le=1, description="Act when the repeat risk is at least this.")
     follow_up_channel: str | None = Field(None, description="Send follow-ups here; default: the contact's channel.")
     high_risk: float = Field(0.5, ge=0, le=1)

@@ -6,10 +6,12 @@ next-issue-avoidance plan provides the same ``recommend`` and drops in without t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 DEFAULT_SCRIPTS = Path("data/followup_scripts.yaml")
@@ -36,6 +38,7 @@ class FollowUpPlan:
     lead_fraction: float = 0.5  # send by half the typical time to repeat, so it lands first
     channel: str | None = None  # None: the contact's own channel (consistent with how they reached us)
     version: str = "scripts-1"
+    timing: dict[tuple[str, str], float] = field(default_factory=dict)  # from a mined plan, if one is given
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FollowUpPlan:
@@ -46,6 +49,20 @@ class FollowUpPlan:
             version=f"scripts-{raw.get('version', 1)}",
             **overrides,
         )
+
+    def message_for(self, next_issue: str, contact_issue: str) -> str | None:
+        """The script for a likely next issue (same issue again: the generic check-in), or None: a gap."""
+        if next_issue == contact_issue:
+            return self.same_issue.replace("{issue}", contact_issue.replace("_", " ")) or None
+        return self.scripts.get(next_issue)
+
+    def with_mined_plan(self, path: str | Path) -> FollowUpPlan:
+        """Take the send-within timing of each primary -> secondary pair from a mined plan file."""
+        plan = yaml.safe_load(Path(path).read_text())
+        timing = {
+            (p["issue"], s["issue"]): float(s["send_within_hours"]) for p in plan["primaries"] for s in p["secondaries"]
+        }
+        return FollowUpPlan(**{**self.__dict__, "timing": timing, "version": plan["version"]})
 
     def recommend(
         self,
@@ -62,10 +79,10 @@ class FollowUpPlan:
         )
         window = round(window, 1)
         repeat_type = None if next_issue is None else ("explicit" if next_issue == contact_issue else "implicit")
-        if next_issue == contact_issue:
-            message = self.same_issue.replace("{issue}", contact_issue.replace("_", " ")) or None
-        else:
-            message = self.scripts.get(next_issue or "")
+        message = self.message_for(next_issue, contact_issue) if next_issue else None
+        mined = self.timing.get((contact_issue, next_issue or ""))
+        if mined is not None:  # the mined plan knows when this pair typically comes back
+            window = round(min(window, mined), 1)
         if repeat_probability < self.act_threshold:
             return FollowUp(
                 False,
@@ -96,3 +113,88 @@ class FollowUpPlan:
             f"risk {repeat_probability:.0%}; likely next: {next_issue} ({repeat_type}), "
             f"typically within {hours_to_repeat_median:.0f} h",
         )
+
+
+# -- the mined next-issue-avoidance plan ---------------------------------------------------------------
+
+
+def mine(
+    labelled: pd.DataFrame,
+    scripts: FollowUpPlan,
+    *,
+    top_primaries: int = 15,
+    min_cell: int = 20,
+    max_send_within_hours: float = 24.0,
+    lead_fraction: float = 0.5,
+) -> dict[str, Any]:
+    """Mine the plan from labelled history (contacts whose window has closed).
+
+    For the primary issues that cause most repeat volume: which issues follow (explicit = the same again,
+    implicit = adjacent), their shares, when they follow (median and 75th-percentile hours), the script
+    to use, and how soon to send it. Cells with fewer than ``min_cell`` repeats are flagged, and a missing
+    script is listed as a gap to fill rather than skipped.
+    """
+    known = labelled[labelled["window_complete"]]
+    repeats = known[known["is_repeat"].astype(bool)]
+    total_repeats = len(repeats)
+    by_primary = repeats.groupby("issue").size().sort_values(ascending=False)
+    primaries = []
+    gaps: list[dict[str, str]] = []
+    for issue, count in by_primary.head(top_primaries).items():
+        contacts = int((known["issue"] == issue).sum())
+        group = repeats[repeats["issue"] == issue]
+        secondaries = []
+        for next_issue, cell in group.groupby("next_issue"):
+            hours = cell["hours_to_repeat"]
+            repeat_type = "explicit" if next_issue == issue else "implicit"
+            message = scripts.message_for(str(next_issue), str(issue))
+            median = float(hours.median())
+            entry = {
+                "issue": str(next_issue),
+                "repeat_type": repeat_type,
+                "repeats": len(cell),
+                "share": round(len(cell) / len(group), 4),
+                "median_hours": round(median, 1),
+                "p75_hours": round(float(hours.quantile(0.75)), 1),
+                "low_volume": len(cell) < min_cell,
+                "script": message,
+                "script_missing": message is None,
+                "channel": "same as the primary contact",
+                "send_within_hours": round(min(max_send_within_hours, max(1.0, lead_fraction * median)), 1),
+            }
+            if message is None:
+                gaps.append({"primary": str(issue), "secondary": str(next_issue), "low_volume": len(cell) < min_cell})
+            secondaries.append(entry)
+        secondaries.sort(key=lambda e: -e["repeats"])
+        primaries.append(
+            {
+                "issue": str(issue),
+                "contacts": contacts,
+                "repeats": int(count),
+                "repeat_rate": round(int(count) / max(contacts, 1), 4),
+                "share_of_all_repeats": round(int(count) / max(total_repeats, 1), 4),
+                "explicit_share": round(float((group["repeat_type"] == "explicit").mean()), 4),
+                "secondaries": secondaries,
+            }
+        )
+    fingerprint = hashlib.sha256(pd.util.hash_pandas_object(known[["contact_id"]], index=False).to_numpy()).hexdigest()
+    return {
+        "version": f"plan-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}",
+        "generated_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        "data": {
+            "contacts_with_closed_window": len(known),
+            "repeats": total_repeats,
+            "period_start": str(known["closed_at"].min()),
+            "period_end": str(known["closed_at"].max()),
+        },
+        "min_cell": min_cell,
+        "primaries": primaries,
+        "gaps": gaps,
+    }
+
+
+def write_plan(plan: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, width=110))
+    return path

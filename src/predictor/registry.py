@@ -67,7 +67,9 @@ class Registration:
     champion_metrics: dict[str, float] | None
 
 
-def log_and_register(result: TrainingResult, settings: Settings, contacts: pd.DataFrame) -> Registration:
+def log_and_register(
+    result: TrainingResult, settings: Settings, contacts: pd.DataFrame, extra_artifacts: list[Path] | None = None
+) -> Registration:
     """Log the run (params, data fingerprint, metrics, plots, model), register it, and apply the gate."""
     import mlflow
     from mlflow.models import ModelSignature
@@ -86,6 +88,8 @@ def log_and_register(result: TrainingResult, settings: Settings, contacts: pd.Da
         mlflow.log_metrics({f"seconds.{k}": v for k, v in result.timings.items()})
         for path in result.plots.values():
             mlflow.log_artifact(str(path), artifact_path="plots")
+        for path in extra_artifacts or []:
+            mlflow.log_artifact(str(path), artifact_path="plan")
         tables = Path(tmp)
         result.metrics.to_csv(tables / "repeat_metrics.csv")
         (tables / "split.json").write_text(json.dumps({**result.split.counts, **result.split.boundaries}, indent=2))

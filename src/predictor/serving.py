@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,11 @@ class Scorer:
             act_threshold=settings.service.follow_up_threshold,
             channel=settings.service.follow_up_channel,
         )
+        if Path(settings.service.plan_path).exists():
+            plan = plan.with_mined_plan(settings.service.plan_path)
+            log.info("follow-up timing from the mined plan %s (%s)", settings.service.plan_path, plan.version)
+        else:
+            log.info("no mined plan at %s: follow-ups from the scripts file only", settings.service.plan_path)
         scorer = cls(model, version, store, plan, settings)
         scorer.warm_up()
         return scorer
