@@ -241,6 +241,62 @@ def _mine_plan(contacts, settings, out: Path, top: int = 15, min_cell: int = 20,
 
 
 @app.command()
+def report(
+    path: Annotated[Path | None, typer.Argument(help="Contact log to report on (omit with --from-store).")] = None,
+    from_store: Annotated[bool, typer.Option(help="Report on the service's contact store instead of a log.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("models/report.html"),
+    cost_per_contact: Annotated[float, typer.Option(help="Handling cost of one repeat contact.")] = 6.0,
+    prevention_rate: Annotated[float, typer.Option(help="Share of reached repeats a follow-up prevents.")] = 0.3,
+    top_share: Annotated[float, typer.Option(help="Share of contacts to follow up, highest risk first.")] = 0.1,
+    mapping: MappingOption = None,
+    assume_timezone: TimezoneOption = None,
+) -> None:
+    """Write the predicted-repeat report for managers (one HTML file, plots inside) and the high-risk CSV.
+
+    Scores every contact with the champion model, point-in-time, and shows KPIs, the weekly trend (with
+    contacts still inside their window marked), rates by issue, channel and agent with intervals, the
+    high-risk list with follow-ups, the cost of repeats, and the next-issue-avoidance plan.
+    """
+    import yaml
+
+    from predictor.config import get_settings
+    from predictor.labels import derive
+    from predictor.plan import FollowUpPlan
+    from predictor.registry import load_bundle
+    from predictor.report import ReportConfig, build, write
+
+    settings = get_settings()
+    if from_store:
+        from predictor.store import ContactStore
+
+        contacts = ContactStore(settings.service.store_url).all_contacts()
+    elif path is not None:
+        contacts = _load(path, mapping, assume_timezone).contacts
+    else:
+        err.print("[red]error:[/] give a contact log, or --from-store")
+        raise typer.Exit(2)
+    if contacts.empty:
+        err.print("[red]error:[/] no contacts to report on")
+        raise typer.Exit(2)
+    with _progress() as progress:
+        task = progress.add_task("scoring contacts with the champion", total=None)
+        model, version = load_bundle(settings)
+        predictions = model.predict(contacts.reset_index(drop=True), history=contacts)
+        progress.update(task, description="building the report")
+        plan_path = settings.service.plan_path
+        plan = yaml.safe_load(Path(plan_path).read_text()) if Path(plan_path).exists() else None
+        followup = FollowUpPlan.from_yaml(
+            settings.service.scripts_path, act_threshold=settings.service.follow_up_threshold
+        )
+        if plan is not None:
+            followup = followup.with_mined_plan(plan_path)
+        config = ReportConfig(cost_per_contact=cost_per_contact, prevention_rate=prevention_rate, top_share=top_share)
+        data = build(derive(contacts, settings.labels), predictions, followup, plan, config, model_version=version)
+        html, csv = write(data, out)
+    console.print(f"report written to [bold]{html}[/]; high-risk list in {csv}")
+
+
+@app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="Registered model version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual override",

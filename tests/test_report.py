@@ -1,0 +1,82 @@
+"""The managers' report: every section present, built from data, the high-risk list really the riskiest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from predictor.labels import derive
+from predictor.plan import FollowUpPlan, mine
+from predictor.report import ReportConfig, build, wilson, write
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def report(trained, settings):
+    result, contacts = trained
+    predictions = result.model.predict(contacts, contacts)
+    labelled = derive(contacts, settings.labels)
+    followup = FollowUpPlan.from_yaml(ROOT / "data" / "followup_scripts.yaml")
+    plan = mine(labelled, followup)
+    config = ReportConfig(min_agent_volume=40, high_risk_rows=25)
+    return build(labelled, predictions, followup, plan, config, model_version="7"), predictions, labelled
+
+
+def test_every_section_is_there(report, tmp_path: Path) -> None:
+    data, _, labelled = report
+    headline = data["headline"]
+    assert headline["contacts"] == len(labelled)
+    assert headline["fcr"] == pytest.approx(1 - headline["repeat_rate"])
+    assert headline["explicit_share"] + headline["implicit_share"] == pytest.approx(1)
+    assert headline["open_window"] == int((~labelled["window_complete"]).sum()) > 0
+    assert any(w["share_window_open"] > 0 for w in data["weekly"])  # the censored weeks are marked
+    assert {r["group"] for r in data["by"]["channel"]} <= {"phone", "chat", "email", "social"}
+    assert all(r["ci_low"] <= r["repeat_rate"] <= r["ci_high"] for r in data["by"]["issue"])
+    assert data["by"]["agent"][-1].get("grouped")  # small agents grouped, not ranked
+    assert data["calibration"] and data["plan"]["primaries"]
+    assert data["cost"]["saving"] == pytest.approx(
+        data["cost"]["repeats_reached"] * data["config"]["prevention_rate"] * data["config"]["cost_per_contact"]
+    )
+    html, csv = write(data, tmp_path / "report.html")
+    text = html.read_text()
+    for anchor in (
+        "headline",
+        "trend",
+        "by-issue",
+        "by-channel",
+        "by-agent",
+        "calibration",
+        "high-risk",
+        "cost",
+        "plan",
+    ):
+        assert f'id="{anchor}"' in text
+    assert text.count("data:image/png;base64,") == 4  # plots embedded: opens offline
+    assert "http://" not in text and "https://" not in text
+    assert len(pd.read_csv(csv)) == len(data["high_risk"])
+
+
+def test_high_risk_list_is_the_riskiest_recent_contacts(report) -> None:
+    data, predictions, labelled = report
+    recent = labelled.loc[~labelled["window_complete"], "contact_id"]
+    p = predictions.set_index("contact_id").loc[recent, "repeat_probability"].sort_values(ascending=False)
+    listed = [h["contact_id"] for h in data["high_risk"]]
+    assert listed == list(p.index[: len(listed)])
+    assert all(h["send_within_hours"] <= 24 for h in data["high_risk"])
+
+
+def test_report_escapes_what_it_shows(report, tmp_path: Path) -> None:
+    data, _, _ = report
+    data = {**data, "high_risk": [{**data["high_risk"][0], "follow_up": "<script>alert(1)</script>"}]}
+    html, _ = write(data, tmp_path / "r.html")
+    assert "<script>alert(1)</script>" not in html.read_text()
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson(0, 10)
+    assert low == 0 and 0.25 < high < 0.35
+    low, high = wilson(50, 100)
+    assert low == pytest.approx(0.404, abs=0.01) and high == pytest.approx(0.596, abs=0.01)
