@@ -1,0 +1,49 @@
+"""The three notebooks run top to bottom against a small simulated log (nbclient, the venv's kernel)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from predictor.schema import write_table
+from predictor.simulate import truth_path
+
+ROOT = Path(__file__).parents[1]
+NOTEBOOKS = ["01_explore_contacts", "02_train_and_compare", "03_score_and_report"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def notebook_env(train_log, settings, workdir: Path) -> dict[str, str]:
+    log = write_table(train_log.contacts, workdir / "notebook-log" / "contacts.csv")
+    write_table(train_log.truth, truth_path(log))
+    return {
+        "PREDICTOR_NOTEBOOK_LOG": str(log),
+        "PREDICTOR_NOTEBOOK_OUT": str(workdir / "notebook-report.html"),
+        "PREDICTOR_REGISTRY__TRACKING_URI": f"sqlite:///{workdir / 'notebooks-mlflow.db'}",
+        "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(workdir / "notebooks-artifacts"),
+        "PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir),  # warm from the training fixture
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(ROOT / "data" / "followup_scripts.yaml"),
+    }
+
+
+def test_notebooks_are_stored_without_outputs() -> None:
+    for name in NOTEBOOKS:
+        book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), name
+
+
+def test_notebooks_execute_in_order(notebook_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in notebook_env.items():
+        monkeypatch.setenv(key, value)  # the kernel inherits the environment
+    for name in NOTEBOOKS:  # 02 registers the champion that 03 scores with
+        book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        NotebookClient(
+            book, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
+    assert Path(notebook_env["PREDICTOR_NOTEBOOK_OUT"]).stat().st_size > 50_000
+    assert os.environ["PREDICTOR_NOTEBOOK_LOG"].endswith("contacts.csv")
