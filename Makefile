@@ -42,13 +42,17 @@ test: install test-deps lint ## Lint, then the whole test suite (slow end-to-end
 test-fast: install ## The tests not marked slow
 	$(BIN)/pytest -m "not slow"
 
-demo: install ## The main job: simulate a log, validate, label, train + register, score over HTTP
+demo: install ## The main job: simulate, validate, label, train + register, plan, score over HTTP, report
 	$(BIN)/predictor simulate --n $(DEMO_N) --seed 7 --out $(DEMO_DIR)/contacts.csv
 	$(BIN)/predictor validate $(DEMO_DIR)/contacts.csv --out $(DEMO_DIR)/valid.parquet
 	$(BIN)/predictor labels $(DEMO_DIR)/valid.parquet
 	$(BIN)/predictor train $(DEMO_DIR)/valid.parquet --oracle-truth $(DEMO_DIR)/contacts.truth.parquet \
 		--plots-dir $(DEMO_DIR)/plots
+	$(BIN)/predictor plan $(DEMO_DIR)/valid.parquet
 	$(BIN)/predictor serve-demo $(DEMO_DIR)/valid.parquet --store $(DEMO_DIR)/store.db
+	$(BIN)/predictor report $(DEMO_DIR)/valid.parquet --out $(DEMO_DIR)/report.html
+	@echo "demo done: report $(DEMO_DIR)/report.html, high-risk list $(DEMO_DIR)/report_high_risk.csv,"
+	@echo "plan models/next_issue_plan.yaml, plots $(DEMO_DIR)/plots/, MLflow store models/mlflow.db"
 
 serve: install ## Run the scoring service on port 3000 (needs a trained champion: make demo)
 	$(BIN)/bentoml serve service.service:Predictor --port 3000
