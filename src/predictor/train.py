@@ -150,7 +150,8 @@ def fit(
     lap("text_heads")
 
     stage("repeat model")
-    repeat_booster, repeat = _fit_repeat(X.iloc[tr], y[tr], X.iloc[cal], y[cal], hp)
+    times = _us_since_epoch(contacts["closed_at"])
+    repeat_booster, repeat = _fit_repeat(X.iloc[tr], y[tr], X.iloc[cal], y[cal], hp, times[tr])
     lap("repeat_model")
 
     stage("next issue and timing")
@@ -181,14 +182,14 @@ def fit(
     rates = pd.Series(y[tr]).groupby(contacts["issue"].iloc[tr].to_numpy()).mean()
     scores["issue base rate"] = contacts["issue"].iloc[te].map(rates).fillna(y[tr].mean()).to_numpy()
     X_meta = as_model_input(features, categories)
-    _, meta_model = _fit_repeat(X_meta.iloc[tr], y[tr], X_meta.iloc[cal], y[cal], hp)
+    _, meta_model = _fit_repeat(X_meta.iloc[tr], y[tr], X_meta.iloc[cal], y[cal], hp, times[tr])
     scores["metadata + history (no text)"] = meta_model.predict_proba(X_meta.iloc[te])[:, 1]
     if has_text:
         scores["tf-idf + logistic regression"] = _tfidf_baseline(contacts, tr, te, y, hp)
         if ablation and settings.embedding.truncation == "head_tail":
             head = embedder.encode(contacts["transcript"].tolist(), truncation="head", progress=True)
             _, X_head = _design(features, head, labelled, categories, tr, hp)
-            _, head_model = _fit_repeat(X_head.iloc[tr], y[tr], X_head.iloc[cal], y[cal], hp)
+            _, head_model = _fit_repeat(X_head.iloc[tr], y[tr], X_head.iloc[cal], y[cal], hp, times[tr])
             scores["ablation: head-only truncation"] = head_model.predict_proba(X_head.iloc[te])[:, 1]
     lap("baselines")
 
@@ -285,11 +286,33 @@ def _design(
     repeat = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()
     kind = labelled["repeat_type"].astype(str).to_numpy()
     targets = np.column_stack([repeat, repeat & (kind == "explicit"), repeat & (kind == "implicit")]).astype(int)
-    heads = TextHeads(C=hp["text_heads"]["C"], folds=hp["text_heads"]["folds"])
+    C = _choose_c(embedding[train_rows][has_text[train_rows]], targets[train_rows][has_text[train_rows], 0], hp)
+    heads = TextHeads(C=C, folds=hp["text_heads"]["folds"])
     oof = heads.fit_oof(embedding[train_rows], targets[train_rows], has_text[train_rows], X.index[train_rows])
     scores = heads.transform(embedding, has_text, X.index)
     scores.iloc[train_rows] = oof.to_numpy()
     return heads, pd.concat([X, scores], axis=1)
+
+
+def _choose_c(embedding: np.ndarray, repeat: np.ndarray, hp: dict[str, Any]) -> float:
+    """Regularisation of the text heads by cross-validated AUC: little data needs more of it."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    grid = hp["text_heads"]["C_grid"]
+    if len(grid) == 1 or len(np.unique(repeat)) < 2:
+        return float(grid[0])
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    scores = [
+        cross_val_score(LogisticRegression(C=c, max_iter=3000), embedding, repeat, cv=folds, scoring="roc_auc").mean()
+        for c in grid
+    ]
+    best = float(grid[int(np.argmax(scores))])
+    log.info("text heads: C=%s (cross-validated AUC %s)", best, [round(s, 4) for s in scores])
+    return best
+
+
+def _us_since_epoch(times: pd.Series) -> np.ndarray:
+    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
 
 
 def fingerprint(contacts: pd.DataFrame) -> str:
@@ -304,8 +327,24 @@ def _fit_repeat(
     X_cal: pd.DataFrame,
     y_cal: np.ndarray,
     hp: dict[str, Any],
+    train_times: np.ndarray | None = None,
 ) -> tuple[lgb.LGBMClassifier, CalibratedClassifierCV]:
-    booster = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **hp["repeat"])
+    params = dict(hp["repeat"])
+    stopping = hp.get("early_stopping")
+    if stopping and train_times is not None:
+        # How many trees the data supports: fit on the earlier part of the training slice, stop on its
+        # latest part (never on calibration or test), then refit on the whole slice with that many.
+        order = np.argsort(train_times, kind="stable")
+        cut = int(len(order) * (1 - stopping["fraction"]))
+        probe = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **params)
+        probe.fit(
+            X_train.iloc[order[:cut]], y_train[order[:cut]].astype(int),
+            eval_set=[(X_train.iloc[order[cut:]], y_train[order[cut:]].astype(int))],
+            callbacks=[lgb.early_stopping(stopping["rounds"], verbose=False)],
+        )  # fmt: skip
+        best = int(probe.best_iteration_ or params["n_estimators"])
+        params["n_estimators"] = min(params["n_estimators"], max(stopping["min_trees"], best))
+    booster = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **params)
     booster.fit(X_train, y_train.astype(int))
     calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=hp["calibration"])
     calibrated.fit(X_cal, y_cal.astype(int))
