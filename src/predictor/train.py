@@ -339,7 +339,8 @@ def _fit_repeat(
         probe = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **params)
         probe.fit(
             X_train.iloc[order[:cut]], y_train[order[:cut]].astype(int),
-            eval_set=[(X_train.iloc[order[cut:]], y_train[order[cut:]].astype(int))],
+            eval_X=(X_train.iloc[order[cut:]],),
+            eval_y=(y_train[order[cut:]].astype(int),),
             callbacks=[lgb.early_stopping(stopping["rounds"], verbose=False)],
         )  # fmt: skip
         best = int(probe.best_iteration_ or params["n_estimators"])
