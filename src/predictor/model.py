@@ -114,10 +114,17 @@ class RepeatContactModel:
         X = self.model_input(self.features(contacts, history).frame)
         return self.predict_from_input(X, contacts["contact_id"].to_numpy())
 
-    def predict_from_input(self, X: pd.DataFrame, contact_ids: np.ndarray) -> pd.DataFrame:
+    def predict_from_input(
+        self,
+        X: pd.DataFrame,
+        contact_ids: np.ndarray,
+        next_issue_proba: np.ndarray | None = None,
+    ) -> pd.DataFrame:
         out = pd.DataFrame({"contact_id": contact_ids})
         out["repeat_probability"] = self.repeat.predict_proba(X)[:, 1] if len(X) else []
-        proba = self.next_issue.predict_proba(X) if len(X) else np.zeros((0, len(self.next_issue_classes)))
+        proba = next_issue_proba
+        if proba is None:
+            proba = self.next_issue.predict_proba(X) if len(X) else np.zeros((0, len(self.next_issue_classes)))
         top = np.argsort(-proba, axis=1)[:, :TOP_K]
         classes = np.array(self.next_issue_classes)
         for k in range(TOP_K):

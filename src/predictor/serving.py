@@ -146,8 +146,10 @@ class Scorer:
         history = self.store.history_for(frame, lookback_days=lookback)
         feature_set = self.model.features(frame.reset_index(drop=True), history)
         X = self.model.model_input(feature_set.frame)
-        predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
         proba = self.model.next_issue_proba(X)
+        predictions = self.model.predict_from_input(
+            X, frame["contact_id"].to_numpy(), next_issue_proba=proba.to_numpy()
+        )
         reasons = self.model.reasons(X)
         service = self.settings.service
         answers = {}

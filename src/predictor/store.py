@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -36,13 +37,13 @@ contacts_table = Table(
     "contacts",
     metadata,
     Column("contact_id", String(128), primary_key=True),
-    Column("customer_id", String(128), nullable=False, index=True),
+    Column("customer_id", String(128), nullable=False),
     Column("opened_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True), nullable=False, index=True),
     Column("channel", String(16), nullable=False),
     Column("issue", String(128), nullable=False),
     Column("transcript", Text, nullable=False),
-    Column("agent_id", String(128), nullable=False, index=True),
+    Column("agent_id", String(128), nullable=False),
     Column("handle_seconds", Float, nullable=False),
     Column("hold_seconds", Float, nullable=False),
     Column("transfers", Integer, nullable=False),
@@ -51,6 +52,9 @@ contacts_table = Table(
     Column("scored_at", DateTime(timezone=True), nullable=True),
     Column("model_version", String(32), nullable=True),
     Column("response", Text, nullable=True),  # the JSON answer given, returned again on a retry
+    # The history look-ups: a customer's or an agent's contacts since a date.
+    Index("ix_contacts_customer_closed", "customer_id", "closed_at"),
+    Index("ix_contacts_agent_closed", "agent_id", "closed_at"),
 )
 CONTACT_COLUMNS: tuple[str, ...] = (
     "contact_id", "customer_id", "opened_at", "closed_at", "channel", "issue", "transcript", "agent_id",
@@ -92,11 +96,14 @@ class ContactStore:
         recent = c.closed_at >= since
         agents_customers = select(c.customer_id).where(c.agent_id.in_(contacts["agent_id"].unique().tolist()), recent)
         customers = set(contacts["customer_id"].unique().tolist())
-        query = select(*[c[name] for name in CONTACT_COLUMNS]).where(
+        # History rows never need their text (only the contact being scored is embedded): leave it behind.
+        columns = [name for name in CONTACT_COLUMNS if name != "transcript"]
+        query = select(*[c[name] for name in columns]).where(
             recent, (c.customer_id.in_(customers)) | (c.customer_id.in_(agents_customers))
         )
         with self.engine.connect() as db:
-            frame = pd.DataFrame(db.execute(query).mappings().all())
+            frame = pd.DataFrame(db.execute(query).fetchall(), columns=columns)
+        frame["transcript"] = ""
         return _typed(frame)
 
     def save(self, contacts: pd.DataFrame, responses: dict[str, dict[str, Any]], model_version: str) -> set[str]:
@@ -145,8 +152,8 @@ class ContactStore:
 
     def all_contacts(self) -> pd.DataFrame:
         with self.engine.connect() as db:
-            frame = pd.DataFrame(db.execute(select(*[contacts_table.c[n] for n in CONTACT_COLUMNS])).mappings().all())
-        return _typed(frame)
+            rows = db.execute(select(*[contacts_table.c[n] for n in CONTACT_COLUMNS])).fetchall()
+        return _typed(pd.DataFrame(rows, columns=list(CONTACT_COLUMNS)))
 
     def count(self) -> int:
         with self.engine.connect() as db:
