@@ -61,7 +61,8 @@ def test_every_section_is_there(report, tmp_path: Path) -> None:
 
 def test_high_risk_list_is_the_riskiest_recent_contacts(report) -> None:
     data, predictions, labelled = report
-    recent = labelled.loc[~labelled["window_complete"], "contact_id"]
+    waiting = ~labelled["window_complete"] & ~labelled["is_repeat"].fillna(False).astype(bool)
+    recent = labelled.loc[waiting, "contact_id"]
     p = predictions.set_index("contact_id").loc[recent, "repeat_probability"].sort_values(ascending=False)
     listed = [h["contact_id"] for h in data["high_risk"]]
     assert listed == list(p.index[: len(listed)])

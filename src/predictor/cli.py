@@ -437,8 +437,9 @@ def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imp
 
 def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - LabelSummary, imported lazily
     console.print(
-        f"{summary.contacts:,} contacts; {summary.censored:,} still inside their {window_days:g}-day window "
-        f"(censored: not counted as 'no repeat'); {summary.labelled:,} with a known outcome."
+        f"{summary.contacts:,} contacts; {summary.window_open:,} still inside their {window_days:g}-day window, "
+        f"{summary.censored:,} of them with no repeat yet (censored: unknown, not 'no repeat'); rates below use "
+        f"the {summary.labelled:,} whose window has closed."
     )
     console.print(
         f"repeat rate within {window_days:g} days: [bold]{summary.repeat_rate:.1%}[/] "

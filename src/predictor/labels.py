@@ -124,6 +124,7 @@ def _empty_labels(out: pd.DataFrame) -> pd.DataFrame:
 class LabelSummary:
     contacts: int
     censored: int
+    window_open: int
     labelled: int
     repeats: int
     repeat_rate: float
@@ -133,8 +134,12 @@ class LabelSummary:
 
 
 def summarize(labelled: pd.DataFrame) -> LabelSummary:
-    """Repeat rate and explicit/implicit split over contacts whose window has closed."""
-    known = labelled[~labelled["censored"]]
+    """Repeat rate and explicit/implicit split over contacts whose whole window has passed.
+
+    Not merely the uncensored ones: a recent contact whose repeat was already seen is uncensored while its
+    neighbours without one are not, so counting it would push the rate up.
+    """
+    known = labelled[labelled["window_complete"]]
     repeats = known[known["is_repeat"].astype(bool)]
     explicit = float((repeats["repeat_type"] == "explicit").mean()) if len(repeats) else float("nan")
 
@@ -155,6 +160,7 @@ def summarize(labelled: pd.DataFrame) -> LabelSummary:
     return LabelSummary(
         contacts=len(labelled),
         censored=int(labelled["censored"].sum()),
+        window_open=int((~labelled["window_complete"]).sum()),
         labelled=len(known),
         repeats=len(repeats),
         repeat_rate=float(len(repeats) / len(known)) if len(known) else float("nan"),

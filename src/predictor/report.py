@@ -79,7 +79,10 @@ def build(
     }
     weekly = _weekly(data)
 
-    recent = open_window.sort_values("repeat_probability", ascending=False).head(config.high_risk_rows)
+    # Act today: contacts inside their window whose customer has not come back yet (those who did are
+    # already in someone's queue).
+    waiting = open_window[~open_window["is_repeat"].fillna(False).astype(bool)]
+    recent = waiting.sort_values("repeat_probability", ascending=False).head(config.high_risk_rows)
     high_risk = []
     for row in recent.itertuples(index=False):
         advice = followup.recommend(
@@ -101,7 +104,6 @@ def build(
                 "follow_up": advice.message or f"(no script yet for {row.next_issue_1})",
                 "send_within_hours": advice.send_within_hours,
                 "channel_to_use": advice.channel,
-                "already_repeated": bool(pd.notna(row.is_repeat) and bool(row.is_repeat)),
             }
         )
 
