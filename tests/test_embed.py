@@ -54,7 +54,7 @@ def test_encode_dedups_caches_and_zeroes_empty(embedder: Embedder) -> None:
     np.testing.assert_allclose(vectors[0], vectors[2])
     np.testing.assert_allclose(np.linalg.norm(vectors[[0, 3]], axis=1), 1.0, rtol=1e-5)
     cache = EmbeddingCache(Path(embedder.config.cache_dir) / "embeddings.sqlite")
-    assert len(cache) == 2
+    assert len(cache) == 4  # two distinct texts, each under the text the model saw and under its raw form
     again = Embedder(embedder.config)  # a fresh process would start like this
     again._encode_uncached = None  # any call to the model would now fail: everything must come from the cache
     np.testing.assert_allclose(again.encode(texts), vectors)

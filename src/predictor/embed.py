@@ -8,6 +8,7 @@ opening says what the issue was, the close says whether it was resolved, and the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -67,7 +68,7 @@ class Embedder:
     def model_path(self) -> str:
         return self.config.model_path or default_model_path()
 
-    @property
+    @functools.cached_property
     def model_id(self) -> str:
         """Names the weights, not the folder they sit in, so the cache survives a reinstall."""
         path = Path(self.model_path)
@@ -107,23 +108,44 @@ class Embedder:
         return out
 
     def encode(self, texts: Sequence[str], truncation: str | None = None, progress: bool = False) -> np.ndarray:
-        """Embed texts (L2-normalised); empty texts get a zero vector and are never sent to the model."""
-        prepared = self.prepare(texts, truncation)
-        unique = sorted({t for t in prepared if t.strip()})
-        vectors = self._cached_encode(unique, progress)
-        dim = next(iter(vectors.values())).shape[0] if vectors else self.dimension
-        out = np.zeros((len(prepared), dim), dtype=np.float32)
-        for i, text in enumerate(prepared):
-            if text in vectors:
-                out[i] = vectors[text]
+        """Embed texts (L2-normalised); empty texts get a zero vector and are never sent to the model.
+
+        Two cache levels: by the raw text and how it is cut (a warm run needs no tokenizer at all), then by
+        the exact text the model sees (texts that the cut leaves alike are embedded once).
+        """
+        strategy = truncation or self.config.truncation
+        unique_raw = sorted({t for t in texts if t.strip()})
+        cut = f"{strategy}:{self.config.head_fraction}"
+        raw_keys = {t: self._key(f"raw\0{cut}\0{t}") for t in unique_raw}
+        cache = self._get_cache() if unique_raw else None
+        found = cache.get_many(list(raw_keys.values())) if cache else {}
+        by_raw = {t: found[k] for t, k in raw_keys.items() if k in found}
+        missing = [t for t in unique_raw if t not in by_raw]
+        if missing:
+            prepared = self.prepare(missing, strategy)
+            vectors = self._cached_encode(sorted({p for p in prepared if p.strip()}), progress)
+            fresh = [(t, vectors[p]) for t, p in zip(missing, prepared, strict=True) if p in vectors]
+            cache.put_many([(raw_keys[t], v) for t, v in fresh])
+            by_raw.update(fresh)
+        else:
+            log.info("embedding %d distinct texts: all cached", len(unique_raw))
+        dim = next(iter(by_raw.values())).shape[0] if by_raw else self.dimension
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            vector = by_raw.get(text)
+            if vector is not None:
+                out[i] = vector
         return out
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha256(f"{self.model_id}\0{text}".encode()).hexdigest()
 
     # -- internals --------------------------------------------------------------------------------------
     def _cached_encode(self, unique: list[str], progress: bool) -> dict[str, np.ndarray]:
         if not unique:
             return {}
         cache = self._get_cache()
-        keys = {t: hashlib.sha256(f"{self.model_id}\0{t}".encode()).hexdigest() for t in unique}
+        keys = {t: self._key(t) for t in unique}
         found = cache.get_many(list(keys.values()))
         result = {t: found[k] for t, k in keys.items() if k in found}
         todo = [t for t in unique if t not in result]
