@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 ISSUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 MAX_TRANSCRIPT_CHARS = 20_000
 MAX_SECONDS = 7 * 24 * 3600.0
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class ContactIn(BaseModel):
@@ -35,7 +37,26 @@ class ContactIn(BaseModel):
     )
     transfers: int = Field(0, ge=0, le=100, strict=True, description="Number of transfers.")
     queue: str = Field("", max_length=128, description="Queue or skill group (optional).")
-    csat: float | None = Field(None, ge=1, le=5, allow_inf_nan=False, description="Satisfaction score 1-5, if known.")
+    csat: float | None = Field(
+        None, ge=1, le=5, allow_inf_nan=False, description="Satisfaction score 1-5; omit the field when unknown."
+    )
+
+    @field_validator("csat", mode="before")
+    @classmethod
+    def _csat_omitted_not_null(cls, value: Any) -> Any:
+        # The published OpenAPI schema (OpenAPI 3.0 via BentoML) has no null: say "omit it", consistently.
+        if value is None:
+            raise ValueError("csat: omit the field when the score is unknown (null is not accepted)")
+        return value
+
+    @field_validator("opened_at", "closed_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime, info: ValidationInfo) -> datetime:
+        # A contact at close happened in the recent past: year 1 or 9999 is a broken caller, not a contact.
+        now = datetime.now(UTC)
+        if not EARLIEST <= value <= now + timedelta(days=1):
+            raise ValueError(f"{info.field_name} must lie between {EARLIEST:%Y-%m-%d} and tomorrow")
+        return value
 
     @model_validator(mode="after")
     def _closed_after_opened(self) -> ContactIn:
@@ -134,6 +155,7 @@ def contact_json(row: dict[str, Any]) -> dict[str, Any]:
         handle_seconds=float(row["handle_seconds"]),
         hold_seconds=float(row["hold_seconds"]),
         transfers=int(row["transfers"]),
-        csat=None if csat is None or csat != csat else float(csat),
     )
+    if csat is not None and csat == csat:  # unknown (None or NaN): omitted
+        body["csat"] = float(csat)
     return body

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +44,7 @@ def running_service(
         process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor", "--host", "127.0.0.1",
              "--port", str(port)],
-            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
@@ -67,11 +69,26 @@ def wait_ready(base: str, process: subprocess.Popen, log_path: Path, timeout: fl
         time.sleep(0.5)
 
 
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the server and all its workers at once: a crash, not a shutdown."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:  # workers may sit in process groups of their own: kill each one
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            kill(process)

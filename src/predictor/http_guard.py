@@ -38,7 +38,9 @@ class GuardMiddleware:
                 )
                 return
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
+        # A declared non-JSON body is refused here (a multipart body without a boundary makes BentoML
+        # answer 500); no declared type at all is left to the JSON parser, which answers 400.
+        if content_type and content_type != b"application/json":
             await _answer(send, 415, "the body must be JSON (Content-Type: application/json)")
             return
         await self.app(scope, receive, send)
