@@ -15,7 +15,7 @@ import pandas as pd
 
 from predictor.config import LabelConfig
 from predictor.embed import Embedder
-from predictor.labels import derive
+from predictor.labels import derive, epoch_us
 
 CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue")
 HISTORY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
@@ -106,9 +106,9 @@ def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -
     # The customer's earlier contacts: theirs that closed by this one's close, this one excluded.
     ordered = labelled.sort_values(["customer_id", "closed_at", "contact_id"], kind="stable").reset_index(drop=True)
     codes = {c: i for i, c in enumerate(pd.unique(ordered["customer_id"]))}
-    keys = _Keyed(ordered["customer_id"].map(codes).to_numpy(), _us(ordered["closed_at"]))
+    keys = _Keyed(ordered["customer_id"].map(codes).to_numpy(), epoch_us(ordered["closed_at"]))
     query_code = contacts["customer_id"].map(codes).to_numpy()
-    t = _us(contacts["closed_at"])
+    t = epoch_us(contacts["closed_at"])
     upto = keys.count_upto(query_code, t)  # includes the contact itself
     self_return = contacts["contact_id"].map(dict(zip(labelled["contact_id"], labelled["is_return"], strict=True)))
     cum_return = np.r_[0.0, np.cumsum(ordered["is_return"].to_numpy())]
@@ -125,8 +125,8 @@ def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -
     lookback_start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
     has_prev = last >= lookback_start
     safe = np.maximum(last, 0)
-    prev_close = _us(ordered["closed_at"])[safe]
-    since_hours = (_us(contacts["opened_at"]) - prev_close) / 3.6e9
+    prev_close = epoch_us(ordered["closed_at"])[safe]
+    since_hours = (epoch_us(contacts["opened_at"]) - prev_close) / 3.6e9
     out["hours_since_previous_contact"] = np.where(has_prev, since_hours, np.nan)
     out["prev_issue"] = np.where(has_prev, ordered["issue"].to_numpy()[safe], "none").astype(str)
     out["same_issue_as_previous"] = (out["prev_issue"].to_numpy() == contacts["issue"].astype(str).to_numpy()).astype(
@@ -163,11 +163,11 @@ def _agent_repeat_rate(contacts: pd.DataFrame, labelled: pd.DataFrame) -> tuple[
     # A label counts once its whole window has passed, repeat or not: counting repeats as soon as they
     # are seen but non-repeats only later would inflate every recent rate.
     known = labelled[~labelled["censored"]]
-    t = _us(contacts["closed_at"])
+    t = epoch_us(contacts["closed_at"])
 
     by_agent = known.sort_values(["agent_id", "window_ends_at"], kind="stable").reset_index(drop=True)
     codes = {a: i for i, a in enumerate(pd.unique(by_agent["agent_id"]))}
-    keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), _us(by_agent["window_ends_at"]))
+    keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), epoch_us(by_agent["window_ends_at"]))
     query_code = contacts["agent_id"].map(codes).to_numpy()
     upto = keys.count_upto(query_code, t)
     start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
@@ -180,10 +180,6 @@ def _agent_repeat_rate(contacts: pd.DataFrame, labelled: pd.DataFrame) -> tuple[
 
 def _days_us(days: float) -> int:
     return int(pd.Timedelta(days=days) / pd.Timedelta(microseconds=1))
-
-
-def _us(times: pd.Series) -> np.ndarray:
-    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
 
 
 def as_model_input(features: pd.DataFrame, categories: dict[str, Sequence[str]]) -> pd.DataFrame:

@@ -104,8 +104,13 @@ def derive(
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
+def epoch_us(times: pd.Series) -> np.ndarray:
+    """Microseconds since 1970 of UTC timestamps: integer keys for searchsorted and sorting."""
+    return ((times - _EPOCH) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
+
+
 def _epoch_ms(times: pd.Series) -> np.ndarray:
-    return ((times - _EPOCH) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
+    return epoch_us(times) // 1000
 
 
 def _empty_labels(out: pd.DataFrame) -> pd.DataFrame:

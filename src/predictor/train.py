@@ -29,7 +29,7 @@ from predictor import evaluate
 from predictor.config import Settings
 from predictor.embed import Embedder, redact
 from predictor.features import as_model_input, build
-from predictor.labels import derive
+from predictor.labels import derive, epoch_us
 from predictor.model import RepeatContactModel, TextHeads, categorical_levels
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def fit(
     lap("text_heads")
 
     stage("repeat model")
-    times = _us_since_epoch(contacts["closed_at"])
+    times = epoch_us(contacts["closed_at"])
     repeat_booster, repeat = _fit_repeat(X.iloc[tr], y[tr], X.iloc[cal], y[cal], hp, times[tr])
     lap("repeat_model")
 
@@ -309,10 +309,6 @@ def _choose_c(embedding: np.ndarray, repeat: np.ndarray, hp: dict[str, Any]) -> 
     best = float(grid[int(np.argmax(scores))])
     log.info("text heads: C=%s (cross-validated AUC %s)", best, [round(s, 4) for s in scores])
     return best
-
-
-def _us_since_epoch(times: pd.Series) -> np.ndarray:
-    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
 
 
 def fingerprint(contacts: pd.DataFrame) -> str:
