@@ -72,3 +72,15 @@ def test_pickled_embedder_carries_no_weights(embedder: Embedder) -> None:
     blob = pickle.dumps(embedder)
     assert len(blob) < 10_000
     assert pickle.loads(blob).config == embedder.config
+
+
+def test_onnx_int8_backend_matches_the_reference(tmp_path: Path) -> None:
+    texts = ["my bill is too high", "Customer: the SIM never arrived. Agent: I've re-sent it from here.", ""]
+    reference = Embedder(EmbeddingConfig(cache_dir=tmp_path / "a")).encode(texts)
+    onnx = Embedder(EmbeddingConfig(cache_dir=tmp_path / "b", backend="onnx-int8"))
+    vectors = onnx.encode(texts)
+    assert list((tmp_path / "b" / "onnx").glob("*.onnx"))  # exported once, kept beside the cache
+    cosine = (vectors[:2] * reference[:2]).sum(axis=1)
+    assert cosine.min() > 0.98
+    np.testing.assert_array_equal(vectors[2], 0)
+    assert onnx.model_id != Embedder(EmbeddingConfig(cache_dir=tmp_path / "a")).model_id  # separate cache keys

@@ -15,6 +15,7 @@ import os
 import re
 import sqlite3
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,12 @@ class Embedder:
         path = Path(self.model_path)
         weights = path / "model.safetensors"
         digest = _file_digest(weights) if weights.exists() else hashlib.sha256(str(path).encode()).hexdigest()
-        return f"{path.name}-{digest[:12]}-max{self.config.max_tokens}"
+        backend = "" if self.config.backend == "sentence-transformers" else f"-{self.config.backend}"
+        return f"{path.name}-{digest[:12]}-max{self.config.max_tokens}{backend}"
 
     @property
     def dimension(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        return self._load().dimension
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config}
@@ -169,15 +171,7 @@ class Embedder:
             for start in range(0, len(sorted_texts), batch * 8):
                 part = sorted_texts[start : start + batch * 8]
                 with self._lock:
-                    chunks.append(
-                        model.encode(
-                            part,
-                            batch_size=batch,
-                            normalize_embeddings=True,
-                            convert_to_numpy=True,
-                            show_progress_bar=False,
-                        ).astype(np.float32)
-                    )
+                    chunks.append(model.encode(part, batch))
                 if p:
                     p.advance(task, len(part))
         vectors = np.concatenate(chunks)
@@ -195,8 +189,13 @@ class Embedder:
 
             transformers.utils.logging.disable_progress_bar()
             torch.set_num_threads(self.config.threads)
-            self._model = SentenceTransformer(self.model_path, device="cpu")
-            self._model.max_seq_length = self.config.max_tokens
+            model = SentenceTransformer(self.model_path, device="cpu")
+            model.max_seq_length = self.config.max_tokens
+            if self.config.backend == "onnx-int8":
+                target = Path(self.config.cache_dir) / "onnx" / f"{self.model_id}.onnx"
+                self._model = _OnnxEncoder(model, target, self.config)
+            else:
+                self._model = _TorchEncoder(model)
             log.info("loaded embedding model %s", self.model_id)
         return self._model
 
@@ -217,6 +216,102 @@ class Embedder:
         if self._cache is None:
             self._cache = EmbeddingCache(Path(self.config.cache_dir) / "embeddings.sqlite")
         return self._cache
+
+
+class _TorchEncoder:
+    """sentence-transformers in PyTorch: the reference."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.dimension = _dimension(model)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        vectors = self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return vectors.astype(np.float32)
+
+
+class _OnnxEncoder:
+    """The same transformer exported to ONNX with mean pooling and L2 norm inside the graph, weights
+    quantised to int8 per channel (cosine ~0.995 to PyTorch), run by ONNX Runtime. Built once, cached."""
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, model: Any, target: Path, config: EmbeddingConfig) -> None:
+        import onnxruntime as ort
+
+        self.tokenizer = model.tokenizer
+        self.dimension = _dimension(model)
+        self.max_tokens = config.max_tokens
+        if not target.exists():
+            _export_int8(model, target)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                texts[start : start + batch_size], padding=True, truncation=True, max_length=self.max_tokens,
+                return_tensors="np",
+            )  # fmt: skip
+            feed = {name: batch[name].astype(np.int64) for name in self.INPUTS}
+            out.append(self.session.run(None, feed)[0].astype(np.float32))
+        return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
+
+
+def _torch_export(torch: Any, module: Any, sample: Any, path: Path) -> None:
+    axes = {name: {0: "batch", 1: "tokens"} for name in _OnnxEncoder.INPUTS}
+    torch.onnx.export(
+        module, tuple(sample[name] for name in _OnnxEncoder.INPUTS), str(path),
+        input_names=list(_OnnxEncoder.INPUTS), output_names=["embedding"],
+        dynamic_axes={**axes, "embedding": {0: "batch"}}, opset_version=17, dynamo=False,
+    )  # fmt: skip
+
+
+def _dimension(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def _export_int8(model: Any, target: Path) -> None:
+    import tempfile
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, transformer: Any) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.transformer(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )[0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sample = model.tokenizer(["an example", "another example text"], padding=True, return_tensors="pt")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        # The TorchScript exporter (dynamo=False) is the one verified here to match sentence-transformers
+        # to cosine 1.0000; torch only warns that it is no longer the default.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+            )
+            _torch_export(torch, Pooled(model[0].auto_model).eval(), sample, fp32)
+        # Per-channel weights keep cosine ~0.995 to fp32; the default per-tensor setting gives ~0.93.
+        quantize_dynamic(str(fp32), str(Path(tmp) / "model.int8.onnx"), weight_type=QuantType.QUInt8, per_channel=True)
+        (Path(tmp) / "model.int8.onnx").replace(target)
+    log.info("exported the embedding model to ONNX int8 at %s", target)
 
 
 class EmbeddingCache:
