@@ -61,5 +61,7 @@ clean: ## Remove generated data and local model stores (keeps .venv)
 	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache models/contacts.db
 
 bench: install ## Benchmarks (ratios against a baseline measured in the same run) -> bench-results/
+	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_train.py --n 20000
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_service.py --backend onnx-int8

@@ -42,11 +42,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--backend", default="sentence-transformers", choices=["sentence-transformers", "onnx-int8"])
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     settings = Settings(
-        embedding=EmbeddingConfig(cache_dir=work / "cache"),
+        embedding=EmbeddingConfig(cache_dir=work / "cache", backend=args.backend),
         registry=RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=work / "art"),
     )
     contacts = validate(simulate(SimulatorConfig(n_contacts=2500, seed=3, days=90)).contacts).contacts
@@ -66,7 +67,7 @@ def main() -> None:
     }
     rows = fresh.to_dict("records")
     report: dict = {}
-    embedder = Embedder(EmbeddingConfig(cache_dir=work / "raw-cache"))
+    embedder = Embedder(EmbeddingConfig(cache_dir=work / "raw-cache", backend=args.backend))
     embedder.encode(["warm up"])
     with running_service(env, work / "service.log") as service:
         client = httpx.Client(base_url=service.base_url, timeout=120)
@@ -121,7 +122,9 @@ def main() -> None:
             / 2**20
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "service.json").write_text(json.dumps(report, indent=2))
+    report["backend"] = args.backend
+    suffix = "" if args.backend == "sentence-transformers" else f"-{args.backend}"
+    (args.out / f"service{suffix}.json").write_text(json.dumps(report, indent=2))
     lines = ["| measure | HTTP p50 / p95 / p99 ms | raw embedding p50 / p95 / p99 ms |", "|---|---|---|"]
     for kind in ("short", "long"):
         h, r = report[f"score_{kind}"]["http_ms"], report[f"score_{kind}"]["raw_embedding_ms"]
@@ -136,7 +139,7 @@ def main() -> None:
         f"service / raw time = {b['service_over_raw']}x)",
         f"service RSS: {report['service_rss_mb']} MB",
     ]
-    (args.out / "service.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"service{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
