@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# model2vec's distillation needs skeletoken, whose pins would downgrade transformers: no deps.
+	$(BIN)/pip install --quiet --no-deps skeletoken==0.6.1
 	touch $(STAMP)
 
 test-deps: ## System packages the tests need (PostgreSQL for the contact-store tests)

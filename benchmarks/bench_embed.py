@@ -19,7 +19,7 @@ from predictor.embed import Embedder
 from predictor.schema import validate
 from predictor.simulate import SimulatorConfig, simulate
 
-BACKENDS = ("sentence-transformers", "onnx-int8")
+BACKENDS = ("sentence-transformers", "onnx-int8", "model2vec")
 
 
 def main() -> None:

