@@ -66,4 +66,4 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_train.py --n 20000
 	$(BIN)/python benchmarks/bench_service.py
-	$(BIN)/python benchmarks/bench_service.py --backend onnx-int8
+	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--backend", default="sentence-transformers", choices=["sentence-transformers", "onnx-int8"])
+    parser.add_argument("--backend", default="model2vec", choices=["model2vec", "sentence-transformers", "onnx-int8"])
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
@@ -123,7 +123,7 @@ def main() -> None:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     report["backend"] = args.backend
-    suffix = "" if args.backend == "sentence-transformers" else f"-{args.backend}"
+    suffix = f"-{args.backend}"
     (args.out / f"service{suffix}.json").write_text(json.dumps(report, indent=2))
     lines = ["| measure | HTTP p50 / p95 / p99 ms | raw embedding p50 / p95 / p99 ms |", "|---|---|---|"]
     for kind in ("short", "long"):

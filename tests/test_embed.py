@@ -33,7 +33,14 @@ def test_redaction_leaves_ordinary_text() -> None:
 
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    return Embedder(EmbeddingConfig(cache_dir=tmp_path_factory.mktemp("cache"), max_tokens=32, head_fraction=0.5))
+    return Embedder(
+        EmbeddingConfig(
+            cache_dir=tmp_path_factory.mktemp("cache"),
+            max_tokens=32,
+            head_fraction=0.5,
+            backend="sentence-transformers",
+        )
+    )
 
 
 def test_long_text_keeps_head_and_tail(embedder: Embedder) -> None:
@@ -76,14 +83,15 @@ def test_pickled_embedder_carries_no_weights(embedder: Embedder) -> None:
 
 def test_onnx_int8_backend_matches_the_reference(tmp_path: Path) -> None:
     texts = ["my bill is too high", "Customer: the SIM never arrived. Agent: I've re-sent it from here.", ""]
-    reference = Embedder(EmbeddingConfig(cache_dir=tmp_path / "a")).encode(texts)
+    reference = Embedder(EmbeddingConfig(cache_dir=tmp_path / "a", backend="sentence-transformers")).encode(texts)
     onnx = Embedder(EmbeddingConfig(cache_dir=tmp_path / "b", backend="onnx-int8"))
     vectors = onnx.encode(texts)
     assert list((tmp_path / "b" / "onnx").glob("*.onnx"))  # exported once, kept beside the cache
     cosine = (vectors[:2] * reference[:2]).sum(axis=1)
     assert cosine.min() > 0.98
     np.testing.assert_array_equal(vectors[2], 0)
-    assert onnx.model_id != Embedder(EmbeddingConfig(cache_dir=tmp_path / "a")).model_id  # separate cache keys
+    reference_id = Embedder(EmbeddingConfig(cache_dir=tmp_path / "a", backend="sentence-transformers")).model_id
+    assert onnx.model_id != reference_id  # separate cache keys
 
 
 def test_model2vec_backend_is_distilled_offline_and_agrees_roughly(tmp_path: Path) -> None:
