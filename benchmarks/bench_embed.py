@@ -9,10 +9,11 @@ run. Also reports the cosine of each backend's vectors to the reference. Results
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+import results
 
 from predictor.config import EmbeddingConfig
 from predictor.embed import Embedder
@@ -51,8 +52,6 @@ def main() -> None:
     base = {r["texts"]: r["per_second"] for r in rows if r["backend"] == BACKENDS[0]}
     for row in rows:
         row["ratio_to_reference"] = round(row["per_second"] / base[row["texts"]], 2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embed.json").write_text(json.dumps(rows, indent=2))
     lines = [
         "| backend | texts | texts/s | ratio to sentence-transformers | cosine to reference |",
         "|---|---|---:|---:|---:|",
@@ -62,8 +61,7 @@ def main() -> None:
         f"{r['cosine_to_reference']:.4f} |"
         for r in rows
     ]
-    (args.out / "embed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results.write(args.out, "embed", rows, lines)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ Bounded: a fixed number of sequential requests. Results go to bench-results/serv
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import results
 
 from predictor.api import contact_json
 from predictor.config import EmbeddingConfig, RegistryConfig, Settings
@@ -121,10 +121,7 @@ def main() -> None:
             )
             / 2**20
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     report["backend"] = args.backend
-    suffix = f"-{args.backend}"
-    (args.out / f"service{suffix}.json").write_text(json.dumps(report, indent=2))
     lines = ["| measure | HTTP p50 / p95 / p99 ms | raw embedding p50 / p95 / p99 ms |", "|---|---|---|"]
     for kind in ("short", "long"):
         h, r = report[f"score_{kind}"]["http_ms"], report[f"score_{kind}"]["raw_embedding_ms"]
@@ -139,8 +136,7 @@ def main() -> None:
         f"service / raw time = {b['service_over_raw']}x)",
         f"service RSS: {report['service_rss_mb']} MB",
     ]
-    (args.out / f"service{suffix}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results.write(args.out, f"service-{args.backend}", report, lines)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ the report gives cold/warm as a ratio. Results go to bench-results/train.{json,m
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+import results
 
 from predictor.config import EmbeddingConfig, Settings
 from predictor.schema import validate
@@ -55,9 +55,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     rows = [run(n, args.seed) for n in (args.n or [20_000])]
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
-    (args.out / "train.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     lines = [
         "| contacts | transcripts | cold s | warm s | cold / warm | embedding texts/s | model AUC |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -67,8 +64,7 @@ def main() -> None:
             for r in rows
         ),
     ]
-    (args.out / "train.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results.write(args.out, "train", rows, lines)
 
 
 if __name__ == "__main__":
