@@ -114,17 +114,10 @@ class RepeatContactModel:
         X = self.model_input(self.features(contacts, history).frame)
         return self.predict_from_input(X, contacts["contact_id"].to_numpy())
 
-    def predict_from_input(
-        self,
-        X: pd.DataFrame,
-        contact_ids: np.ndarray,
-        next_issue_proba: np.ndarray | None = None,
-    ) -> pd.DataFrame:
+    def predict_from_input(self, X: pd.DataFrame, contact_ids: np.ndarray) -> pd.DataFrame:
         out = pd.DataFrame({"contact_id": contact_ids})
         out["repeat_probability"] = self.repeat.predict_proba(X)[:, 1] if len(X) else []
-        proba = next_issue_proba
-        if proba is None:
-            proba = self.next_issue.predict_proba(X) if len(X) else np.zeros((0, len(self.next_issue_classes)))
+        proba = self.next_issue.predict_proba(X) if len(X) else np.zeros((0, len(self.next_issue_classes)))
         top = np.argsort(-proba, axis=1)[:, :TOP_K]
         classes = np.array(self.next_issue_classes)
         for k in range(TOP_K):
@@ -135,9 +128,6 @@ class RepeatContactModel:
         out["hours_to_repeat_median"] = np.clip(median, 0.0, None)
         out["hours_to_repeat_p90"] = np.maximum(np.clip(p90, 0.0, None), out["hours_to_repeat_median"])
         return out
-
-    def next_issue_proba(self, X: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(self.next_issue.predict_proba(X), columns=self.next_issue_classes, index=X.index)
 
     def reasons(self, X: pd.DataFrame, top: int = 3) -> list[list[dict[str, Any]]]:
         """The features that pushed each score up or down most (SHAP values of the booster), in words."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -146,10 +145,7 @@ class Scorer:
         history = self.store.history_for(frame, lookback_days=lookback)
         feature_set = self.model.features(frame.reset_index(drop=True), history)
         X = self.model.model_input(feature_set.frame)
-        proba = self.model.next_issue_proba(X)
-        predictions = self.model.predict_from_input(
-            X, frame["contact_id"].to_numpy(), next_issue_proba=proba.to_numpy()
-        )
+        predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
         reasons = self.model.reasons(X)
         service = self.settings.service
         answers = {}
@@ -157,14 +153,13 @@ class Scorer:
             zip(predictions.itertuples(index=False), frame.itertuples(), strict=True)
         ):
             p = float(row.repeat_probability)
-            top = np.argsort(-proba.iloc[position].to_numpy())[:TOP_K]
             next_issues = [
                 NextIssue(
-                    issue=proba.columns[k],
-                    probability=round(float(proba.iat[position, k]), 6),
-                    repeat_type="explicit" if proba.columns[k] == contact.issue else "implicit",
+                    issue=getattr(row, f"next_issue_{k}"),
+                    probability=round(float(getattr(row, f"next_issue_{k}_probability")), 6),
+                    repeat_type="explicit" if getattr(row, f"next_issue_{k}") == contact.issue else "implicit",
                 )
-                for k in top
+                for k in range(1, TOP_K + 1)
             ]
             follow_up = self.plan.recommend(
                 repeat_probability=p,
