@@ -30,7 +30,7 @@ from predictor.config import Settings
 from predictor.features import LOOKBACK_DAYS
 from predictor.model import TOP_K, RepeatContactModel
 from predictor.plan import FollowUpPlan
-from predictor.store import ContactStore
+from predictor.store import ContactStore, typed_contacts
 
 log = logging.getLogger(__name__)
 UNKNOWN_ISSUE = "other"
@@ -131,14 +131,7 @@ class Scorer:
                 issue = UNKNOWN_ISSUE
             row["issue"] = issue
             rows.append(row)
-        frame = pd.DataFrame(rows)
-        for column in ("opened_at", "closed_at"):
-            frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[ns, UTC]")
-        frame["csat"] = frame["csat"].astype(float)
-        frame["transfers"] = frame["transfers"].astype("int64")
-        frame["handle_seconds"] = frame["handle_seconds"].astype(float)
-        frame["hold_seconds"] = frame["hold_seconds"].astype(float)
-        return frame, warnings
+        return typed_contacts(pd.DataFrame(rows)), warnings
 
     def _score_frame(self, frame: pd.DataFrame, warnings: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         lookback = LOOKBACK_DAYS + self.model.label_config.repeat_window_days + 1

@@ -104,7 +104,7 @@ class ContactStore:
         with self.engine.connect() as db:
             frame = pd.DataFrame(db.execute(query).fetchall(), columns=columns)
         frame["transcript"] = ""
-        return _typed(frame)
+        return typed_contacts(frame)
 
     def save(self, contacts: pd.DataFrame, responses: dict[str, dict[str, Any]], model_version: str) -> set[str]:
         """Insert contacts with their answers; ones already present are left as they were.
@@ -153,7 +153,7 @@ class ContactStore:
     def all_contacts(self) -> pd.DataFrame:
         with self.engine.connect() as db:
             rows = db.execute(select(*[contacts_table.c[n] for n in CONTACT_COLUMNS])).fetchall()
-        return _typed(pd.DataFrame(rows, columns=list(CONTACT_COLUMNS)))
+        return typed_contacts(pd.DataFrame(rows, columns=list(CONTACT_COLUMNS)))
 
     def count(self) -> int:
         with self.engine.connect() as db:
@@ -183,11 +183,11 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 def _empty_frame() -> pd.DataFrame:
-    return _typed(pd.DataFrame(columns=list(CONTACT_COLUMNS)))
+    return typed_contacts(pd.DataFrame(columns=list(CONTACT_COLUMNS)))
 
 
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows as the schema types them (SQLite hands back naive datetimes: they were stored as UTC)."""
+def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Contact rows typed as the schema types them; naive datetimes are UTC (SQLite hands them back so)."""
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CONTACT_COLUMNS})
     out = frame.copy()
