@@ -332,6 +332,7 @@ def serve_demo(
     import secrets
 
     import httpx
+    import pandas as pd
 
     from predictor.api import contact_json
     from predictor.config import get_settings
@@ -340,7 +341,7 @@ def serve_demo(
 
     settings = get_settings()
     contacts = _load(path, None, None).contacts.sort_values("closed_at")
-    cutoff = contacts["closed_at"].max() - pd_timedelta(days=held_out_days)
+    cutoff = contacts["closed_at"].max() - pd.Timedelta(days=held_out_days)
     history, held_out = contacts[contacts["closed_at"] <= cutoff], contacts[contacts["closed_at"] > cutoff]
     store.unlink(missing_ok=True)
     store_url = f"sqlite:///{store.resolve()}"
@@ -381,15 +382,11 @@ def serve_demo(
 
 
 def _absolute_sqlite(uri: str) -> str:
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
+    """The same database for a child process started elsewhere: a relative SQLite path made absolute."""
+    from predictor.config import sqlite_file
 
-
-def pd_timedelta(**kwargs: float):  # noqa: ANN201 - pandas imported lazily to keep --help fast
-    import pandas as pd
-
-    return pd.Timedelta(**kwargs)
+    database = sqlite_file(uri)
+    return f"sqlite:///{database.resolve()}" if database is not None else uri
 
 
 def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imported lazily

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL (relative or absolute), or None for other databases/memory."""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///"))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

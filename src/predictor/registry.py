@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from predictor.config import RegistryConfig, Settings
+from predictor.config import RegistryConfig, Settings, sqlite_file
 from predictor.evaluate import expected_calibration_error
 from predictor.model import OUTPUT_COLUMNS, RepeatContactModel
 from predictor.train import TrainingResult
@@ -46,8 +46,8 @@ def connect(config: RegistryConfig) -> Any:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = config.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if (database := sqlite_file(uri)) is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(config.experiment) is None:
