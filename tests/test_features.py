@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import T0, contact, frame
 
-from predictor.features import build
+from predictor.features import CLOSING_WORDS_WITHOUT_TURNS, build, closing_turns
 from predictor.schema import validate
 
 
@@ -90,3 +90,35 @@ def test_empty_transcripts_everywhere_work() -> None:
     f = build(rows).frame
     assert (f["has_transcript"] == 0).all()
     assert T0 is not None
+
+
+def test_closing_turns_keeps_the_last_turns_or_the_last_words() -> None:
+    conversation = "Agent: hello\nCustomer: my bill is wrong\n\nAgent: fixed it\nCustomer: that didn't help"
+    assert closing_turns(conversation, 2) == "Agent: fixed it\nCustomer: that didn't help"
+    assert closing_turns(conversation, 10) == conversation.replace("\n\n", "\n")
+    one_line = " ".join(f"w{i}" for i in range(100))
+    assert closing_turns(one_line, 4).split() == [f"w{i}" for i in range(100 - CLOSING_WORDS_WITHOUT_TURNS, 100)]
+    assert closing_turns("", 4) == ""
+
+
+def test_text_views_are_the_whole_conversation_and_its_close(settings) -> None:
+    from predictor.embed import Embedder
+
+    rows = validate(
+        frame(
+            contact(
+                "C1",
+                transcript="Agent: hi\nCustomer: card 4111 1111 1111 1111 charged twice\nAgent: let me look\n"
+                "Agent: refunded\nCustomer: thanks\nAgent: anything else?\nCustomer: no, bye",
+            ),
+            contact("C2", opened_hours=3, transcript=""),
+        )
+    ).contacts
+    features = build(rows, embedder=Embedder(settings.embedding))
+    assert list(features.views) == ["whole", "closing"]
+    assert features.text_columns == features.views["whole"] + features.views["closing"]
+    whole = features.frame[features.views["whole"]].to_numpy()
+    closing = features.frame[features.views["closing"]].to_numpy()
+    assert np.abs(whole[0] - closing[0]).max() > 0  # different texts, different vectors
+    assert not whole[1].any() and not closing[1].any()  # no transcript: zero vectors, never embedded
+    assert "4111" not in features.transcripts[0] and "[CARD]" in features.transcripts[0]

@@ -57,7 +57,7 @@ def test_predictions_have_the_promised_shape(trained) -> None:
     assert scored["repeat_probability"].between(0, 1).all()
     assert (scored["next_issue_1_probability"] >= scored["next_issue_2_probability"]).all()
     assert (scored["hours_to_repeat_p90"] >= scored["hours_to_repeat_median"]).all()
-    reasons = result.model.reasons(result.model.model_input(result.model.features(contacts.tail(2), contacts).frame))
+    reasons = result.model.reasons(result.model.model_input(result.model.features(contacts.tail(2), contacts)))
     assert len(reasons) == 2 and len(reasons[0]) == 3
     assert all(r["description"] for r in reasons[0])
 

@@ -33,6 +33,9 @@ class EmbeddingConfig(BaseModel):
     max_tokens: int = Field(128, ge=16, le=512, description="Token budget a transcript is cut to.")
     truncation: Literal["head_tail", "head"] = "head_tail"
     head_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of the budget kept from the start.")
+    closing_turns: int = Field(
+        4, ge=0, le=50, description="Also embed the last N turns on their own (0: off); +0.01 AUC on the 20k log."
+    )
     batch_size: int = Field(32, ge=1)
     threads: int = Field(2, ge=1)
     cache_dir: Path = Path("models/embedding-cache")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
-from predictor.embed import Embedder
+from predictor.embed import Embedder, redact
 from predictor.labels import derive, epoch_us
 
 CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue")
@@ -23,7 +23,9 @@ AGENT_PRIOR_STRENGTH = 30.0  # pseudo-contacts: an agent's rate needs ~30 closed
 DEFAULT_REPEAT_RATE = 1 / 3  # the industry figure: the prior every agent's rate shrinks towards
 # Every history feature looks back at most this far, so a scorer needs only this much of its store.
 LOOKBACK_DAYS = max(HISTORY_WINDOWS_DAYS)
-EMBEDDING_PREFIX = "emb_"
+EMBEDDING_PREFIX = "emb_"  # the whole conversation, cut to head + tail
+CLOSING_PREFIX = "close_"  # the last few turns alone: whether (and how) it was resolved
+CLOSING_WORDS_WITHOUT_TURNS = 48  # a transcript on one line has no turns: its last words stand in
 
 
 @dataclass
@@ -32,6 +34,10 @@ class FeatureSet:
 
     frame: pd.DataFrame
     text_columns: list[str] = field(default_factory=list)
+    # Each embedding view's columns ({"whole": [...], "closing": [...]}) and the redacted transcripts,
+    # which the model's word-level reader needs; empty without an embedder.
+    views: dict[str, list[str]] = field(default_factory=dict)
+    transcripts: list[str] = field(default_factory=list)
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -57,12 +63,33 @@ def build(
     meta = _metadata(contacts)
     hist = _history(contacts, known, labels)
     frame = pd.concat([meta, hist], axis=1)
-    text_columns: list[str] = []
-    if embedder is not None:
-        vectors = embedder.encode(contacts["transcript"].tolist(), progress=progress)
-        text_columns = [f"{EMBEDDING_PREFIX}{i:03d}" for i in range(vectors.shape[1])]
-        frame = pd.concat([frame, pd.DataFrame(vectors, columns=text_columns, index=frame.index)], axis=1)
-    return FeatureSet(frame=frame, text_columns=text_columns)
+    if embedder is None:
+        return FeatureSet(frame=frame)
+    transcripts = contacts["transcript"].tolist()
+    texts = {"whole": transcripts}
+    if embedder.config.closing_turns:
+        texts["closing"] = [closing_turns(t, embedder.config.closing_turns) for t in transcripts]
+    prefixes = {"whole": EMBEDDING_PREFIX, "closing": CLOSING_PREFIX}
+    views: dict[str, list[str]] = {}
+    blocks = [frame]
+    for view, view_texts in texts.items():
+        vectors = embedder.encode(view_texts, progress=progress)
+        views[view] = [f"{prefixes[view]}{i:03d}" for i in range(vectors.shape[1])]
+        blocks.append(pd.DataFrame(vectors, columns=views[view], index=frame.index))
+    return FeatureSet(
+        frame=pd.concat(blocks, axis=1),
+        text_columns=[c for columns in views.values() for c in columns],
+        views=views,
+        transcripts=[redact(t) for t in transcripts],
+    )
+
+
+def closing_turns(transcript: str, turns: int) -> str:
+    """The last ``turns`` turns of a conversation (one per line), or its last words if it has no lines."""
+    lines = [line for line in transcript.splitlines() if line.strip()]
+    if len(lines) > 1:
+        return "\n".join(lines[-turns:])
+    return " ".join(transcript.split()[-CLOSING_WORDS_WITHOUT_TURNS:])
 
 
 def _union(history: pd.DataFrame | None, contacts: pd.DataFrame) -> pd.DataFrame:

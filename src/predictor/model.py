@@ -15,7 +15,7 @@ import pandas as pd
 
 from predictor.config import EmbeddingConfig, LabelConfig
 from predictor.embed import Embedder
-from predictor.features import CATEGORICAL, EMBEDDING_PREFIX, FeatureSet, as_model_input, build
+from predictor.features import CATEGORICAL, FeatureSet, as_model_input, build
 
 TOP_K = 3
 TEXT_HEAD_PREFIX = "text_"
@@ -100,18 +100,17 @@ class RepeatContactModel:
     def features(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> FeatureSet:
         return build(contacts, history, embedder=self.embedder(), labels=self.label_config)
 
-    def model_input(self, features: pd.DataFrame) -> pd.DataFrame:
+    def model_input(self, feature_set: FeatureSet) -> pd.DataFrame:
         """What the boosters see: typed metadata + history, and the text heads' scores."""
-        X = as_model_input(features[self.feature_columns], self.categories)
+        X = as_model_input(feature_set.frame[self.feature_columns], self.categories)
         if self.text_heads is not None:
-            embedding = features[[c for c in features.columns if c.startswith(EMBEDDING_PREFIX)]].to_numpy()
-            has_text = features["has_transcript"].to_numpy() > 0
-            X = pd.concat([X, self.text_heads.transform(embedding, has_text, index=X.index)], axis=1)
+            scores = self.text_heads.transform(TextInputs.from_features(feature_set), index=X.index)
+            X = pd.concat([X, scores], axis=1)
         return X
 
     def predict(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
         """Score validated contacts at close; ``history`` is what was known (may include them)."""
-        X = self.model_input(self.features(contacts, history).frame)
+        X = self.model_input(self.features(contacts, history))
         return self.predict_from_input(X, contacts["contact_id"].to_numpy())
 
     def predict_from_input(self, X: pd.DataFrame, contact_ids: np.ndarray) -> pd.DataFrame:
@@ -155,65 +154,135 @@ class RepeatContactModel:
         return result
 
 
+@dataclass
+class TextInputs:
+    """What the text heads read: each embedding view, and the redacted transcripts for the word view."""
+
+    embeddings: dict[str, np.ndarray]
+    texts: list[str]
+    has_text: np.ndarray
+
+    @classmethod
+    def from_features(cls, feature_set: FeatureSet) -> TextInputs:
+        frame = feature_set.frame
+        return cls(
+            embeddings={view: frame[columns].to_numpy() for view, columns in feature_set.views.items()},
+            texts=feature_set.transcripts,
+            has_text=frame["has_transcript"].to_numpy() > 0,
+        )
+
+    def rows(self, positions: np.ndarray) -> TextInputs:
+        return TextInputs(
+            embeddings={view: matrix[positions] for view, matrix in self.embeddings.items()},
+            texts=[self.texts[i] for i in positions],
+            has_text=self.has_text[positions],
+        )
+
+
 class TextHeads:
-    """Linear read-outs of the transcript embedding, one per outcome (repeat, explicit, implicit).
+    """Linear read-outs of the transcript, one per outcome (repeat, explicit, implicit) and per view.
 
     A sentence embedding holds "was it resolved", "was the customer confused", "was the next issue
     mentioned" as directions, not as single coordinates: a logistic regression per outcome finds them,
-    and the boosters combine their scores with metadata and history. Training rows get out-of-fold
-    scores (``fit_oof``) so the boosters never learn from a head that saw their own label.
+    and the boosters combine their scores with metadata and history. Three views of the same transcript
+    each catch what the others blur: the whole conversation (head + tail), its closing turns alone (a
+    mean over the whole text dilutes "that didn't help"), and word n-grams (TF-IDF: exact phrasing, which
+    a 256-dimensional embedding compresses away). Together +0.01 AUC over the whole-conversation view
+    alone on the 20k log. Training rows get out-of-fold scores (``fit_oof``) so the boosters never learn
+    from a head that saw their own label.
     """
 
     def __init__(
-        self, targets: Sequence[str] = ("repeat", "explicit", "implicit"), C: float = 1.0, folds: int = 5, seed: int = 0
+        self,
+        C: dict[str, float],
+        targets: Sequence[str] = ("repeat", "explicit", "implicit"),
+        words: dict[str, Any] | None = None,
+        folds: int = 5,
+        seed: int = 0,
     ) -> None:
+        self.C = C  # per view; a view without a C is not read
         self.targets = targets
-        self.C = C
+        self.words = words  # TfidfVectorizer settings for the word view (None: no word view)
         self.folds = folds
         self.seed = seed
 
     @property
+    def views(self) -> list[str]:
+        return list(self.C)
+
+    @property
     def columns(self) -> list[str]:
-        return [f"{TEXT_HEAD_PREFIX}{t}" for t in self.targets]
+        return [f"{TEXT_HEAD_PREFIX}{view}_{target}" for view in self.views for target in self.targets]
 
-    def fit(self, embedding: np.ndarray, labels: np.ndarray) -> TextHeads:
-        from sklearn.linear_model import LogisticRegression
+    def matrices(self, inputs: TextInputs) -> dict[str, Any]:
+        """Each view's design matrix (the word view as sparse TF-IDF)."""
+        out: dict[str, Any] = {view: inputs.embeddings[view] for view in self.views if view in inputs.embeddings}
+        if "words" in self.views:
+            out["words"] = self.vectorizer_.transform(inputs.texts)
+        return out
 
-        self.models_ = [
-            LogisticRegression(C=self.C, max_iter=3000).fit(embedding, labels[:, k]) for k in range(labels.shape[1])
-        ]
+    def fit_vectorizer(self, inputs: TextInputs) -> TextHeads:
+        """Vocabulary and IDF from the training transcripts (no labels involved)."""
+        if "words" in self.views:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            words = dict(self.words or {})
+            self.vectorizer_ = TfidfVectorizer(
+                max_features=words.get("max_features", 20000),
+                ngram_range=(words.get("ngram_min", 1), words.get("ngram_max", 2)),
+                analyzer=words.get("analyzer", "word"),
+                min_df=words.get("min_df", 2),
+                sublinear_tf=True,
+            ).fit([t for t, has in zip(inputs.texts, inputs.has_text, strict=True) if has])
         return self
 
-    def fit_oof(self, embedding: np.ndarray, labels: np.ndarray, has_text: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    def fit(self, inputs: TextInputs, labels: np.ndarray) -> TextHeads:
+        self.fit_vectorizer(inputs)
+        keep = inputs.has_text
+        self.models_ = {
+            view: [self._logistic(view).fit(matrix[keep], labels[keep, k]) for k in range(labels.shape[1])]
+            for view, matrix in self.matrices(inputs).items()
+        }
+        return self
+
+    def fit_oof(self, inputs: TextInputs, labels: np.ndarray, index: pd.Index) -> pd.DataFrame:
         """Fit on all rows; return each row's score from the fold that did not see it."""
-        from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import KFold, cross_val_predict
 
-        self.fit(embedding, labels)
+        self.fit(inputs, labels)
+        keep = inputs.has_text
         folds = KFold(self.folds, shuffle=True, random_state=self.seed)
-        oof = np.column_stack(
-            [
-                cross_val_predict(
-                    LogisticRegression(C=self.C, max_iter=3000),
-                    embedding,
-                    labels[:, k],
-                    cv=folds,
-                    method="predict_proba",
+        oof = np.full((len(keep), len(self.columns)), np.nan)
+        column = 0
+        for view, matrix in self.matrices(inputs).items():
+            for k in range(labels.shape[1]):
+                oof[keep, column] = cross_val_predict(
+                    self._logistic(view), matrix[keep], labels[keep, k], cv=folds, method="predict_proba"
                 )[:, 1]
-                for k in range(labels.shape[1])
-            ]
-        )
-        oof[~has_text] = np.nan
+                column += 1
         return pd.DataFrame(oof, columns=self.columns, index=index)
 
-    def transform(self, embedding: np.ndarray, has_text: np.ndarray, index: pd.Index) -> pd.DataFrame:
-        scores = (
-            np.column_stack([m.predict_proba(embedding)[:, 1] for m in self.models_])
-            if len(embedding)
-            else (np.zeros((0, len(self.models_))))
-        )
-        scores[~has_text] = np.nan  # no transcript: missing, not "a transcript that says nothing"
+    def transform(self, inputs: TextInputs, index: pd.Index) -> pd.DataFrame:
+        scores = np.full((len(inputs.has_text), len(self.columns)), np.nan)
+        keep = inputs.has_text  # no transcript: missing, not "a transcript that says nothing"
+        if keep.any():
+            matrices = self.matrices(inputs.rows(np.flatnonzero(keep)))
+            scores[keep] = np.column_stack(
+                [m.predict_proba(matrices[view])[:, 1] for view, models in self.models_.items() for m in models]
+            )
         return pd.DataFrame(scores, columns=self.columns, index=index)
+
+    def _logistic(self, view: str) -> Any:
+        return logistic(self.C[view], sparse=view == "words")
+
+
+def logistic(C: float, sparse: bool) -> Any:
+    """A logistic regression solved the fast way for its input: Newton steps on a 256-column embedding
+    converge in ~3 iterations (10x faster than L-BFGS there), but would need a dense Hessian of the
+    thousands of TF-IDF columns."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=3000, solver="lbfgs" if sparse else "newton-cholesky")
 
 
 def categorical_levels(features: pd.DataFrame) -> dict[str, list[str]]:

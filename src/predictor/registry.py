@@ -224,9 +224,20 @@ def _gate(
         return True, f"promoted: first champion (AUC {challenger['roc_auc']:.4f}, ECE {challenger['ece']:.4f})", None
     import mlflow
 
-    champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
     test = result.test_contacts
-    scored = champion.predict(pyfunc_input(test, contacts))
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
+        scored = champion.predict(pyfunc_input(test, contacts))
+    except Exception as error:  # noqa: BLE001 - any failure means there is nothing to compare against
+        # Typically a champion pickled by an older version of this package. Not comparable is not "worse":
+        # a person decides, with the command that says so.
+        log.warning("champion v%s could not be scored: %r", current.version, error)
+        return (
+            False,
+            f"not promoted: champion v{current.version} could not be scored by this code ({type(error).__name__}: "
+            f"{error}); to replace it, run `predictor promote <new version>`",
+            None,
+        )
     p = scored.set_index("contact_id").loc[test["contact_id"], "repeat_probability"].to_numpy()
     y = result.test_predictions["is_repeat"].to_numpy()
     incumbent = _gate_metrics(y, p)

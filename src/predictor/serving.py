@@ -137,7 +137,7 @@ class Scorer:
         lookback = LOOKBACK_DAYS + self.model.label_config.repeat_window_days + 1
         history = self.store.history_for(frame, lookback_days=lookback)
         feature_set = self.model.features(frame.reset_index(drop=True), history)
-        X = self.model.model_input(feature_set.frame)
+        X = self.model.model_input(feature_set)
         predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
         reasons = self.model.reasons(X)
         service = self.settings.service

@@ -30,10 +30,11 @@ from predictor.config import Settings
 from predictor.embed import Embedder, redact
 from predictor.features import as_model_input, build
 from predictor.labels import derive, epoch_us
-from predictor.model import RepeatContactModel, TextHeads, categorical_levels
+from predictor.model import RepeatContactModel, TextHeads, TextInputs, categorical_levels, logistic
 
 log = logging.getLogger(__name__)
 OTHER = "other"
+ABLATION = "ablation: head-only cut, no closing view"
 
 
 def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
@@ -139,14 +140,13 @@ def fit(
     feature_set = build(contacts, embedder=embedder, labels=settings.labels, progress=True)
     full = feature_set.frame
     features = full[feature_set.metadata_columns]
-    text_columns = feature_set.text_columns
+    text = TextInputs.from_features(feature_set) if feature_set.views else None
     categories = categorical_levels(features.iloc[split.train])
     lap("features")
     y = labelled["is_repeat"].astype("float").to_numpy()
     tr, cal, te = split.train, split.calibration, split.test
-    embedding = full[text_columns].to_numpy() if text_columns else None
     stage("text heads")
-    heads, X = _design(features, embedding, labelled, categories, tr, hp)
+    heads, X = _design(features, text, labelled, categories, tr, hp)
     lap("text_heads")
 
     stage("repeat model")
@@ -187,10 +187,13 @@ def fit(
     if has_text:
         scores["tf-idf + logistic regression"] = _tfidf_baseline(contacts, tr, te, y, hp)
         if ablation and settings.embedding.truncation == "head_tail":
+            # What reading the close of a conversation is worth: the embedding sees only the head of a long
+            # transcript and there is no closing-turns view (the word view, which reads everything, stays).
             head = embedder.encode(contacts["transcript"].tolist(), truncation="head", progress=True)
-            _, X_head = _design(features, head, labelled, categories, tr, hp)
+            head_text = TextInputs({"whole": head}, text.texts, text.has_text)
+            _, X_head = _design(features, head_text, labelled, categories, tr, hp)
             _, head_model = _fit_repeat(X_head.iloc[tr], y[tr], X_head.iloc[cal], y[cal], hp, times[tr])
-            scores["ablation: head-only truncation"] = head_model.predict_proba(X_head.iloc[te])[:, 1]
+            scores[ABLATION] = head_model.predict_proba(X_head.iloc[te])[:, 1]
     lap("baselines")
 
     stage("evaluation")
@@ -250,6 +253,8 @@ def fit(
         "embedding_max_tokens": settings.embedding.max_tokens,
         "embedding_truncation": settings.embedding.truncation,
         "embedding_head_fraction": settings.embedding.head_fraction,
+        "embedding_closing_turns": settings.embedding.closing_turns,
+        "text_heads": ",".join(f"{view}:C={c}" for view, c in heads.C.items()) if heads else "none",
         "calibration": hp["calibration"],
         **{f"split_{k}": v for k, v in split.counts.items()},
         **{f"repeat_{k}": v for k, v in hp["repeat"].items()},
@@ -272,7 +277,7 @@ def fit(
 
 def _design(
     features: pd.DataFrame,
-    embedding: np.ndarray | None,
+    text: TextInputs | None,
     labelled: pd.DataFrame,
     categories: dict[str, list[str]],
     train_rows: np.ndarray,
@@ -280,34 +285,41 @@ def _design(
 ) -> tuple[TextHeads | None, pd.DataFrame]:
     """The boosters' input for every row: training rows get out-of-fold text-head scores."""
     X = as_model_input(features, categories)
-    if embedding is None:
+    if text is None:
         return None, X
-    has_text = features["has_transcript"].to_numpy() > 0
     repeat = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()
     kind = labelled["repeat_type"].astype(str).to_numpy()
     targets = np.column_stack([repeat, repeat & (kind == "explicit"), repeat & (kind == "implicit")]).astype(int)
-    C = _choose_c(embedding[train_rows][has_text[train_rows]], targets[train_rows][has_text[train_rows], 0], hp)
-    heads = TextHeads(C=C, folds=hp["text_heads"]["folds"])
-    oof = heads.fit_oof(embedding[train_rows], targets[train_rows], has_text[train_rows], X.index[train_rows])
-    scores = heads.transform(embedding, has_text, X.index)
+    settings = hp["text_heads"]
+    words = settings.get("words")
+    train_text = text.rows(train_rows)
+    keep = train_text.has_text
+    grids = {view: settings["C_grid"] for view in text.embeddings}
+    if words:
+        grids["words"] = words["C_grid"]
+    probe = TextHeads(C={view: 1.0 for view in grids}, words=words).fit_vectorizer(train_text)
+    matrices = probe.matrices(train_text)
+    C = {view: _choose_c(view, matrices[view][keep], targets[train_rows][keep, 0], grids[view]) for view in grids}
+    heads = TextHeads(C=C, words=words, folds=settings["folds"])
+    oof = heads.fit_oof(train_text, targets[train_rows], X.index[train_rows])
+    scores = heads.transform(text, X.index)
     scores.iloc[train_rows] = oof.to_numpy()
     return heads, pd.concat([X, scores], axis=1)
 
 
-def _choose_c(embedding: np.ndarray, repeat: np.ndarray, hp: dict[str, Any]) -> float:
-    """Regularisation of the text heads by cross-validated AUC: little data needs more of it."""
+def _choose_c(view: str, matrix: Any, repeat: np.ndarray, grid: list[float]) -> float:
+    """Regularisation of a text head by cross-validated AUC: little data needs more of it."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    grid = hp["text_heads"]["C_grid"]
     if len(grid) == 1 or len(np.unique(repeat)) < 2:
         return float(grid[0])
     folds = StratifiedKFold(3, shuffle=True, random_state=0)
     scores = [
-        cross_val_score(LogisticRegression(C=c, max_iter=3000), embedding, repeat, cv=folds, scoring="roc_auc").mean()
+        cross_val_score(logistic(c, sparse=view == "words"), matrix, repeat, cv=folds, scoring="roc_auc").mean()
         for c in grid
     ]
     best = float(grid[int(np.argmax(scores))])
-    log.info("text heads: C=%s (cross-validated AUC %s)", best, [round(s, 4) for s in scores])
+    log.info("text head %s: C=%s (cross-validated AUC %s)", view, best, [round(s, 4) for s in scores])
     return best
 
 
