@@ -148,7 +148,7 @@ def train(
         typer.Option(help="Simulator ground truth (<log>.truth.parquet): adds the oracle's figures to the evaluation."),
     ] = None,
     text: Annotated[bool, typer.Option(help="Use transcript embeddings (off: metadata + history only).")] = True,
-    ablation: Annotated[bool, typer.Option(help="Also fit a model that does not read the close of conversations, to compare.")] = True,
+    ablation: Annotated[bool, typer.Option(help="Also fit a model blind to how conversations end.")] = True,
     register: Annotated[bool, typer.Option(help="Log to MLflow, register, and apply the promotion gate.")] = True,
     plots_dir: Annotated[Path, typer.Option(help="Where evaluation plots are written.")] = Path("models/plots"),
 ) -> None:

@@ -228,7 +228,7 @@ def _gate(
     try:
         champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
         scored = champion.predict(pyfunc_input(test, contacts))
-    except Exception as error:  # noqa: BLE001 - any failure means there is nothing to compare against
+    except Exception as error:  # any failure means there is nothing to compare against
         # Typically a champion pickled by an older version of this package. Not comparable is not "worse":
         # a person decides, with the command that says so.
         log.warning("champion v%s could not be scored: %r", current.version, error)
