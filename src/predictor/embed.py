@@ -8,8 +8,10 @@ opening says what the issue was, the close says whether it was resolved, and the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import logging
 import os
 import re
@@ -120,7 +122,7 @@ class Embedder:
         cut = f"{strategy}:{self.config.head_fraction}"
         raw_keys = {t: self._key(f"raw\0{cut}\0{t}") for t in unique_raw}
         cache = self._get_cache() if unique_raw else None
-        found = cache.get_many(list(raw_keys.values())) if cache else {}
+        found = cache.get_many(list(raw_keys.values())) if cache is not None else {}
         by_raw = {t: found[k] for t, k in raw_keys.items() if k in found}
         missing = [t for t in unique_raw if t not in by_raw]
         if missing:
@@ -280,9 +282,12 @@ class _StaticEncoder:
         if not (target / "config.json").exists():
             from model2vec.distill import distill
 
-            os.environ.setdefault("TQDM_DISABLE", "1")
             target.parent.mkdir(parents=True, exist_ok=True)
-            distill(model_name=model_path, pca_dims=self.PCA_DIMS).save_pretrained(str(target))
+            log.info("distilling a static embedding model from %s (once, ~10 s)", model_path)
+            # Its tqdm bar ignores TQDM_DISABLE once tqdm is imported, and would flood logs with one long line.
+            with contextlib.redirect_stderr(io.StringIO()):
+                static = distill(model_name=model_path, pca_dims=self.PCA_DIMS)
+            static.save_pretrained(str(target))
             log.info("distilled a static embedding model to %s", target)
         self.model = StaticModel.from_pretrained(str(target))
         self.dimension = int(self.model.dim)

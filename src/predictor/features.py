@@ -15,7 +15,7 @@ import pandas as pd
 
 from predictor.config import LabelConfig
 from predictor.embed import Embedder, redact
-from predictor.labels import derive, epoch_us
+from predictor.labels import LabelArrays, epoch_us, label_arrays
 
 CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue")
 HISTORY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
@@ -121,50 +121,59 @@ def _metadata(contacts: pd.DataFrame) -> pd.DataFrame:
 
 
 def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -> pd.DataFrame:
-    """Customer and agent history as of each contact's close (nothing later can reach it)."""
-    window = pd.Timedelta(days=labels.repeat_window_days)
-    labelled = derive(known, labels)
+    """Customer and agent history as of each contact's close (nothing later can reach it).
+
+    Plain arrays throughout: the service calls this for one contact at a time, where pandas' per-call
+    overhead would cost more than the arithmetic.
+    """
+    window_us = _days_us(labels.repeat_window_days)
+    labelled = label_arrays(known, labels)
+    ids = known["contact_id"].to_numpy(dtype=object)
+    customers, _ = pd.factorize(known["customer_id"].to_numpy(dtype=object))
+    id_rank = pd.factorize(ids, sort=True)[0]  # ties in time break by contact id, as everywhere
+    opened = epoch_us(known["opened_at"])
+    closed = epoch_us(known["closed_at"])
+
     # Backward-looking: was a contact itself a return within the window? Known when it opened.
-    by_open = labelled.sort_values(["customer_id", "opened_at", "contact_id"], kind="stable")
-    prev_closed = by_open.groupby("customer_id")["closed_at"].shift(1)
-    is_return = ((by_open["opened_at"] - prev_closed <= window) & ~by_open["continues_previous"]).fillna(False)
-    labelled["is_return"] = is_return.reindex(labelled.index).astype(float)
+    by_open = np.lexsort((id_rank, opened, customers))
+    same = np.r_[False, customers[by_open][1:] == customers[by_open][:-1]]
+    gap = opened[by_open] - np.r_[0, closed[by_open][:-1]]
+    is_return = np.empty(len(known))
+    is_return[by_open] = same & (gap <= window_us) & ~labelled.continues[by_open]
 
     # The customer's earlier contacts: theirs that closed by this one's close, this one excluded.
-    ordered = labelled.sort_values(["customer_id", "closed_at", "contact_id"], kind="stable").reset_index(drop=True)
-    codes = {c: i for i, c in enumerate(pd.unique(ordered["customer_id"]))}
-    keys = _Keyed(ordered["customer_id"].map(codes).to_numpy(), epoch_us(ordered["closed_at"]))
-    query_code = contacts["customer_id"].map(codes).to_numpy()
+    ordered = np.lexsort((id_rank, closed, customers))
+    keys = _Keyed(customers[ordered], closed[ordered])
+    position = pd.Index(ids).get_indexer(contacts["contact_id"].to_numpy(dtype=object))  # always found
+    query_code = customers[position]
     t = epoch_us(contacts["closed_at"])
     upto = keys.count_upto(query_code, t)  # includes the contact itself
-    self_return = contacts["contact_id"].map(dict(zip(labelled["contact_id"], labelled["is_return"], strict=True)))
-    cum_return = np.r_[0.0, np.cumsum(ordered["is_return"].to_numpy())]
-    out = pd.DataFrame(index=contacts.index)
+    self_return = is_return[position]
+    cum_return = np.r_[0.0, np.cumsum(is_return[ordered])]
+    out: dict[str, np.ndarray] = {}
     for days in HISTORY_WINDOWS_DAYS:
         since = keys.count_upto(query_code, t - _days_us(days))
         out[f"customer_contacts_{days}d"] = (upto - since - 1).astype(float)
-        out[f"customer_returns_{days}d"] = cum_return[upto] - cum_return[since] - self_return.to_numpy()
+        out[f"customer_returns_{days}d"] = cum_return[upto] - cum_return[since] - self_return
 
     # The latest earlier contact within the look-back: the last one up to this close, not this contact.
-    ids = ordered["contact_id"].to_numpy()
     last = upto - 1
-    last = np.where(ids[np.maximum(last, 0)] == contacts["contact_id"].to_numpy(), last - 1, last)
+    last = np.where(ordered[np.maximum(last, 0)] == position, last - 1, last)
     lookback_start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
     has_prev = last >= lookback_start
-    safe = np.maximum(last, 0)
-    prev_close = epoch_us(ordered["closed_at"])[safe]
-    since_hours = (epoch_us(contacts["opened_at"]) - prev_close) / 3.6e9
+    previous = ordered[np.maximum(last, 0)]
+    since_hours = (epoch_us(contacts["opened_at"]) - closed[previous]) / 3.6e9
     out["hours_since_previous_contact"] = np.where(has_prev, since_hours, np.nan)
-    out["prev_issue"] = np.where(has_prev, ordered["issue"].to_numpy()[safe], "none").astype(str)
-    out["same_issue_as_previous"] = (out["prev_issue"].to_numpy() == contacts["issue"].astype(str).to_numpy()).astype(
-        float
-    )
-    out["is_return"] = self_return.to_numpy(dtype=float)
+    issues = known["issue"].to_numpy(dtype=object)
+    prev_issue = np.where(has_prev, issues[previous], "none").astype(str)
+    out["prev_issue"] = prev_issue
+    out["same_issue_as_previous"] = (prev_issue == contacts["issue"].to_numpy(dtype=str)).astype(float)
+    out["is_return"] = self_return.astype(float)
 
-    agent_rate, agent_known = _agent_repeat_rate(contacts, labelled)
-    out["agent_repeat_rate"] = agent_rate
-    out["agent_closed_windows"] = agent_known
-    return out
+    rate, volume = _agent_repeat_rate(contacts, known, labelled)
+    out["agent_repeat_rate"] = rate
+    out["agent_closed_windows"] = volume
+    return pd.DataFrame(out, index=contacts.index)
 
 
 class _Keyed:
@@ -184,21 +193,24 @@ class _Keyed:
         return np.where(missing, 0, found)
 
 
-def _agent_repeat_rate(contacts: pd.DataFrame, labelled: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _agent_repeat_rate(
+    contacts: pd.DataFrame, known: pd.DataFrame, labelled: LabelArrays
+) -> tuple[np.ndarray, np.ndarray]:
     """Each agent's repeat rate over the labels that became known in the look-back before the contact's
     close, shrunk towards the industry rate so that a handful of contacts cannot rank an agent."""
     # A label counts once its whole window has passed, repeat or not: counting repeats as soon as they
     # are seen but non-repeats only later would inflate every recent rate.
-    known = labelled[~labelled["censored"]]
+    kept = ~labelled.censored
+    agents, agent_ids = pd.factorize(known["agent_id"].to_numpy(dtype=object)[kept])
+    window_end = labelled.window_end_ms[kept] * 1000
+    by_agent = np.lexsort((window_end, agents))
+    keys = _Keyed(agents[by_agent], window_end[by_agent])
+    query_code = pd.Index(agent_ids).get_indexer(contacts["agent_id"].to_numpy(dtype=object)).astype(float)
+    query_code[query_code < 0] = np.nan  # an agent with no closed window yet
     t = epoch_us(contacts["closed_at"])
-
-    by_agent = known.sort_values(["agent_id", "window_ends_at"], kind="stable").reset_index(drop=True)
-    codes = {a: i for i, a in enumerate(pd.unique(by_agent["agent_id"]))}
-    keys = _Keyed(by_agent["agent_id"].map(codes).to_numpy(), epoch_us(by_agent["window_ends_at"]))
-    query_code = contacts["agent_id"].map(codes).to_numpy()
     upto = keys.count_upto(query_code, t)
     start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
-    cum = np.r_[0.0, np.cumsum(by_agent["is_repeat"].astype(float).to_numpy())]
+    cum = np.r_[0.0, np.cumsum(labelled.repeat[kept][by_agent].astype(float))]
     volume = (upto - start).astype(float)
     repeats = cum[upto] - cum[start]
     rate = (repeats + AGENT_PRIOR_STRENGTH * DEFAULT_REPEAT_RATE) / (volume + AGENT_PRIOR_STRENGTH)

@@ -42,29 +42,66 @@ def derive(
     ones: near the end of the data a repeat is seen before the window closes but a non-repeat is not,
     so "uncensored" alone over-represents repeats.
     """
-    config = config or LabelConfig()
-    window = pd.Timedelta(days=config.repeat_window_days)
-    gap = pd.Timedelta(minutes=config.transfer_gap_minutes)
     out = contacts.copy()
-    n = len(out)
-    if n == 0:
+    if len(out) == 0:
         return _empty_labels(out)
-    as_of = as_of if as_of is not None else out["closed_at"].max()
+    a = label_arrays(out, config, as_of)
+    issue = out["issue"].to_numpy(dtype=object)
+    following = issue[np.maximum(a.next_row, 0)]
+    out["is_repeat"] = pd.array(np.where(a.censored, pd.NA, a.repeat), dtype="boolean")
+    out["censored"] = a.censored
+    out["repeat_type"] = pd.array(
+        np.where(a.repeat, np.where(following == issue, "explicit", "implicit"), None), dtype="string"
+    )
+    out["next_issue"] = pd.array(np.where(a.repeat, following, None), dtype="string")
+    out["hours_to_repeat"] = np.where(a.repeat, a.hours, np.nan)
+    out["window_ends_at"] = pd.to_datetime(a.window_end_ms, unit="ms", utc=True).astype("datetime64[ns, UTC]")
+    out["window_complete"] = a.window_complete
+    out["continues_previous"] = a.continues
+    return out
 
-    order = np.lexsort((out["contact_id"].to_numpy(), out["opened_at"].to_numpy(), out["customer_id"].to_numpy()))
-    customer = pd.factorize(out["customer_id"].to_numpy()[order])[0].astype(np.int64)
-    opened = _epoch_ms(out["opened_at"])[order]
-    closed = _epoch_ms(out["closed_at"])[order]
-    transfers = out["transfers"].to_numpy()[order]
-    issue = out["issue"].to_numpy()[order]
+
+@dataclass
+class LabelArrays:
+    """The labels as plain arrays in the input's row order: what ``derive`` turns into columns, and what
+    the feature function reads directly (no frame to build when scoring one contact)."""
+
+    repeat: np.ndarray  # False where censored
+    censored: np.ndarray
+    next_row: np.ndarray  # row of the contact that repeated it, -1 if none
+    hours: np.ndarray  # to the customer's next contact (NaN if none), repeat or not
+    window_end_ms: np.ndarray
+    window_complete: np.ndarray
+    continues: np.ndarray  # continues the customer's previous (transferred) contact
+
+
+def label_arrays(
+    contacts: pd.DataFrame, config: LabelConfig | None = None, as_of: pd.Timestamp | None = None
+) -> LabelArrays:
+    config = config or LabelConfig()
+    window_ms = int(pd.Timedelta(days=config.repeat_window_days) / pd.Timedelta("1ms"))
+    gap_ms = int(pd.Timedelta(minutes=config.transfer_gap_minutes) / pd.Timedelta("1ms"))
+    n = len(contacts)
+    opened_all = _epoch_ms(contacts["opened_at"])
+    closed_all = _epoch_ms(contacts["closed_at"])
+    as_of_ms = (
+        int((pd.Timestamp(as_of) - _EPOCH) // pd.Timedelta(milliseconds=1)) if as_of is not None else closed_all.max()
+    )
+
+    customer_all = pd.factorize(contacts["customer_id"].to_numpy(dtype=object))[0].astype(np.int64)
+    order = np.lexsort((contacts["contact_id"].to_numpy(dtype=object), opened_all, customer_all))
+    customer = customer_all[order]
+    opened = opened_all[order]
+    closed = closed_all[order]
+    transfers = contacts["transfers"].to_numpy()[order]
 
     same_customer_as_prev = np.r_[False, customer[1:] == customer[:-1]]
     prev_closed = np.r_[0, closed[:-1]]
     prev_transfers = np.r_[0, transfers[:-1]]
-    continues = same_customer_as_prev & (prev_transfers > 0) & (opened - prev_closed <= gap // pd.Timedelta("1ms"))
-    episode = np.cumsum(~continues)  # contiguous blocks, globally unique ids
-    # First sorted position after each contact's episode.
-    episode_end = pd.Series(np.arange(n)).groupby(episode).transform("max").to_numpy() + 1
+    continues = same_customer_as_prev & (prev_transfers > 0) & (opened - prev_closed <= gap_ms)
+    # First sorted position after each contact's episode (episodes are contiguous blocks).
+    starts = np.flatnonzero(~continues)
+    episode_end = np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n]))
 
     # Composite key (customer, time) so one searchsorted finds each contact's next opening.
     base = min(opened.min(), closed.min())
@@ -78,27 +115,22 @@ def derive(
     has_next &= customer[nxt_safe] == customer
 
     hours = np.where(has_next, (opened[nxt_safe] - closed) / 3_600_000.0, np.nan)
-    window_hours = window / pd.Timedelta(hours=1)
-    repeat = has_next & (hours <= window_hours)
-    window_end = closed + int(window / pd.Timedelta("1ms"))
-    as_of_ms = (pd.Timestamp(as_of) - _EPOCH) // pd.Timedelta(milliseconds=1)
+    repeat = has_next & (hours <= window_ms / 3_600_000.0)
+    window_end = closed + window_ms
     censored = ~repeat & (window_end > as_of_ms)
-
-    is_repeat = pd.array(np.where(censored, pd.NA, repeat), dtype="boolean")
-    next_issue = np.where(repeat, issue[nxt_safe], None)
-    repeat_type = np.where(repeat, np.where(issue[nxt_safe] == issue, "explicit", "implicit"), None)
 
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
-    out["is_repeat"] = is_repeat[inverse]
-    out["censored"] = censored[inverse]
-    out["repeat_type"] = pd.array(repeat_type[inverse], dtype="string")
-    out["next_issue"] = pd.array(next_issue[inverse], dtype="string")
-    out["hours_to_repeat"] = np.where(repeat, hours, np.nan)[inverse]
-    out["window_ends_at"] = pd.to_datetime(window_end[inverse], unit="ms", utc=True).astype("datetime64[ns, UTC]")
-    out["window_complete"] = (window_end <= as_of_ms)[inverse]
-    out["continues_previous"] = continues[inverse]
-    return out
+    next_row = np.where(has_next, order[nxt_safe], -1)
+    return LabelArrays(
+        repeat=repeat[inverse],
+        censored=censored[inverse],
+        next_row=next_row[inverse],
+        hours=hours[inverse],
+        window_end_ms=window_end[inverse],
+        window_complete=(window_end <= as_of_ms)[inverse],
+        continues=continues[inverse],
+    )
 
 
 _EPOCH = pd.Timestamp(0, tz="UTC")

@@ -20,9 +20,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 
 from predictor import evaluate
@@ -30,7 +28,15 @@ from predictor.config import Settings
 from predictor.embed import Embedder, redact
 from predictor.features import as_model_input, build
 from predictor.labels import derive, epoch_us
-from predictor.model import RepeatContactModel, TextHeads, TextInputs, categorical_levels, logistic
+from predictor.model import (
+    Calibrated,
+    RepeatContactModel,
+    TextHeads,
+    TextInputs,
+    booster_predict,
+    categorical_levels,
+    logistic,
+)
 
 log = logging.getLogger(__name__)
 OTHER = "other"
@@ -336,7 +342,7 @@ def _fit_repeat(
     y_cal: np.ndarray,
     hp: dict[str, Any],
     train_times: np.ndarray | None = None,
-) -> tuple[lgb.LGBMClassifier, CalibratedClassifierCV]:
+) -> tuple[lgb.LGBMClassifier, Calibrated]:
     params = dict(hp["repeat"])
     stopping = hp.get("early_stopping")
     if stopping and train_times is not None:
@@ -355,9 +361,7 @@ def _fit_repeat(
         params["n_estimators"] = min(params["n_estimators"], max(stopping["min_trees"], best))
     booster = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **params)
     booster.fit(X_train, y_train.astype(int))
-    calibrated = CalibratedClassifierCV(FrozenEstimator(booster), method=hp["calibration"])
-    calibrated.fit(X_cal, y_cal.astype(int))
-    return booster, calibrated
+    return booster, Calibrated(booster, hp["calibration"]).fit(X_cal, y_cal.astype(int))
 
 
 def _fit_next_issue(
@@ -385,9 +389,12 @@ class _ClassNames:
         self.model = model
         self.classes_ = classes
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         proba = np.zeros((len(X), len(self.classes_)))
-        proba[:, self.model.classes_] = self.model.predict_proba(X)
+        seen = booster_predict(self.model, X)
+        if seen.ndim == 1:  # two classes: LightGBM gives only the second one's probability
+            seen = np.column_stack([1 - seen, seen])
+        proba[:, self.model.classes_] = seen
         return proba
 
 
