@@ -22,18 +22,19 @@ import results
 from predictor.config import EmbeddingConfig, Settings
 from predictor.schema import validate
 from predictor.simulate import SimulatorConfig, simulate
-from predictor.train import fit
+from predictor.train import TrainingResult, fit
 
 
 def run(n: int, seed: int, backend: str) -> dict:
-    contacts = validate(simulate(SimulatorConfig(n_contacts=n, seed=seed)).contacts).contacts
+    simulated = simulate(SimulatorConfig(n_contacts=n, seed=seed))
+    contacts = validate(simulated.contacts).contacts
     texts = int((contacts["transcript"].str.strip() != "").sum())
     with tempfile.TemporaryDirectory() as cache:
         settings = Settings(embedding=EmbeddingConfig(cache_dir=Path(cache), backend=backend))
         runs = {}
         for label in ("cold", "warm"):
             started = time.perf_counter()
-            result = fit(contacts, settings, ablation=False)
+            result = fit(contacts, settings, ablation=False, oracle=simulated.truth)
             runs[label] = {"seconds": round(time.perf_counter() - started, 2), "stages": result.timings}
             print(f"n={n} {label}: {runs[label]['seconds']:.1f} s  {result.timings}", flush=True)
     cold, warm = runs["cold"], runs["warm"]
@@ -49,6 +50,24 @@ def run(n: int, seed: int, backend: str) -> dict:
         "stages_cold": cold["stages"],
         "stages_warm": warm["stages"],
         "auc": round(float(result.metrics.loc["model", "roc_auc"]), 4),
+        # The issue's acceptance figures, from the same run (the test slice of this log).
+        "acceptance": acceptance(result),
+    }
+
+
+def acceptance(result: TrainingResult) -> dict[str, float]:
+    auc = result.metrics["roc_auc"]
+    model = float(auc["model"])
+    nxt = result.next_issue_metrics
+    return {
+        "model_auc": round(model, 4),
+        "oracle_gap": round(float(auc["oracle (simulator truth)"]) - model, 4),
+        "over_tfidf": round(model - float(auc["tf-idf + logistic regression"]), 4),
+        "over_base_rate": round(model - float(auc["issue base rate"]), 4),
+        "over_metadata_history": round(model - float(auc["metadata + history (no text)"]), 4),
+        "ece": round(float(result.metrics.loc["model", "ece"]), 4),
+        "top3": round(nxt["top3_accuracy"], 4),
+        "oracle_top3_gap": round(nxt["oracle_top3_accuracy"] - nxt["top3_accuracy"], 4),
     }
 
 
@@ -69,6 +88,21 @@ def main() -> None:
             f"| {r['contacts']:,} | {r['transcripts']:,} | {r['cold_seconds']:.1f} | {r['warm_seconds']:.1f} | "
             f"{r['cold_over_warm']:.1f}x | {r['embedding_texts_per_second']:.1f} | {r['auc']:.3f} |"
             for r in rows
+        ),
+    ]
+    lines += [
+        "",
+        "Acceptance (issue #4) on each log's test slice: target in brackets.",
+        "",
+        "| contacts | AUC | gap to oracle [<= 0.03] | over TF-IDF [>= 0.02] | over base rate [>= 0.10] | "
+        "over metadata + history [> 0] | ECE [<= 0.03] | next-issue top-3 | gap to oracle's [<= 0.05] |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['contacts']:,} | {a['model_auc']:.4f} | {a['oracle_gap']:.4f} | {a['over_tfidf']:+.4f} | "
+            f"{a['over_base_rate']:+.4f} | {a['over_metadata_history']:+.4f} | {a['ece']:.4f} | {a['top3']:.3f} | "
+            f"{a['oracle_top3_gap']:.4f} |"
+            for r in rows
+            for a in [r["acceptance"]]
         ),
     ]
     results.write(args.out, f"train-{args.backend}", rows, lines)

@@ -67,6 +67,14 @@ def test_encode_dedups_caches_and_zeroes_empty(embedder: Embedder) -> None:
     np.testing.assert_allclose(again.encode(texts), vectors)
 
 
+def test_cache_off_writes_nothing_and_gives_the_same_vectors(embedder: Embedder, tmp_path: Path) -> None:
+    texts = ["the bill is wrong", "a text the cached embedder never saw"]
+    uncached = Embedder(embedder.config.model_copy(update={"cache": False, "cache_dir": tmp_path / "none"}))
+    uncached._model = embedder._load()  # the same weights, already loaded
+    np.testing.assert_allclose(uncached.encode(texts), embedder.encode(texts), atol=1e-6)
+    assert not (tmp_path / "none").exists()
+
+
 def test_paraphrases_are_closer_than_other_topics(embedder: Embedder) -> None:
     a, b, c = embedder.encode(["my bill is too high", "I was overcharged on my invoice", "how do I set up voicemail"])
     assert a @ b > a @ c

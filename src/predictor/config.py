@@ -39,6 +39,7 @@ class EmbeddingConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     threads: int = Field(2, ge=1)
     cache_dir: Path = Path("models/embedding-cache")
+    cache: bool = Field(True, description="Keep vectors on disk by model id + text (training, reports, notebooks).")
 
 
 class SplitConfig(BaseModel):
@@ -67,6 +68,9 @@ class ServiceConfig(BaseModel):
     follow_up_channel: str | None = Field(None, description="Send follow-ups here; default: the contact's channel.")
     high_risk: float = Field(0.5, ge=0, le=1)
     medium_risk: float = Field(0.3, ge=0, le=1)
+    # Each contact is scored once (a retry replays the stored answer), so cached vectors would never be read
+    # again: the cache would only grow, by ~4 GB per million contacts.
+    embedding_cache: bool = Field(False, description="Keep the service's embeddings in the on-disk cache.")
 
 
 class Settings(BaseSettings):

@@ -217,7 +217,9 @@ class Embedder:
             self._tokenizer.model_max_length = 1_000_000
         return self._tokenizer
 
-    def _get_cache(self) -> EmbeddingCache:
+    def _get_cache(self) -> EmbeddingCache | _NoCache:
+        if not self.config.cache:
+            return _NoCache()
         if self._cache is None:
             self._cache = EmbeddingCache(Path(self.config.cache_dir) / "embeddings.sqlite")
         return self._cache
@@ -360,6 +362,7 @@ class EmbeddingCache:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last write to a power cut costs a re-embed
         return db
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
@@ -382,6 +385,16 @@ class EmbeddingCache:
     def __len__(self) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0])
+
+
+class _NoCache:
+    """Stands in for the cache where keeping vectors would only grow a file (the scoring service)."""
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        return {}
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        return None
 
 
 def _file_digest(path: Path) -> str:

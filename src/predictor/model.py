@@ -86,14 +86,18 @@ class RepeatContactModel:
     def uses_text(self) -> bool:
         return self.embedding_config is not None
 
-    def embedder(self, cache_dir: str | None = None) -> Embedder | None:
+    def embedder(self, cache_dir: str | None = None, cache: bool | None = None) -> Embedder | None:
+        """The embedder, loaded once; ``cache_dir`` / ``cache`` adapt the training-time settings to this host."""
         if self.embedding_config is None:
             return None
-        if self._embedder is None:
-            config = self.embedding_config
+        if self._embedder is None or cache_dir is not None or cache is not None:
+            update: dict[str, Any] = {}
             if cache_dir is not None:
-                config = config.model_copy(update={"cache_dir": cache_dir})
-            self._embedder = Embedder(config)
+                update["cache_dir"] = cache_dir
+            if cache is not None:
+                update["cache"] = cache
+            base = self._embedder.config if self._embedder is not None else self.embedding_config
+            self._embedder = Embedder(base.model_copy(update=update))
         return self._embedder
 
     # -- scoring ---------------------------------------------------------------------------------------

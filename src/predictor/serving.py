@@ -70,7 +70,7 @@ class Scorer:
 
     def warm_up(self) -> None:
         """Load the embedding model and touch every code path once, so the first caller waits for nothing."""
-        embedder = self.model.embedder()
+        embedder = self.model.embedder(cache=self.settings.service.embedding_cache)
         if embedder is not None:
             embedder.encode(["warm-up"])
 
