@@ -297,6 +297,67 @@ def report(
 
 
 @app.command()
+def score(
+    log_path: Annotated[
+        str, typer.Argument(metavar="LOG", help="Contact log: a file, a directory of exports, or a quoted glob.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Predictions (Parquet; a directory of parts on a cluster).")
+    ] = Path("predictions.parquet"),
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run on the Dask cluster at this scheduler address (tcp://host:8786).")
+    ] = None,
+    local_cluster: Annotated[
+        int, typer.Option(help="Run on a local Dask cluster with N worker processes (0: in-process).", min=0)
+    ] = 0,
+    partitions: Annotated[int | None, typer.Option(help="Customer partitions (default: twice the workers).")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Registered version (default: the champion).")] = None,
+    mapping: MappingOption = None,
+    assume_timezone: TimezoneOption = None,
+) -> None:
+    """Score every contact of a log with the champion, point-in-time, and write the predictions.
+
+    The same stage functions as everywhere; with --scheduler or --local-cluster they are mapped over
+    customer partitions on Dask and the predictions are written partition by partition.
+    """
+    from predictor.cluster import score_log
+    from predictor.config import get_settings
+    from predictor.registry import load_bundle
+    from predictor.schema import SchemaError
+
+    settings = get_settings()
+    compute = settings.compute.model_copy(
+        update={k: v for k, v in {"scheduler": scheduler, "local_cluster": local_cluster or None,
+                                  "partitions": partitions}.items() if v}
+    )  # fmt: skip
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("loading the model", total=None)
+        model, version = load_bundle(settings, model_version)
+        where = compute.scheduler or (f"a local cluster of {compute.local_cluster}" if compute.local_cluster else "")
+        progress.update(task, description=f"scoring with version {version}" + (f" on {where}" if where else ""))
+        try:
+            summary = score_log(log_path, model, out, compute, mapping, assume_timezone)
+        except SchemaError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        progress.update(task, description="scoring: done")
+    rejected = summary.rejections["row"].nunique() if len(summary.rejections) else 0
+    console.print(
+        f"scored {summary.scored:,} of {summary.n_input:,} contacts with version {version} in "
+        f"{time.perf_counter() - started:.1f} s -> {summary.out}"
+        + (f" ({summary.workers} Dask workers)" if summary.workers else "")
+    )
+    if summary.duplicates:
+        console.print(f"[yellow]{summary.duplicates:,} rows repeat a contact_id seen in another file: scored once[/]")
+    if rejected:
+        by_reason = summary.rejections.groupby(["field", "reason"]).size().sort_values(ascending=False)
+        console.print(f"[yellow]{rejected:,} rows rejected:[/]")
+        for (field_name, reason), count in by_reason.head(10).items():
+            console.print(f"  {count:>7,}  {field_name}: {reason}")
+
+
+@app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="Registered model version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual override",

@@ -42,6 +42,18 @@ class EmbeddingConfig(BaseModel):
     cache: bool = Field(True, description="Keep vectors on disk by model id + text (training, reports, notebooks).")
 
 
+class ComputeConfig(BaseModel):
+    """Where the pipeline runs: in this process (default) or on a Dask cluster (``predictor.cluster``)."""
+
+    scheduler: str | None = Field(None, description="Address of a running Dask scheduler, e.g. tcp://host:8786.")
+    local_cluster: int = Field(0, ge=0, description="Start a local Dask cluster with this many worker processes.")
+    threads_per_worker: int = Field(1, ge=1)
+    partitions: int | None = Field(None, ge=1, description="Customer partitions; default twice the workers.")
+    # Dask's task shuffle is quiet and fine for tens to hundreds of partitions; "p2p" streams through Arrow
+    # and keeps memory flat for very large logs (it logs a warning per shuffle).
+    shuffle: Literal["tasks", "p2p"] = "tasks"
+
+
 class SplitConfig(BaseModel):
     calibration_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -86,6 +98,7 @@ class Settings(BaseSettings):
     split: SplitConfig = SplitConfig()
     registry: RegistryConfig = RegistryConfig()
     service: ServiceConfig = ServiceConfig()
+    compute: ComputeConfig = ComputeConfig()
     hyperparams_path: Path | None = None
     # PREDICTOR_API_TOKEN: when set, every scoring call needs "Authorization: Bearer <token>".
     api_token: SecretStr | None = None

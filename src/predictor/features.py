@@ -23,6 +23,7 @@ AGENT_PRIOR_STRENGTH = 30.0  # pseudo-contacts: an agent's rate needs ~30 closed
 DEFAULT_REPEAT_RATE = 1 / 3  # the industry figure: the prior every agent's rate shrinks towards
 # Every history feature looks back at most this far, so a scorer needs only this much of its store.
 LOOKBACK_DAYS = max(HISTORY_WINDOWS_DAYS)
+AGENT_COLUMNS: tuple[str, ...] = ("agent_repeat_rate", "agent_closed_windows")
 EMBEDDING_PREFIX = "emb_"  # the whole conversation, cut to head + tail
 CLOSING_PREFIX = "close_"  # the last few turns alone: whether (and how) it was resolved
 CLOSING_WORDS_WITHOUT_TURNS = 48  # a transcript on one line has no turns: its last words stand in
@@ -51,17 +52,23 @@ def build(
     embedder: Embedder | None = None,
     labels: LabelConfig | None = None,
     progress: bool = False,
+    as_of: pd.Timestamp | None = None,
+    agent_features: pd.DataFrame | None = None,
 ) -> FeatureSet:
     """Features of ``contacts`` as of each one's close.
 
     ``history`` is every contact known to the caller (the whole log in training, the contact store in
     the service); it may include ``contacts`` themselves. Only history that had closed by a contact's
     close, and labels known by then, reach its features. Pass ``embedder=None`` for no text features.
+
+    On a cluster (``predictor.cluster``) a partition holds whole customers but not whole agents: there
+    ``as_of`` is the end of the whole log and ``agent_features`` (``AGENT_COLUMNS``, row by row) come from
+    ``agent_features`` over the agent-partitioned ``agent_windows``; the arithmetic is the same.
     """
     labels = labels or LabelConfig()
     known = _union(history, contacts)
     meta = _metadata(contacts)
-    hist = _history(contacts, known, labels)
+    hist = _history(contacts, known, labels, as_of, agent_features)
     frame = pd.concat([meta, hist], axis=1)
     if embedder is None:
         return FeatureSet(frame=frame)
@@ -120,14 +127,20 @@ def _metadata(contacts: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -> pd.DataFrame:
+def _history(
+    contacts: pd.DataFrame,
+    known: pd.DataFrame,
+    labels: LabelConfig,
+    as_of: pd.Timestamp | None = None,
+    agent_features: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Customer and agent history as of each contact's close (nothing later can reach it).
 
     Plain arrays throughout: the service calls this for one contact at a time, where pandas' per-call
     overhead would cost more than the arithmetic.
     """
     window_us = _days_us(labels.repeat_window_days)
-    labelled = label_arrays(known, labels)
+    labelled = label_arrays(known, labels, as_of)
     ids = known["contact_id"].to_numpy(dtype=object)
     customers, _ = pd.factorize(known["customer_id"].to_numpy(dtype=object))
     id_rank = pd.factorize(ids, sort=True)[0]  # ties in time break by contact id, as everywhere
@@ -170,10 +183,12 @@ def _history(contacts: pd.DataFrame, known: pd.DataFrame, labels: LabelConfig) -
     out["same_issue_as_previous"] = (prev_issue == contacts["issue"].to_numpy(dtype=str)).astype(float)
     out["is_return"] = self_return.astype(float)
 
-    rate, volume = _agent_repeat_rate(contacts, known, labelled)
-    out["agent_repeat_rate"] = rate
-    out["agent_closed_windows"] = volume
-    return pd.DataFrame(out, index=contacts.index)
+    frame = pd.DataFrame(out, index=contacts.index)
+    if agent_features is None:
+        agent_features = _agent_features(contacts, _agent_windows(known, labelled))
+    for column in AGENT_COLUMNS:
+        frame[column] = agent_features[column].to_numpy(dtype=float)
+    return frame
 
 
 class _Keyed:
@@ -193,16 +208,39 @@ class _Keyed:
         return np.where(missing, 0, found)
 
 
-def _agent_repeat_rate(
-    contacts: pd.DataFrame, known: pd.DataFrame, labelled: LabelArrays
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each agent's repeat rate over the labels that became known in the look-back before the contact's
-    close, shrunk towards the industry rate so that a handful of contacts cannot rank an agent."""
+def agent_windows(contacts: pd.DataFrame, labels: LabelConfig, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Each contact's label as an agent statistic: agent, when its window ended (µs), repeated or not.
+
+    Needs the contacts of whole customers (labels follow a customer), not of whole agents.
+    """
+    return _agent_windows(contacts, label_arrays(contacts, labels, as_of))
+
+
+def _agent_windows(known: pd.DataFrame, labelled: LabelArrays) -> pd.DataFrame:
     # A label counts once its whole window has passed, repeat or not: counting repeats as soon as they
     # are seen but non-repeats only later would inflate every recent rate.
     kept = ~labelled.censored
-    agents, agent_ids = pd.factorize(known["agent_id"].to_numpy(dtype=object)[kept])
-    window_end = labelled.window_end_ms[kept] * 1000
+    return pd.DataFrame(
+        {
+            "agent_id": known["agent_id"].to_numpy(dtype=object)[kept],
+            "window_end_us": labelled.window_end_ms[kept] * 1000,
+            "repeat": labelled.repeat[kept].astype(float),
+        }
+    )
+
+
+def agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """Each agent's repeat rate over the labels that became known in the look-back before the contact's
+    close, shrunk towards the industry rate so that a handful of contacts cannot rank an agent.
+
+    ``windows`` (from ``agent_windows``) must hold every window of the agents of ``contacts``.
+    """
+    return _agent_features(contacts, windows)
+
+
+def _agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    agents, agent_ids = pd.factorize(windows["agent_id"].to_numpy(dtype=object))
+    window_end = windows["window_end_us"].to_numpy(dtype=np.int64)
     by_agent = np.lexsort((window_end, agents))
     keys = _Keyed(agents[by_agent], window_end[by_agent])
     query_code = pd.Index(agent_ids).get_indexer(contacts["agent_id"].to_numpy(dtype=object)).astype(float)
@@ -210,11 +248,11 @@ def _agent_repeat_rate(
     t = epoch_us(contacts["closed_at"])
     upto = keys.count_upto(query_code, t)
     start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
-    cum = np.r_[0.0, np.cumsum(labelled.repeat[kept][by_agent].astype(float))]
+    cum = np.r_[0.0, np.cumsum(windows["repeat"].to_numpy(dtype=float)[by_agent])]
     volume = (upto - start).astype(float)
     repeats = cum[upto] - cum[start]
     rate = (repeats + AGENT_PRIOR_STRENGTH * DEFAULT_REPEAT_RATE) / (volume + AGENT_PRIOR_STRENGTH)
-    return rate, volume
+    return pd.DataFrame({"agent_repeat_rate": rate, "agent_closed_windows": volume}, index=contacts.index)
 
 
 def _days_us(days: float) -> int:

@@ -137,7 +137,7 @@ class RepeatContactModel:
             out[f"next_issue_{k + 1}_probability"] = np.take_along_axis(proba, top[:, k : k + 1], 1)[:, 0]
         out["hours_to_repeat_median"] = np.clip(median, 0.0, None)
         out["hours_to_repeat_p90"] = np.maximum(np.clip(p90, 0.0, None), out["hours_to_repeat_median"])
-        return out
+        return out[list(OUTPUT_COLUMNS)]
 
     def reasons(self, X: pd.DataFrame, top: int = 3) -> list[list[dict[str, Any]]]:
         """The features that pushed each score up or down most (SHAP values of the booster), in words."""
