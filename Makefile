@@ -67,5 +67,6 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_train.py --n 20000 --n 100000
 	$(BIN)/python benchmarks/bench_train.py --n 20000 --backend sentence-transformers
 	$(BIN)/python benchmarks/bench_backends.py --n 10000
+	$(BIN)/python benchmarks/bench_cluster.py --n 100000
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers

@@ -133,3 +133,13 @@ def test_score_command_on_a_local_cluster(trained, exports: Path, settings, work
     assert f"scored {len(contacts):,} of {len(contacts) + 1:,} contacts" in done.stdout
     assert "1 rows rejected" in done.stdout and "customer_id" in done.stdout
     assert len(pd.read_parquet(out)) == len(contacts)
+
+
+def test_score_in_process_counts_and_scores_the_same(trained, exports: Path, tmp_path: Path) -> None:
+    result, contacts = trained
+    summary = score_log(exports, result.model, tmp_path / "local.parquet", ComputeConfig())
+    assert summary.workers == 0 and summary.scored == len(contacts) and summary.n_input == len(contacts) + 1
+    assert summary.rejections["contact_id"].tolist() == ["BROKEN-1"]
+    got = by_id(pd.read_parquet(tmp_path / "local.parquet"))
+    expected = by_id(result.model.predict(contacts.reset_index(drop=True), history=contacts))
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12, check_dtype=False)

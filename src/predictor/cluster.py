@@ -347,9 +347,17 @@ def score_log(
         shared = client.scatter(model, broadcast=True)  # one copy, one loaded embedder, per worker
         predictions = score(customers, agents, shared, end)
         predictions.to_parquet(out, write_index=False)
-        valid, scored = dask.compute(
-            partitioned.contacts.map_partitions(len).sum(), customers.map_partitions(len).sum()
+        valid, scored, distinct = dask.compute(
+            partitioned.contacts.map_partitions(len).sum(),
+            customers.map_partitions(len).sum(),
+            customers["contact_id"].nunique(),
         )
+        # Duplicates within a customer are dropped in the customer partition; a contact_id reused by two
+        # different customers (a data error no single file shows) lands in two partitions: say so.
+        if distinct < scored:
+            log.warning(
+                "%d contact ids belong to more than one customer: each was scored per customer", scored - distinct
+            )
         return ScoringSummary(
             int(scored), partitioned.n_input, int(valid - scored), partitioned.rejections, out, _workers(client)
         )

@@ -247,25 +247,33 @@ class TextHeads:
             ).fit([t for t, has in zip(inputs.texts, inputs.has_text, strict=True) if has])
         return self
 
-    def fit(self, inputs: TextInputs, labels: np.ndarray) -> TextHeads:
-        self.fit_vectorizer(inputs)
+    def fit(self, inputs: TextInputs, labels: np.ndarray, matrices: dict[str, Any] | None = None) -> TextHeads:
+        """Fit every head; pass ``matrices`` (from ``matrices(inputs)``, vectorizer fitted) to reuse them."""
+        if matrices is None:
+            self.fit_vectorizer(inputs)
+            matrices = self.matrices(inputs)
         keep = inputs.has_text
         self.models_ = {
             view: [self._logistic(view).fit(matrix[keep], labels[keep, k]) for k in range(labels.shape[1])]
-            for view, matrix in self.matrices(inputs).items()
+            for view, matrix in matrices.items()
         }
         return self
 
-    def fit_oof(self, inputs: TextInputs, labels: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    def fit_oof(
+        self, inputs: TextInputs, labels: np.ndarray, index: pd.Index, matrices: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """Fit on all rows; return each row's score from the fold that did not see it."""
         from sklearn.model_selection import KFold, cross_val_predict
 
-        self.fit(inputs, labels)
+        if matrices is None:
+            self.fit_vectorizer(inputs)
+            matrices = self.matrices(inputs)
+        self.fit(inputs, labels, matrices)
         keep = inputs.has_text
         folds = KFold(self.folds, shuffle=True, random_state=self.seed)
         oof = np.full((len(keep), len(self.columns)), np.nan)
         column = 0
-        for view, matrix in self.matrices(inputs).items():
+        for view, matrix in matrices.items():
             for k in range(labels.shape[1]):
                 oof[keep, column] = cross_val_predict(
                     self._logistic(view), matrix[keep], labels[keep, k], cv=folds, method="predict_proba"

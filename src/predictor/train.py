@@ -303,13 +303,13 @@ def _design(
     grids = {view: settings["C_grid"] for view in text.embeddings}
     if words:
         grids["words"] = words["C_grid"]
-    probe = TextHeads(C={view: 1.0 for view in grids}, words=words).fit_vectorizer(train_text)
-    matrices = probe.matrices(train_text)
-    C = {view: _choose_c(view, matrices[view][keep], targets[train_rows][keep, 0], grids[view]) for view in grids}
-    heads = TextHeads(C=C, words=words, folds=settings["folds"])
-    oof = heads.fit_oof(train_text, targets[train_rows], X.index[train_rows])
-    scores = heads.transform(text, X.index)
-    scores.iloc[train_rows] = oof.to_numpy()
+    # The vocabulary is learnt and every transcript turned into TF-IDF once, for C's choice and the fits.
+    heads = TextHeads(C={view: 1.0 for view in grids}, words=words, folds=settings["folds"])
+    matrices = heads.fit_vectorizer(train_text).matrices(train_text)
+    heads.C = {view: _choose_c(view, matrices[view][keep], targets[train_rows][keep, 0], grids[view]) for view in grids}
+    oof = heads.fit_oof(train_text, targets[train_rows], X.index[train_rows], matrices=matrices)
+    rest = np.setdiff1d(np.arange(len(X)), train_rows)
+    scores = pd.concat([oof, heads.transform(text.rows(rest), X.index[rest])]).loc[X.index]
     return heads, pd.concat([X, scores], axis=1)
 
 
