@@ -114,3 +114,23 @@ print(json.dumps(dict(zip(out.contact_id, out.repeat_probability))))
 
     promote(second.version, settings, reason="test override")
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == second.version
+
+
+def test_gate_replaces_a_champion_this_code_cannot_score(trained, settings, workdir) -> None:
+    import shutil
+
+    result, contacts = trained
+    registry = settings.registry.model_copy(
+        update={
+            "tracking_uri": f"sqlite:///{workdir / 'gate-broken.db'}",
+            "artifact_root": workdir / "gate-broken-artifacts",
+            "model_name": "gate-broken",
+        }
+    )
+    own = settings.model_copy(update={"registry": registry})
+    first = log_and_register(result, own, contacts)
+    shutil.rmtree(registry.artifact_root)  # the champion's files are gone (or were pickled by older code)
+    second = log_and_register(result, own, contacts)
+    assert second.promoted, second.reason
+    assert f"champion v{first.version} could not be scored" in second.reason
+    assert str(connect(registry).get_model_version_by_alias("gate-broken", CHAMPION).version) == second.version

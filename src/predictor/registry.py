@@ -229,13 +229,14 @@ def _gate(
         champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
         scored = champion.predict(pyfunc_input(test, contacts))
     except Exception as error:  # any failure means there is nothing to compare against
-        # Typically a champion pickled by an older version of this package. Not comparable is not "worse":
-        # a person decides, with the command that says so.
+        # Typically a champion pickled by an older version of this package, or artifacts gone: the service
+        # and the reports cannot load it either, so a scorable challenger replaces it (the reason is kept
+        # on the version's tags).
         log.warning("champion v%s could not be scored: %r", current.version, error)
         return (
-            False,
-            f"not promoted: champion v{current.version} could not be scored by this code ({type(error).__name__}: "
-            f"{error}); to replace it, run `predictor promote <new version>`",
+            True,
+            f"promoted: champion v{current.version} could not be scored by this code ({type(error).__name__}); "
+            f"challenger AUC {challenger['roc_auc']:.4f}, ECE {challenger['ece']:.4f}",
             None,
         )
     p = scored.set_index("contact_id").loc[test["contact_id"], "repeat_probability"].to_numpy()
