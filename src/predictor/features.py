@@ -62,8 +62,8 @@ def build(
     close, and labels known by then, reach its features. Pass ``embedder=None`` for no text features.
 
     On a cluster (``predictor.cluster``) a partition holds whole customers but not whole agents: there
-    ``as_of`` is the end of the whole log and ``agent_features`` (``AGENT_COLUMNS``, row by row) come from
-    ``agent_features`` over the agent-partitioned ``agent_windows``; the arithmetic is the same.
+    ``as_of`` is the end of the whole log, and the ``AGENT_COLUMNS`` of each row are passed in, computed
+    by the function of that name on agent partitions of ``agent_windows``; the arithmetic is the same.
     """
     labels = labels or LabelConfig()
     known = _union(history, contacts)
