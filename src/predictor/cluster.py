@@ -31,7 +31,7 @@ from predictor.config import ComputeConfig, EmbeddingConfig, LabelConfig
 from predictor.embed import Embedder
 from predictor.features import AGENT_COLUMNS, agent_features, agent_windows, build
 from predictor.labels import derive, epoch_us
-from predictor.schema import ColumnMapping, SchemaError, read_log, validate
+from predictor.schema import SchemaError, load_contacts, validate
 
 log = logging.getLogger(__name__)
 _QUERY, _WINDOW = "query", "window"
@@ -112,25 +112,21 @@ def read_partitioned(
     import dask.dataframe as dd
 
     files = input_files(pattern)
-    mapping = ColumnMapping.from_yaml(mapping_path) if mapping_path else None
     # Each file is read and validated once: the results stay on the workers, and the valid rows, the
     # rejections and the row counts are all taken from them.
-    loaded = dask.persist(*[dask.delayed(_load_file, nout=3)(f, mapping, assume_timezone) for f in files])
+    loaded = dask.persist(*[dask.delayed(_load_file, nout=3)(f, mapping_path, assume_timezone) for f in files])
     rejections, counts = dask.compute([part[1] for part in loaded], [part[2] for part in loaded])
-    meta = _load_file(files[0], mapping, assume_timezone)[0].head(0)
+    meta = _load_file(files[0], mapping_path, assume_timezone)[0].head(0)
     contacts = dd.from_delayed([part[0] for part in loaded], meta=meta, verify_meta=False)
     frame = pd.concat(rejections, ignore_index=True) if rejections else pd.DataFrame()
     return PartitionedLog(contacts=contacts, files=files, n_input=int(sum(counts)), rejections=frame)
 
 
 def _load_file(
-    path: Path, mapping: ColumnMapping | None, assume_timezone: str | None
+    path: Path, mapping_path: str | Path | None, assume_timezone: str | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    result = validate(
-        read_log(path, mapping),
-        assume_timezone=assume_timezone or (mapping.timezone if mapping else None),
-        timestamp_format=mapping.timestamp_format if mapping else None,
-    )
+    """One file through the CLI's own entry point; its rejections keep the file's name."""
+    result = load_contacts(path, mapping_path, assume_timezone)
     return result.contacts.reset_index(drop=True), result.rejections.assign(file=str(path)), result.n_input
 
 
@@ -328,8 +324,7 @@ def score_log(
     """
     with connect(compute) as client:
         if client is None:
-            parts = [_load_file(f, None if mapping_path is None else ColumnMapping.from_yaml(mapping_path),
-                                assume_timezone) for f in input_files(pattern)]  # fmt: skip
+            parts = [_load_file(f, mapping_path, assume_timezone) for f in input_files(pattern)]
             valid = pd.concat([p[0] for p in parts], ignore_index=True)
             contacts = valid.drop_duplicates("contact_id").reset_index(drop=True)
             predictions = model.predict(contacts, history=contacts)
