@@ -26,7 +26,6 @@ from sqlalchemy import (
     event,
     func,
     select,
-    type_coerce,
 )
 from sqlalchemy.engine import Engine
 
@@ -99,12 +98,9 @@ class ContactStore:
         customers = set(contacts["customer_id"].unique().tolist())
         # History rows never need their text (only the contact being scored is embedded): leave it behind.
         columns = [name for name in CONTACT_COLUMNS if name != "transcript"]
-        selected = [c[name] for name in columns]
-        if self.dialect == "sqlite":
-            # SQLite keeps times as text; parsing them in one vectorised call (typed_contacts) beats
-            # SQLAlchemy's per-value parse several times over on a busy agent's thousands of rows.
-            selected = [type_coerce(col, String) if isinstance(col.type, DateTime) else col for col in selected]
-        query = select(*selected).where(recent, (c.customer_id.in_(customers)) | (c.customer_id.in_(agents_customers)))
+        query = select(*[c[name] for name in columns]).where(
+            recent, (c.customer_id.in_(customers)) | (c.customer_id.in_(agents_customers))
+        )
         with self.engine.connect() as db:
             # Plain tuples: pandas probes SQLAlchemy Row objects attribute by attribute (~10x slower).
             rows = [tuple(row) for row in db.execute(query)]
