@@ -131,7 +131,7 @@ def test_score_command_on_a_local_cluster(trained, exports: Path, settings, work
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"scored {len(contacts):,} of {len(contacts) + 1:,} contacts" in done.stdout
-    assert "1 rows rejected" in done.stdout and "customer_id" in done.stdout
+    assert f"1 of {len(contacts) + 1:,} rows rejected" in done.stdout and "customer_id" in done.stdout
     assert len(pd.read_parquet(out)) == len(contacts)
 
 
@@ -143,3 +143,75 @@ def test_score_in_process_counts_and_scores_the_same(trained, exports: Path, tmp
     got = by_id(pd.read_parquet(tmp_path / "local.parquet"))
     expected = by_id(result.model.predict(contacts.reset_index(drop=True), history=contacts))
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12, check_dtype=False)
+
+
+# -- training ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def training_exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """A log big enough that two fits of the same booster agree to 0.01 AUC (a 950-contact test slice),
+    as three export files that customers' contacts run across."""
+    from predictor.simulate import SimulatorConfig, simulate
+
+    contacts = simulate(SimulatorConfig(n_contacts=6000, seed=21, days=180)).contacts
+    contacts = contacts.sort_values("opened_at", kind="stable").reset_index(drop=True)
+    folder = tmp_path_factory.mktemp("training-exports")
+    for number, part in enumerate(np.array_split(np.arange(len(contacts)), 3)):
+        write_table(contacts.iloc[part], folder / f"export-{number}.parquet")
+    return folder, validate(contacts).contacts.reset_index(drop=True)
+
+
+def test_training_on_the_cluster_matches_the_local_path(client, training_exports, settings, tmp_path: Path) -> None:
+    from predictor import cluster_train
+    from predictor.registry import log_and_register
+    from predictor.train import fit
+
+    folder, contacts = training_exports
+    local = fit(contacts, settings, ablation=False)
+    fitted = cluster_train.fit(folder, settings.model_copy(update={"compute": CLUSTER}), client)
+    result = fitted.result
+
+    # The same slices, from the same labels: split points, counts and the very test contacts.
+    assert result.split.counts == local.split.counts
+    assert result.split.boundaries == local.split.boundaries
+    assert set(result.test_predictions["contact_id"]) == set(contacts["contact_id"].iloc[local.split.test])
+    # Baselines that involve no distributed booster come out the same to the last digit.
+    for name in ("issue base rate", "tf-idf + logistic regression"):
+        assert result.metrics.loc[name, "roc_auc"] == pytest.approx(local.metrics.loc[name, "roc_auc"], abs=1e-12)
+    # The model itself: lightgbm.dask's data-parallel trees are not bit-identical to one machine's.
+    assert abs(result.metrics.loc["model", "roc_auc"] - local.metrics.loc["model", "roc_auc"]) <= 0.01
+    assert result.metrics.loc["model", "ece"] <= local.metrics.loc["model", "ece"] + 0.02
+    assert abs(result.next_issue_metrics["top3_accuracy"] - local.next_issue_metrics["top3_accuracy"]) <= 0.05
+    assert result.params["compute"] == "dask" and result.params["dask_workers"] == 2
+    assert fitted.n_input == len(contacts) and fitted.rejections.empty
+    # Everything a plan is mined from: every contact whose window closed.
+    assert len(fitted.labelled) == int(derive(contacts)["window_complete"].sum())
+
+    # The gate scores the champion where the log lives, and agrees with the evaluation's own scores.
+    registry = settings.registry.model_copy(
+        update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "model_name": "cluster-train"}
+    )
+    on_registry = settings.model_copy(update={"registry": registry})
+    first = log_and_register(result, on_registry, fitted.example, score_test=fitted.score_test)
+    second = log_and_register(result, on_registry, fitted.example, score_test=fitted.score_test)
+    assert first.promoted and second.promoted
+    auc = f"AUC {result.metrics.loc['model', 'roc_auc']:.4f}"
+    assert f"challenger {auc}" in second.reason and f"champion v{first.version} {auc}" in second.reason
+
+
+def test_train_command_on_a_local_cluster(exports: Path, settings, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PREDICTOR_REGISTRY__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir),
+        "PREDICTOR_SERVICE__PLAN_PATH": str(tmp_path / "plan.yaml"),
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(Path(__file__).parents[1] / "data" / "followup_scripts.yaml"),
+    }
+    predictor = str(Path(sys.executable).parent / "predictor")
+    command = [predictor, "train", str(exports), "--local-cluster", "2", "--plots-dir", str(tmp_path / "plots")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = " ".join(done.stdout.split())  # rich wraps long lines
+    assert "trained on 2 Dask workers" in out and "promoted: first champion" in out
+    assert "rows rejected" in out and "customer_id" in out  # the broken row is reported, not dropped silently
+    assert (tmp_path / "plan.yaml").exists() and (tmp_path / "plots" / "roc_pr.png").exists()

@@ -33,6 +33,13 @@ TimezoneOption = Annotated[
     str | None,
     typer.Option("--assume-timezone", help="Zone of timestamps written without one, e.g. UTC."),
 ]
+SchedulerOption = Annotated[
+    str | None, typer.Option(help="Run on the Dask cluster at this scheduler address (tcp://host:8786).")
+]
+LocalClusterOption = Annotated[
+    int, typer.Option(help="Run on a local Dask cluster with N worker processes (0: in-process).", min=0)
+]
+PartitionsOption = Annotated[int | None, typer.Option(help="Customer partitions (default: twice the workers).")]
 
 
 @app.callback()
@@ -140,7 +147,14 @@ def labels(
 
 @app.command()
 def train(
-    path: Annotated[Path, typer.Argument(help="Contact log to train on (.csv, .parquet or .jsonl).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="LOG",
+            help="Contact log to train on (.csv, .parquet or .jsonl); on a cluster also a directory of exports "
+            "or a quoted glob.",
+        ),
+    ],
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     oracle_truth: Annotated[
@@ -148,26 +162,38 @@ def train(
         typer.Option(help="Simulator ground truth (<log>.truth.parquet): adds the oracle's figures to the evaluation."),
     ] = None,
     text: Annotated[bool, typer.Option(help="Use transcript embeddings (off: metadata + history only).")] = True,
-    ablation: Annotated[bool, typer.Option(help="Also fit a model blind to how conversations end.")] = True,
+    ablation: Annotated[
+        bool, typer.Option(help="Also fit a model blind to how conversations end (in-process only).")
+    ] = True,
     register: Annotated[bool, typer.Option(help="Log to MLflow, register, and apply the promotion gate.")] = True,
     plots_dir: Annotated[Path, typer.Option(help="Where evaluation plots are written.")] = Path("models/plots"),
+    scheduler: SchedulerOption = None,
+    local_cluster: LocalClusterOption = 0,
+    partitions: PartitionsOption = None,
 ) -> None:
     """Train the repeat, next-issue and timing models on a time split; compare with baselines; register.
 
     The champion alias moves only if the new version is at least as good as the current champion on the
-    same test slice (AUC within tolerance, calibration within bound); otherwise the run says why.
+    same test slice (AUC within tolerance, calibration within bound); otherwise the run says why. With
+    --scheduler or --local-cluster the same stages run on Dask partitions of the log and the boosters
+    train with lightgbm.dask; the log never has to fit in this process's memory.
     """
     from predictor.config import get_settings
-    from predictor.train import fit
 
     settings = get_settings()
-    result_in = _load(path, mapping, assume_timezone)
+    settings = settings.model_copy(update={"compute": _compute(settings, scheduler, local_cluster, partitions)})
     truth = None
     if oracle_truth is not None:
         from predictor.evaluate import load_truth
 
         truth = load_truth(oracle_truth)
     started = time.perf_counter()
+    if settings.compute.scheduler or settings.compute.local_cluster:
+        _train_on_cluster(str(path), settings, truth, text, register, plots_dir, mapping, assume_timezone, started)
+        return
+    from predictor.train import fit
+
+    result_in = _load(path, mapping, assume_timezone)
     with _progress() as progress:
         task = progress.add_task("training", total=None)
         result = fit(
@@ -186,10 +212,85 @@ def train(
     if register:
         from predictor.registry import log_and_register
 
-        reg = log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file])
-        colour = "green" if reg.promoted else "yellow"
-        console.print(f"registered {settings.registry.model_name} version {reg.version} (run {reg.run_id})")
-        console.print(f"[{colour}]{reg.reason}[/]")
+        _print_registration(
+            log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file]), settings
+        )
+
+
+def _train_on_cluster(
+    log_path: str,
+    settings,  # noqa: ANN001 - Settings, imported lazily
+    truth,  # noqa: ANN001 - pandas.DataFrame | None
+    text: bool,
+    register: bool,
+    plots_dir: Path,
+    mapping: Path | None,
+    assume_timezone: str | None,
+    started: float,
+) -> None:
+    from predictor import cluster_train
+    from predictor.cluster import connect
+    from predictor.schema import SchemaError
+
+    with connect(settings.compute) as client, _progress() as progress:
+        task = progress.add_task(f"training on {_where(settings.compute)}", total=None)
+        try:
+            fitted = cluster_train.fit(
+                log_path,
+                settings,
+                client,
+                use_text=text,
+                oracle=truth,
+                plots_dir=plots_dir,
+                mapping_path=mapping,
+                assume_timezone=assume_timezone,
+                stage=lambda name: progress.update(task, description=f"training on the cluster: {name}"),
+            )
+        except SchemaError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        progress.update(task, description="training: done")
+        progress.stop()
+        _print_rejections(fitted.rejections, fitted.n_input)
+        print_training_result(fitted.result)
+        console.print(
+            f"trained on {fitted.result.params['dask_workers']} Dask workers in {time.perf_counter() - started:.1f} s;"
+            f" plots in {plots_dir}"
+        )
+        plan_file = _mine_plan(None, settings, settings.service.plan_path, labelled=fitted.labelled)
+        if register:
+            from predictor.registry import log_and_register
+
+            registration = log_and_register(
+                fitted.result, settings, fitted.example, extra_artifacts=[plan_file], score_test=fitted.score_test
+            )
+            _print_registration(registration, settings)
+
+
+def _print_registration(reg, settings) -> None:  # noqa: ANN001 - Registration, Settings
+    colour = "green" if reg.promoted else "yellow"
+    console.print(f"registered {settings.registry.model_name} version {reg.version} (run {reg.run_id})")
+    console.print(f"[{colour}]{reg.reason}[/]")
+
+
+def _print_rejections(rejections, n_input: int) -> None:  # noqa: ANN001 - pandas.DataFrame
+    rejected = rejections["row"].nunique() if len(rejections) else 0
+    if not rejected:
+        return
+    by_reason = rejections.groupby(["field", "reason"]).size().sort_values(ascending=False)
+    console.print(f"[yellow]{rejected:,} of {n_input:,} rows rejected:[/]")
+    for (field_name, reason), count in by_reason.head(10).items():
+        console.print(f"  {count:>7,}  {field_name}: {reason}")
+
+
+def _compute(settings, scheduler: str | None, local_cluster: int, partitions: int | None):  # noqa: ANN001, ANN202
+    """The configured compute setting, with the command line's choices over it."""
+    chosen = {"scheduler": scheduler, "local_cluster": local_cluster or None, "partitions": partitions}
+    return settings.compute.model_copy(update={k: v for k, v in chosen.items() if v})
+
+
+def _where(compute) -> str:  # noqa: ANN001 - ComputeConfig
+    return compute.scheduler or (f"a local cluster of {compute.local_cluster}" if compute.local_cluster else "")
 
 
 @app.command()
@@ -213,12 +314,21 @@ def plan(
     _mine_plan(result.contacts, settings, out or settings.service.plan_path, top=top, min_cell=min_cell, show=True)
 
 
-def _mine_plan(contacts, settings, out: Path, top: int = 15, min_cell: int = 20, show: bool = False) -> Path:  # noqa: ANN001
+def _mine_plan(  # noqa: ANN202
+    contacts,  # noqa: ANN001 - validated contacts (pandas), or None with ``labelled``
+    settings,  # noqa: ANN001
+    out: Path,
+    top: int = 15,
+    min_cell: int = 20,
+    show: bool = False,
+    labelled=None,  # noqa: ANN001 - labels.derive output, when the contacts are on a cluster
+):
     from predictor.labels import derive
     from predictor.plan import FollowUpPlan, mine, write_plan
 
     scripts = FollowUpPlan.from_yaml(settings.service.scripts_path)
-    mined = mine(derive(contacts, settings.labels), scripts, top_primaries=top, min_cell=min_cell)
+    labelled = derive(contacts, settings.labels) if labelled is None else labelled
+    mined = mine(labelled, scripts, top_primaries=top, min_cell=min_cell)
     path = write_plan(mined, out)
     if show:
         table = Table("primary", "repeats", "share", "next issue", "type", "share", "median h", "p75 h", "send in h",
@@ -304,13 +414,9 @@ def score(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Predictions (Parquet; a directory of parts on a cluster).")
     ] = Path("predictions.parquet"),
-    scheduler: Annotated[
-        str | None, typer.Option(help="Run on the Dask cluster at this scheduler address (tcp://host:8786).")
-    ] = None,
-    local_cluster: Annotated[
-        int, typer.Option(help="Run on a local Dask cluster with N worker processes (0: in-process).", min=0)
-    ] = 0,
-    partitions: Annotated[int | None, typer.Option(help="Customer partitions (default: twice the workers).")] = None,
+    scheduler: SchedulerOption = None,
+    local_cluster: LocalClusterOption = 0,
+    partitions: PartitionsOption = None,
     model_version: Annotated[str | None, typer.Option(help="Registered version (default: the champion).")] = None,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
@@ -326,15 +432,12 @@ def score(
     from predictor.schema import SchemaError
 
     settings = get_settings()
-    compute = settings.compute.model_copy(
-        update={k: v for k, v in {"scheduler": scheduler, "local_cluster": local_cluster or None,
-                                  "partitions": partitions}.items() if v}
-    )  # fmt: skip
+    compute = _compute(settings, scheduler, local_cluster, partitions)
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("loading the model", total=None)
         model, version = load_bundle(settings, model_version)
-        where = compute.scheduler or (f"a local cluster of {compute.local_cluster}" if compute.local_cluster else "")
+        where = _where(compute)
         progress.update(task, description=f"scoring with version {version}" + (f" on {where}" if where else ""))
         try:
             summary = score_log(log_path, model, out, compute, mapping, assume_timezone)
@@ -342,7 +445,6 @@ def score(
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
         progress.update(task, description="scoring: done")
-    rejected = summary.rejections["row"].nunique() if len(summary.rejections) else 0
     console.print(
         f"scored {summary.scored:,} of {summary.n_input:,} contacts with version {version} in "
         f"{time.perf_counter() - started:.1f} s -> {summary.out}"
@@ -350,11 +452,7 @@ def score(
     )
     if summary.duplicates:
         console.print(f"[yellow]{summary.duplicates:,} rows repeat a contact_id seen in another file: scored once[/]")
-    if rejected:
-        by_reason = summary.rejections.groupby(["field", "reason"]).size().sort_values(ascending=False)
-        console.print(f"[yellow]{rejected:,} rows rejected:[/]")
-        for (field_name, reason), count in by_reason.head(10).items():
-            console.print(f"  {count:>7,}  {field_name}: {reason}")
+    _print_rejections(summary.rejections, summary.n_input)
 
 
 @app.command()

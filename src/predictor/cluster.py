@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,25 +260,43 @@ def _features_partition(
     return found.frame.assign(contact_id=part["contact_id"].to_numpy())
 
 
-def score(customers: Any, agents: Any, model: Any, end: pd.Timestamp) -> Any:
-    """The model's predictions per customer partition (``model`` may be a scattered future)."""
+def score(
+    customers: Any,
+    agents: Any,
+    model: Any,
+    end: pd.Timestamp,
+    select: Callable[[pd.DataFrame], np.ndarray] | None = None,
+) -> Any:
+    """The model's predictions per customer partition (``model`` may be a scattered future).
+
+    ``select`` picks the rows to score in a partition (default all); the others are still their
+    customers' history.
+    """
     from predictor.model import OUTPUT_COLUMNS
 
     text = {"contact_id", *(c for c in OUTPUT_COLUMNS if c.startswith("next_issue_") and c[-1].isdigit())}
     meta = pd.DataFrame({c: pd.Series(dtype=str if c in text else float) for c in OUTPUT_COLUMNS})
-    return customers.map_partitions(_score_partition, agents, model, end, meta=meta, align_dataframes=False)
+    return customers.map_partitions(_score_partition, agents, model, end, select, meta=meta, align_dataframes=False)
 
 
-def _score_partition(part: pd.DataFrame, agents: pd.DataFrame, model: Any, end: pd.Timestamp) -> pd.DataFrame:
+def _score_partition(
+    part: pd.DataFrame,
+    agents: pd.DataFrame,
+    model: Any,
+    end: pd.Timestamp,
+    select: Callable[[pd.DataFrame], np.ndarray] | None = None,
+) -> pd.DataFrame:
     part = part.reset_index(drop=True)
+    rows = part if select is None else part[select(part)].reset_index(drop=True)
     found = build(
+        rows,
         part,
         embedder=model.embedder(),  # the model object lives once per worker, and so does its embedder
         labels=model.label_config,
         as_of=end,
-        agent_features=_aligned_agents(part, agents),
+        agent_features=_aligned_agents(rows, agents),
     )
-    return model.predict_from_input(model.model_input(found), part["contact_id"].to_numpy())
+    return model.predict_from_input(model.model_input(found), rows["contact_id"].to_numpy())
 
 
 def _one_contact() -> pd.DataFrame:

@@ -52,6 +52,9 @@ class ComputeConfig(BaseModel):
     # Dask's task shuffle is quiet and fine for tens to hundreds of partitions; "p2p" streams through Arrow
     # and keeps memory flat for very large logs (it logs a warning per shuffle).
     shuffle: Literal["tasks", "p2p"] = "tasks"
+    # The text heads are logistic regressions fitted in the client process: past ~200k rows they gain
+    # little (the 100k log's heads already reach the observable ceiling) and cost memory and minutes.
+    text_head_rows: int = Field(200_000, ge=100, description="Most training rows the text heads fit on.")
 
 
 class SplitConfig(BaseModel):

@@ -17,5 +17,22 @@ def setup(verbose: bool = False) -> None:
         force=True,
     )
     # Libraries that narrate every step at INFO drown what our own stages say.
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "sentence_transformers", "bentoml", "filelock"):
+    for noisy in (
+        *("mlflow", "alembic", "urllib3", "httpx", "sentence_transformers", "bentoml", "filelock"),
+        *("distributed", "tornado", "lightgbm"),
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_lightgbm()
+
+
+def quiet_lightgbm() -> None:
+    """LightGBM's native log (distributed training narrates every socket it binds) to Python's, at WARNING."""
+    import lightgbm
+
+    logger = logging.getLogger("lightgbm")
+    logger.setLevel(logging.WARNING)
+    # lightgbm.dask sets each worker's threads itself, and warns so on every fit.
+    logger.addFilter(lambda record: "n_jobs will be ignored" not in record.getMessage())
+    lightgbm.register_logger(logger)
+    # Still printed: the socket set-up of distributed training, logged by the library before it reads any
+    # parameter, in each worker's training thread (LightGBM's log callback is per thread).

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,18 @@ class Registration:
 
 
 def log_and_register(
-    result: TrainingResult, settings: Settings, contacts: pd.DataFrame, extra_artifacts: list[Path] | None = None
+    result: TrainingResult,
+    settings: Settings,
+    contacts: pd.DataFrame,
+    extra_artifacts: list[Path] | None = None,
+    score_test: Callable[[RepeatContactModel], np.ndarray] | None = None,
 ) -> Registration:
-    """Log the run (params, data fingerprint, metrics, plots, model), register it, and apply the gate."""
+    """Log the run (params, data fingerprint, metrics, plots, model), register it, and apply the gate.
+
+    ``contacts`` is the log the champion is scored on for the gate (its test rows, with their history);
+    on a cluster the log stays there: pass a few rows for the input example, and ``score_test``, which
+    scores any model on the test slice where the log lives.
+    """
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -137,7 +147,7 @@ def log_and_register(
         version = str(info.registered_model_version)
         y = result.test_predictions["is_repeat"].to_numpy()
         challenger = _gate_metrics(y, result.test_predictions["repeat_probability"].to_numpy())
-        promoted, reason, champion_metrics = _gate(client, config, challenger, result, contacts)
+        promoted, reason, champion_metrics = _gate(client, settings, challenger, result, contacts, score_test)
         client.set_model_version_tag(config.model_name, version, "gate", "promoted" if promoted else "rejected")
         client.set_model_version_tag(config.model_name, version, "gate_reason", reason)
         client.set_model_version_tag(config.model_name, version, "run_id", run.info.run_id)
@@ -213,11 +223,17 @@ def _gate_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def _gate(
-    client: Any, config: RegistryConfig, challenger: dict[str, float], result: TrainingResult, contacts: pd.DataFrame
+    client: Any,
+    settings: Settings,
+    challenger: dict[str, float],
+    result: TrainingResult,
+    contacts: pd.DataFrame,
+    score_test: Callable[[RepeatContactModel], np.ndarray] | None = None,
 ) -> tuple[bool, str, dict[str, float] | None]:
     """Promote when there is no champion, or the challenger is at least as good on the same test slice."""
     from mlflow.exceptions import MlflowException
 
+    config = settings.registry
     try:
         current = client.get_model_version_by_alias(config.model_name, CHAMPION)
     except MlflowException:
@@ -226,8 +242,12 @@ def _gate(
 
     test = result.test_contacts
     try:
-        champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
-        scored = champion.predict(pyfunc_input(test, contacts))
+        if score_test is not None:
+            p = score_test(load_bundle(settings, current.version)[0])
+        else:
+            champion = mlflow.pyfunc.load_model(f"models:/{config.model_name}/{current.version}")
+            scored = champion.predict(pyfunc_input(test, contacts))
+            p = scored.set_index("contact_id").loc[test["contact_id"], "repeat_probability"].to_numpy()
     except Exception as error:  # any failure means there is nothing to compare against
         # Typically a champion pickled by an older version of this package, or artifacts gone: the service
         # and the reports cannot load it either, so a scorable challenger replaces it (the reason is kept
@@ -239,7 +259,6 @@ def _gate(
             f"challenger AUC {challenger['roc_auc']:.4f}, ECE {challenger['ece']:.4f}",
             None,
         )
-    p = scored.set_index("contact_id").loc[test["contact_id"], "repeat_probability"].to_numpy()
     y = result.test_predictions["is_repeat"].to_numpy()
     incumbent = _gate_metrics(y, p)
     auc_ok = challenger["roc_auc"] >= incumbent["roc_auc"] - config.auc_tolerance

@@ -59,36 +59,65 @@ class Split:
     counts: dict[str, int]
 
 
-def time_split(labelled: pd.DataFrame, settings: Settings) -> Split:
-    """Positions of train / calibration / test rows; censored rows and embargoed rows excluded."""
-    closed = labelled["closed_at"]
-    window = pd.Timedelta(days=settings.labels.repeat_window_days)
+def split_boundaries(closed: pd.Series, settings: Settings) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Where calibration and test start: quantiles of the close times of the whole log (censored included)."""
     test_start = closed.quantile(1 - settings.split.test_fraction)
     cal_start = closed.quantile(1 - settings.split.test_fraction - settings.split.calibration_fraction)
+    return pd.Timestamp(cal_start), pd.Timestamp(test_start)
+
+
+# Which slice a labelled row falls in (``slice_codes``): the cluster path carries these codes per partition.
+NOT_USED, TRAIN, CALIBRATION, TEST = 0, 1, 2, 3
+
+
+def slice_codes(
+    labelled: pd.DataFrame, boundaries: tuple[pd.Timestamp, pd.Timestamp], settings: Settings
+) -> np.ndarray:
+    """Each row's slice; rows whose window is open, or whose label would leak into the next slice, are unused."""
+    cal_start, test_start = boundaries
+    closed = labelled["closed_at"]
+    window = pd.Timedelta(days=settings.labels.repeat_window_days)
     # Whole window observed, not merely "uncensored": see labels.derive on outcome-dependent censoring.
-    known = labelled["window_complete"].to_numpy()
+    known = labelled["window_complete"].to_numpy(dtype=bool)
     # A row's label is known at most one window after its close: that must be before the next slice.
-    train = known & (closed <= cal_start - window).to_numpy()
-    calibration = known & ((closed > cal_start) & (closed <= test_start - window)).to_numpy()
-    test = known & (closed > test_start).to_numpy()
-    counts = {
-        "contacts": len(labelled),
-        "censored": int(labelled["censored"].sum()),
-        "window_open": int((~known).sum()),
-        "train": int(train.sum()),
-        "calibration": int(calibration.sum()),
-        "test": int(test.sum()),
-    }
-    counts["embargoed"] = (
-        counts["contacts"] - counts["window_open"] - counts["train"] - counts["calibration"] - counts["test"]
-    )
+    codes = np.full(len(labelled), NOT_USED, dtype=np.int8)
+    codes[known & (closed <= cal_start - window).to_numpy()] = TRAIN
+    codes[known & ((closed > cal_start) & (closed <= test_start - window)).to_numpy()] = CALIBRATION
+    codes[known & (closed > test_start).to_numpy()] = TEST
+    return codes
+
+
+def time_split(labelled: pd.DataFrame, settings: Settings) -> Split:
+    """Positions of train / calibration / test rows; censored rows and embargoed rows excluded."""
+    boundaries = split_boundaries(labelled["closed_at"], settings)
+    codes = slice_codes(labelled, boundaries, settings)
+    window_open = int((~labelled["window_complete"].to_numpy(dtype=bool)).sum())
     return Split(
-        train=np.flatnonzero(train),
-        calibration=np.flatnonzero(calibration),
-        test=np.flatnonzero(test),
-        boundaries={"calibration_start": str(cal_start), "test_start": str(test_start)},
-        counts=counts,
+        train=np.flatnonzero(codes == TRAIN),
+        calibration=np.flatnonzero(codes == CALIBRATION),
+        test=np.flatnonzero(codes == TEST),
+        boundaries=boundary_strings(boundaries),
+        counts=counts_of(len(labelled), int(labelled["censored"].sum()), window_open, codes),
     )
+
+
+def boundary_strings(boundaries: tuple[pd.Timestamp, pd.Timestamp]) -> dict[str, str]:
+    return {"calibration_start": str(boundaries[0]), "test_start": str(boundaries[1])}
+
+
+def counts_of(contacts: int, censored: int, window_open: int, codes: np.ndarray | dict[int, int]) -> dict[str, int]:
+    """The split's row counts (``codes``: the slice codes, or how many rows each code has)."""
+    per = codes if isinstance(codes, dict) else {c: int((codes == c).sum()) for c in (TRAIN, CALIBRATION, TEST)}
+    counts = {
+        "contacts": contacts,
+        "censored": censored,
+        "window_open": window_open,
+        "train": int(per.get(TRAIN, 0)),
+        "calibration": int(per.get(CALIBRATION, 0)),
+        "test": int(per.get(TEST, 0)),
+    }
+    counts["embargoed"] = contacts - window_open - counts["train"] - counts["calibration"] - counts["test"]
+    return counts
 
 
 @dataclass
@@ -183,8 +212,7 @@ def fit(
     )
 
     stage("baselines")
-    y_test = y[te].astype(int)
-    scores: dict[str, np.ndarray] = {"model": repeat.predict_proba(X.iloc[te])[:, 1]}
+    scores: dict[str, np.ndarray] = {}
     rates = pd.Series(y[tr]).groupby(contacts["issue"].iloc[tr].to_numpy()).mean()
     scores["issue base rate"] = contacts["issue"].iloc[te].map(rates).fillna(y[tr].mean()).to_numpy()
     X_meta = as_model_input(features, categories)
@@ -203,10 +231,90 @@ def fit(
     lap("baselines")
 
     stage("evaluation")
+    evaluation = evaluate_test(
+        model,
+        X.iloc[te],
+        labelled.iloc[te],
+        features["transcript_words"].iloc[te].to_numpy(),
+        scores,
+        settings,
+        oracle=oracle,
+        plots_dir=plots_dir,
+    )
+    lap("evaluation")
+
+    params = training_params(settings, hp, embedder.model_id if embedder else None, heads, split.counts)
+    return TrainingResult(
+        model=model,
+        metrics=evaluation.metrics,
+        next_issue_metrics=evaluation.next_issue,
+        timing_metrics=evaluation.timing,
+        split=split,
+        params=params,
+        plots=evaluation.plots,
+        test_predictions=evaluation.predictions,
+        timings=timings,
+        data_fingerprint=fingerprint(contacts),
+        test_contacts=contacts.iloc[te],
+    )
+
+
+def training_params(
+    settings: Settings,
+    hp: dict[str, Any],
+    embedding_model: str | None,
+    heads: TextHeads | None,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """What MLflow records of a run's configuration (both compute paths)."""
+    return {
+        "repeat_window_days": settings.labels.repeat_window_days,
+        "transfer_gap_minutes": settings.labels.transfer_gap_minutes,
+        "uses_text": embedding_model is not None,
+        "embedding_model": embedding_model or "none",
+        "embedding_max_tokens": settings.embedding.max_tokens,
+        "embedding_truncation": settings.embedding.truncation,
+        "embedding_head_fraction": settings.embedding.head_fraction,
+        "embedding_closing_turns": settings.embedding.closing_turns,
+        "text_heads": ",".join(f"{view}:C={c}" for view, c in heads.C.items()) if heads else "none",
+        "calibration": hp["calibration"],
+        **{f"split_{k}": v for k, v in counts.items()},
+        **{f"repeat_{k}": v for k, v in hp["repeat"].items()},
+    }
+
+
+@dataclass
+class Evaluation:
+    metrics: pd.DataFrame
+    next_issue: dict[str, float]
+    timing: dict[str, float]
+    plots: dict[str, Path]
+    predictions: pd.DataFrame  # the model's output on the test slice, with the true ``is_repeat``
+
+
+def evaluate_test(
+    model: RepeatContactModel,
+    X_test: pd.DataFrame,
+    labelled_test: pd.DataFrame,
+    transcript_words: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    settings: Settings,
+    *,
+    oracle: pd.DataFrame | None = None,
+    plots_dir: Path | None = None,
+) -> Evaluation:
+    """The model beside the baselines on the test slice: repeat metrics, next issue, timing, plots.
+
+    ``labelled_test`` holds the test rows' labels (``labels.derive`` columns) in the order of ``X_test``.
+    """
+    y_test = labelled_test["is_repeat"].astype(int).to_numpy()
+    contact_ids = labelled_test["contact_id"].to_numpy()
+    test_pred = model.predict_from_input(X_test, contact_ids)
+    scores = {"model": test_pred["repeat_probability"].to_numpy(), **baselines}
     if oracle is not None:
-        scores["oracle (simulator truth)"] = evaluate.oracle_repeat(oracle, contacts["contact_id"].iloc[te])
+        scores["oracle (simulator truth)"] = evaluate.oracle_repeat(oracle, labelled_test["contact_id"])
     rows = []
-    long_text = (features["transcript_words"].iloc[te] > settings.embedding.max_tokens * 0.75).to_numpy()
+    long_text = transcript_words > settings.embedding.max_tokens * 0.75
     for name, p in scores.items():
         row = {"model": name, **evaluate.repeat_metrics(y_test, p)}
         if long_text.sum() > 20 and len(np.unique(y_test[long_text])) == 2:
@@ -214,27 +322,29 @@ def fit(
         rows.append(row)
     metrics = pd.DataFrame(rows).set_index("model")
 
-    test_pred = model.predict_from_input(X.iloc[te], contacts["contact_id"].iloc[te].to_numpy())
-    repeats_te = te[y[te] == 1]
-    next_true = labelled["next_issue"].iloc[repeats_te].astype(str).to_numpy()
+    next_classes = model.next_issue_classes
+    repeats = np.flatnonzero(y_test == 1)
+    repeated = labelled_test.iloc[repeats]
+    next_true = repeated["next_issue"].astype(str).to_numpy()
     next_true = np.where(np.isin(next_true, next_classes), next_true, OTHER)
-    proba = next_model.predict_proba(X.iloc[repeats_te])
+    proba = model.next_issue.predict_proba(X_test.iloc[repeats])
     next_metrics = {
         "top1_accuracy": evaluate.topk_accuracy(next_true, proba, next_classes, 1),
         "top3_accuracy": evaluate.topk_accuracy(next_true, proba, next_classes, 3),
-        "explicit_share_actual": float((labelled["repeat_type"].iloc[repeats_te] == "explicit").mean()),
+        "explicit_share_actual": float((repeated["repeat_type"] == "explicit").mean()),
         "explicit_share_predicted_top1": float(
-            (np.array(next_classes)[proba.argmax(1)] == contacts["issue"].iloc[repeats_te].to_numpy()).mean()
+            (np.array(next_classes)[proba.argmax(1)] == repeated["issue"].to_numpy()).mean()
         ),
     }
     if oracle is not None:
-        oracle_proba, oracle_classes = evaluate.oracle_next_issue(oracle, contacts["contact_id"].iloc[repeats_te])
+        oracle_proba, oracle_classes = evaluate.oracle_next_issue(oracle, repeated["contact_id"])
         next_metrics["oracle_top1_accuracy"] = evaluate.topk_accuracy(next_true, oracle_proba, oracle_classes, 1)
         next_metrics["oracle_top3_accuracy"] = evaluate.topk_accuracy(next_true, oracle_proba, oracle_classes, 3)
-    hours_true = labelled["hours_to_repeat"].iloc[repeats_te].to_numpy()
-    pred_rep = test_pred.set_index("contact_id").loc[contacts["contact_id"].iloc[repeats_te]]
+    predicted = test_pred.iloc[repeats]
     timing = evaluate.timing_metrics(
-        hours_true, pred_rep["hours_to_repeat_median"].to_numpy(), pred_rep["hours_to_repeat_p90"].to_numpy()
+        repeated["hours_to_repeat"].to_numpy(),
+        predicted["hours_to_repeat_median"].to_numpy(),
+        predicted["hours_to_repeat_p90"].to_numpy(),
     )
     plots: dict[str, Path] = {}
     if plots_dir is not None:
@@ -249,36 +359,8 @@ def fit(
         plots["next_issue_confusion"] = evaluate.plot_confusion(
             next_true, np.array(next_classes)[proba.argmax(1)], next_classes, plots_dir / "next_issue_confusion.png"
         )
-    lap("evaluation")
-
-    params = {
-        "repeat_window_days": settings.labels.repeat_window_days,
-        "transfer_gap_minutes": settings.labels.transfer_gap_minutes,
-        "uses_text": has_text,
-        "embedding_model": embedder.model_id if embedder else "none",
-        "embedding_max_tokens": settings.embedding.max_tokens,
-        "embedding_truncation": settings.embedding.truncation,
-        "embedding_head_fraction": settings.embedding.head_fraction,
-        "embedding_closing_turns": settings.embedding.closing_turns,
-        "text_heads": ",".join(f"{view}:C={c}" for view, c in heads.C.items()) if heads else "none",
-        "calibration": hp["calibration"],
-        **{f"split_{k}": v for k, v in split.counts.items()},
-        **{f"repeat_{k}": v for k, v in hp["repeat"].items()},
-    }
     test_pred["is_repeat"] = y_test
-    return TrainingResult(
-        model=model,
-        metrics=metrics,
-        next_issue_metrics=next_metrics,
-        timing_metrics=timing,
-        split=split,
-        params=params,
-        plots=plots,
-        test_predictions=test_pred,
-        timings=timings,
-        data_fingerprint=fingerprint(contacts),
-        test_contacts=contacts.iloc[te],
-    )
+    return Evaluation(metrics, next_metrics, timing, plots, test_pred)
 
 
 def _design(
@@ -293,24 +375,35 @@ def _design(
     X = as_model_input(features, categories)
     if text is None:
         return None, X
+    heads, oof = fit_text_heads(text.rows(train_rows), head_targets(labelled.iloc[train_rows]), X.index[train_rows], hp)
+    rest = np.setdiff1d(np.arange(len(X)), train_rows)
+    scores = pd.concat([oof, heads.transform(text.rows(rest), X.index[rest])]).loc[X.index]
+    return heads, pd.concat([X, scores], axis=1)
+
+
+def head_targets(labelled: pd.DataFrame) -> np.ndarray:
+    """What the text heads learn, one column each: repeat, explicit repeat, implicit repeat."""
     repeat = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()
     kind = labelled["repeat_type"].astype(str).to_numpy()
-    targets = np.column_stack([repeat, repeat & (kind == "explicit"), repeat & (kind == "implicit")]).astype(int)
+    return np.column_stack([repeat, repeat & (kind == "explicit"), repeat & (kind == "implicit")]).astype(int)
+
+
+def fit_text_heads(
+    text: TextInputs, targets: np.ndarray, index: pd.Index, hp: dict[str, Any]
+) -> tuple[TextHeads, pd.DataFrame]:
+    """Text heads fitted on training rows, and those rows' out-of-fold scores (indexed by ``index``)."""
     settings = hp["text_heads"]
     words = settings.get("words")
-    train_text = text.rows(train_rows)
-    keep = train_text.has_text
+    keep = text.has_text
     grids = {view: settings["C_grid"] for view in text.embeddings}
     if words:
         grids["words"] = words["C_grid"]
     # The vocabulary is learnt and every transcript turned into TF-IDF once, for C's choice and the fits.
     heads = TextHeads(C={view: 1.0 for view in grids}, words=words, folds=settings["folds"])
-    matrices = heads.fit_vectorizer(train_text).matrices(train_text)
-    heads.C = {view: _choose_c(view, matrices[view][keep], targets[train_rows][keep, 0], grids[view]) for view in grids}
-    oof = heads.fit_oof(train_text, targets[train_rows], X.index[train_rows], matrices=matrices)
-    rest = np.setdiff1d(np.arange(len(X)), train_rows)
-    scores = pd.concat([oof, heads.transform(text.rows(rest), X.index[rest])]).loc[X.index]
-    return heads, pd.concat([X, scores], axis=1)
+    matrices = heads.fit_vectorizer(text).matrices(text)
+    heads.C = {view: _choose_c(view, matrices[view][keep], targets[keep, 0], grids[view]) for view in grids}
+    oof = heads.fit_oof(text, targets, index, matrices=matrices)
+    return heads, oof
 
 
 def _choose_c(view: str, matrix: Any, repeat: np.ndarray, grid: list[float]) -> float:
@@ -419,12 +512,24 @@ def _fit_timing(
 def _tfidf_baseline(
     contacts: pd.DataFrame, tr: np.ndarray, te: np.ndarray, y: np.ndarray, hp: dict[str, Any]
 ) -> np.ndarray:
-    params = hp["tfidf_baseline"]
     texts = contacts["transcript"].map(redact)
-    vectorizer = TfidfVectorizer(
-        max_features=params["max_features"], ngram_range=(1, params["ngram_max"]), sublinear_tf=True, min_df=2
-    )
-    X_train = vectorizer.fit_transform(texts.iloc[tr])
-    model = LogisticRegression(C=params["C"], max_iter=2000)
-    model.fit(X_train, y[tr].astype(int))
-    return model.predict_proba(vectorizer.transform(texts.iloc[te]))[:, 1]
+    baseline = TfidfBaseline(hp).fit(texts.iloc[tr].tolist(), y[tr].astype(int))
+    return baseline.predict(texts.iloc[te].tolist())
+
+
+class TfidfBaseline:
+    """The text baseline every embedding model must beat: TF-IDF words and a logistic regression."""
+
+    def __init__(self, hp: dict[str, Any]) -> None:
+        params = hp["tfidf_baseline"]
+        self.vectorizer = TfidfVectorizer(
+            max_features=params["max_features"], ngram_range=(1, params["ngram_max"]), sublinear_tf=True, min_df=2
+        )
+        self.model = LogisticRegression(C=params["C"], max_iter=2000)
+
+    def fit(self, redacted: list[str], y: np.ndarray) -> TfidfBaseline:
+        self.model.fit(self.vectorizer.fit_transform(redacted), y)
+        return self
+
+    def predict(self, redacted: list[str]) -> np.ndarray:
+        return self.model.predict_proba(self.vectorizer.transform(redacted))[:, 1]
