@@ -70,8 +70,12 @@ def _workers(client: Any) -> int:
     return len(client.scheduler_info().get("workers", {}))
 
 
-def partitions_for(client: Any, config: ComputeConfig) -> int:
-    return config.partitions or max(2, 2 * (_workers(client) if client is not None else 1))
+def partitions_for(client: Any, config: ComputeConfig, rows: int = 0) -> int:
+    """Customer partitions: as configured, else two per worker and at most ``partition_rows`` rows each."""
+    if config.partitions:
+        return config.partitions
+    workers = _workers(client) if client is not None else 1
+    return max(2, 2 * workers, -(-rows // config.partition_rows))
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -354,7 +358,8 @@ def score_log(
         import dask
 
         partitioned = read_partitioned(pattern, mapping_path, assume_timezone)
-        customers = by_customer(partitioned.contacts, partitions_for(client, compute), compute.shuffle).persist()
+        partitions = partitions_for(client, compute, partitioned.n_input)
+        customers = by_customer(partitioned.contacts, partitions, compute.shuffle).persist()
         end = as_of(customers)
         agents = agent_history(customers, model.label_config, end, compute.shuffle)
         shared = client.scatter(model, broadcast=True)  # one copy, one loaded embedder, per worker

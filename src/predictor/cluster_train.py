@@ -44,6 +44,7 @@ from predictor.cluster import (
     worker_embedder,
 )
 from predictor.config import Settings
+from predictor.embed import Embedder
 from predictor.features import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
 from predictor.labels import derive, epoch_us
 from predictor.logs import quiet_lightgbm
@@ -102,6 +103,7 @@ def fit(
 
     hp = hyperparams or load_hyperparams(settings.hyperparams_path)
     compute = settings.compute
+    quiet_lightgbm()
     client.run(quiet_lightgbm)  # on every worker: they train the boosters
     with dask.config.set({"dataframe.shuffle.method": compute.shuffle}):
         return _fit(pattern, settings, client, hp, use_text, oracle, plots_dir, mapping_path, assume_timezone, stage)
@@ -137,7 +139,8 @@ def _fit(
     partitioned = read_partitioned(pattern, mapping_path, assume_timezone)
     if len(partitioned.rejections):
         log.warning("%d rows rejected by validation (see the rejections)", len(partitioned.rejections))
-    customers = by_customer(partitioned.contacts, partitions_for(client, compute), compute.shuffle).persist()
+    partitions = partitions_for(client, compute, partitioned.n_input)
+    customers = by_customer(partitioned.contacts, partitions, compute.shuffle).persist()
     wait(customers)  # each stage is waited for: its seconds are its own, not the next stage's
     end = as_of(customers)
     lap("reading")
@@ -174,8 +177,15 @@ def _fit(
     lap("features")
 
     heads = tfidf = None
+    model_id = None
     if embedding is not None:
         stage("text heads")
+        # Loaded here first: a derived model (model2vec's distillation, the ONNX export) is then built once,
+        # with this process's threads, into the cache folder the workers share, not by every worker at once
+        # (on the 20k log: 10 s instead of 75). Workers without that folder build their own.
+        local_embedder = Embedder(embedding)
+        log.info("embedding model %s: %d dimensions", local_embedder.model_id, local_embedder.dimension)
+        model_id = local_embedder.model_id
         heads, oof, tfidf = _fit_heads(customers, agents, table, settings, end, hp, counts["train"], client)
         lap("text_heads")
         stage("embeddings")
@@ -252,7 +262,7 @@ def _fit(
     )
     lap("evaluation")
 
-    params = training_params(settings, hp, worker_model_id(client, embedding), heads, counts)
+    params = training_params(settings, hp, model_id, heads, counts)
     params |= {
         "compute": "dask",
         "dask_workers": _workers(client),
@@ -450,7 +460,9 @@ def _fit_heads(
             customers.to_delayed(), agents.to_delayed(), table.to_delayed(), strict=True
         )
     ]
+    started = time.perf_counter()
     sample = pd.concat(dask.compute(*parts), ignore_index=True)
+    log.info("text heads: embedded and collected %d rows in %.1f s", len(sample), time.perf_counter() - started)
     # One order whatever the partitioning, so the folds (and the heads) do not depend on it.
     sample = sample.sort_values(["closed_us", "contact_id"], kind="stable").reset_index(drop=True)
     log.info("text heads: %d training rows of %d (%.0f%%)", len(sample), n_train, 100 * len(sample) / max(n_train, 1))
@@ -587,10 +599,3 @@ def fingerprint(customers: Any) -> str:
     ).compute()
     total = sum(int(s) for s in sums) % 2**64
     return hashlib.sha256(total.to_bytes(8, "little")).hexdigest()[:16]
-
-
-def worker_model_id(client: Any, embedding: Any) -> str | None:
-    """The embedding model's id, as the workers load it (None: no text)."""
-    if embedding is None:
-        return None
-    return client.submit(lambda config: worker_embedder(config).model_id, embedding, pure=False).result()

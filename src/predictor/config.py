@@ -48,7 +48,11 @@ class ComputeConfig(BaseModel):
     scheduler: str | None = Field(None, description="Address of a running Dask scheduler, e.g. tcp://host:8786.")
     local_cluster: int = Field(0, ge=0, description="Start a local Dask cluster with this many worker processes.")
     threads_per_worker: int = Field(1, ge=1)
-    partitions: int | None = Field(None, ge=1, description="Customer partitions; default twice the workers.")
+    partitions: int | None = Field(
+        None, ge=1, description="Customer partitions; default two per worker, at most partition_rows rows each."
+    )
+    # A partition's features, embeddings included, are built at once: 100k contacts is ~1 GB of them.
+    partition_rows: int = Field(100_000, ge=1000)
     # Dask's task shuffle is quiet and fine for tens to hundreds of partitions; "p2p" streams through Arrow
     # and keeps memory flat for very large logs (it logs a warning per shuffle).
     shuffle: Literal["tasks", "p2p"] = "tasks"

@@ -15,7 +15,9 @@ import io
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
@@ -289,8 +291,16 @@ class _StaticEncoder:
             # Its tqdm bar ignores TQDM_DISABLE once tqdm is imported, and would flood logs with one long line.
             with contextlib.redirect_stderr(io.StringIO()):
                 static = distill(model_name=model_path, pca_dims=self.PCA_DIMS)
-            static.save_pretrained(str(target))
-            log.info("distilled a static embedding model to %s", target)
+            # Written aside, then renamed: Dask workers sharing the folder may distill at the same time,
+            # and none may read a half-written model.
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+            staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+            static.save_pretrained(str(staging))
+            try:
+                staging.rename(target)
+                log.info("distilled a static embedding model to %s", target)
+            except OSError:  # another process got there first: use its copy
+                shutil.rmtree(staging, ignore_errors=True)
         self.model = StaticModel.from_pretrained(str(target))
         self.dimension = int(self.model.dim)
 
