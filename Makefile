@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-deps test-fast lint demo serve bench clean
+.PHONY: help install test test-deps test-fast lint demo serve bench bench-cluster clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -70,3 +70,6 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_cluster.py --n 100000
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers
+
+bench-cluster: install ## Training on 1M contacts in-process vs a local Dask cluster, per stage (~1.5 h here)
+	$(BIN)/python benchmarks/bench_cluster_train.py --n 1000000

@@ -98,14 +98,11 @@ def child(mode: str, exports: Path, workers: int, work: Path, out: Path) -> None
 
     settings = Settings(embedding=EmbeddingConfig(cache_dir=work / f"cache-{mode}"))
     if mode == "in-process":
-        import pandas as pd
-
-        from predictor.cluster import input_files
-        from predictor.schema import load_contacts
+        from predictor.schema import load_files
         from predictor.train import fit
 
         stage("reading")
-        contacts = pd.concat([load_contacts(f).contacts for f in input_files(exports)], ignore_index=True)
+        contacts = load_files(exports).contacts
         result = fit(contacts, settings, ablation=False, stage=stage)
     else:
         from predictor import cluster_train

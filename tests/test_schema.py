@@ -11,7 +11,15 @@ from conftest import contact, frame
 from typer.testing import CliRunner
 
 from predictor.cli import app
-from predictor.schema import ColumnMapping, SchemaError, load_contacts, read_log, validate, write_table
+from predictor.schema import (
+    ColumnMapping,
+    SchemaError,
+    load_contacts,
+    load_files,
+    read_log,
+    validate,
+    write_table,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -119,6 +127,32 @@ def test_round_trip_through_every_format(tmp_path: Path, small_log, suffix: str)
         small_log.contacts["closed_at"].head(200).astype("datetime64[ns, UTC]"),
         check_names=False,
     )
+
+
+def test_a_directory_of_exports_is_one_log_and_loses_no_row(tmp_path: Path, small_log) -> None:
+    contacts = small_log.contacts.head(300).astype(object).copy()
+    contacts.loc[10, "channel"] = "pager"  # rejected in the first file
+    write_table(contacts.iloc[:150], tmp_path / "day-1.csv")
+    # The second file repeats the first file's last contact (an overlapping export) and breaks a row.
+    second = pd.concat([contacts.iloc[149:150], contacts.iloc[150:]], ignore_index=True)
+    second.loc[5, "customer_id"] = ""
+    write_table(second, tmp_path / "day-2.parquet")
+
+    result = load_files(tmp_path)
+    assert result.n_input == 301
+    assert result.n_accepted + result.n_rejected_rows == result.n_input
+    assert reasons(result) == {
+        (11, "channel", "unknown channel"),
+        (151, "contact_id", "duplicate of a contact in an earlier file"),
+        (156, "customer_id", "missing value"),
+    }
+    assert result.rejections["file"].tolist() == [
+        str(tmp_path / name) for name in ("day-1.csv", *["day-2.parquet"] * 2)
+    ]
+    assert result.contacts["contact_id"].is_unique and result.n_accepted == 298
+    assert load_files(str(tmp_path / "day-*")).n_input == 301  # a glob names the same files
+    with pytest.raises(SchemaError, match="no input files"):
+        load_files(tmp_path / "nothing-*.csv")
 
 
 def test_foreign_export_loads_through_a_mapping() -> None:

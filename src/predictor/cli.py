@@ -616,10 +616,11 @@ def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - 
 
 
 def _load(path: Path, mapping: Path | None, assume_timezone: str | None):  # noqa: ANN202
-    from predictor.schema import SchemaError, load_contacts
+    """A log: one file, a directory of exports or a glob (read as one log, rows numbered on across files)."""
+    from predictor.schema import SchemaError, load_files
 
     try:
-        return load_contacts(path, mapping, assume_timezone)
+        return load_files(path, mapping, assume_timezone)
     except SchemaError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

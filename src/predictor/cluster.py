@@ -16,7 +16,6 @@ With ``ComputeConfig`` unset everything runs in-process, as before.
 
 from __future__ import annotations
 
-import glob
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from predictor.config import ComputeConfig, EmbeddingConfig, LabelConfig
 from predictor.embed import Embedder
 from predictor.features import AGENT_COLUMNS, agent_features, agent_windows, build
 from predictor.labels import derive, epoch_us
-from predictor.schema import SchemaError, load_contacts, validate
+from predictor.schema import input_files, load_contacts, validate
 
 log = logging.getLogger(__name__)
 _QUERY, _WINDOW = "query", "window"
@@ -87,23 +86,6 @@ class PartitionedLog:
     files: list[Path]
     n_input: int
     rejections: pd.DataFrame  # file, row, contact_id, field, reason
-
-
-def input_files(pattern: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The files a log argument names: a file, a directory of exports, or a glob ("exports/2026-*.csv")."""
-    if isinstance(pattern, str | Path):
-        path = Path(pattern)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        elif path.exists():
-            files = [path]
-        else:
-            files = sorted(Path(p) for p in glob.glob(str(pattern)))
-    else:
-        files = [Path(p) for p in pattern]
-    if not files:
-        raise SchemaError(f"{pattern}: no input files")
-    return files
 
 
 def read_partitioned(

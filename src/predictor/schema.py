@@ -7,7 +7,9 @@ The pandera model is the contract of what leaves this module (dtypes and invaria
 
 from __future__ import annotations
 
+import glob
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -301,6 +303,64 @@ def load_contacts(
         assume_timezone=assume_timezone or (mapping.timezone if mapping else None),
         timestamp_format=mapping.timestamp_format if mapping else None,
     )
+
+
+def input_files(pattern: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The files a log argument names: a file, a directory of exports, or a glob ("exports/2026-*.csv")."""
+    if isinstance(pattern, str | Path):
+        path = Path(pattern)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif path.exists():
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in glob.glob(str(pattern)))
+    else:
+        files = [Path(p) for p in pattern]
+    if not files:
+        raise SchemaError(f"{pattern}: no input files")
+    return files
+
+
+def load_files(
+    pattern: str | Path | Sequence[str | Path],
+    mapping_path: str | Path | None = None,
+    assume_timezone: str | None = None,
+) -> ValidationResult:
+    """``load_contacts`` over every file a log argument names, as one log.
+
+    Rejections gain a ``file`` column, and their ``row`` numbers run on across files (the first file's
+    rows first), so every rejected row is counted once. A contact id seen in an earlier file is rejected.
+    """
+    files = input_files(pattern)
+    if len(files) == 1:
+        return load_contacts(files[0], mapping_path, assume_timezone)
+    accepted, rejected, rows, names, offset = [], [], [], [], 0
+    for path in files:
+        result = load_contacts(path, mapping_path, assume_timezone)
+        accepted.append(result.contacts)
+        rejected.append(result.rejections.assign(row=result.rejections["row"] + offset, file=str(path)))
+        # Accepted rows keep their order: their numbers are the file's rows that were not rejected.
+        rows.append(np.setdiff1d(np.arange(1, result.n_input + 1), result.rejections["row"].unique()) + offset)
+        names.append(np.full(result.n_accepted, str(path), dtype=object))
+        offset += result.n_input
+    contacts = pd.concat(accepted, ignore_index=True)
+    repeated = contacts["contact_id"].duplicated().to_numpy()
+    if repeated.any():
+        rejected.append(
+            pd.DataFrame(
+                {
+                    "row": np.concatenate(rows)[repeated],
+                    "contact_id": contacts.loc[repeated, "contact_id"].to_numpy(),
+                    "field": "contact_id",
+                    "reason": "duplicate of a contact in an earlier file",
+                    "file": np.concatenate(names)[repeated],
+                }
+            )
+        )
+        contacts = contacts[~repeated].reset_index(drop=True)
+    rejections = pd.concat(rejected, ignore_index=True).sort_values(["row", "field"], ignore_index=True)
+    return ValidationResult(contacts, rejections, offset)
 
 
 def _as_text(values: pd.Series) -> pd.Series:
