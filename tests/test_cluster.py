@@ -30,6 +30,7 @@ from predictor.embed import Embedder
 from predictor.features import build
 from predictor.labels import derive
 from predictor.schema import read_log, validate, write_table
+from predictor.store import ContactStore
 
 pytestmark = pytest.mark.slow
 CLUSTER = ComputeConfig(local_cluster=2, partitions=4)
@@ -102,8 +103,10 @@ def test_labels_and_features_equal_the_local_path(client, exports: Path, local: 
 def test_batch_scores_equal_the_local_path(client, trained, exports: Path, tmp_path: Path) -> None:
     result, contacts = trained
     model = result.model
-    summary = score_log(exports, model, tmp_path / "predictions.parquet", CLUSTER)
+    store = f"sqlite:///{tmp_path / 'contacts.db'}"
+    summary = score_log(exports, model, tmp_path / "predictions.parquet", CLUSTER, store_url=store)
     assert summary.workers == 2 and summary.scored == len(contacts) and summary.duplicates == 0
+    assert ContactStore(store).count() == len(contacts)  # both workers wrote their partitions
     assert summary.n_input == len(contacts) + 1 and len(summary.rejections) == 1
     got = by_id(pd.read_parquet(tmp_path / "predictions.parquet"))
     expected = by_id(model.predict(contacts.reset_index(drop=True), history=contacts))

@@ -418,6 +418,10 @@ def score(
     local_cluster: LocalClusterOption = 0,
     partitions: PartitionsOption = None,
     model_version: Annotated[str | None, typer.Option(help="Registered version (default: the champion).")] = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option(help="Also load the contacts into this contact store (SQLAlchemy URL) as the service's history."),
+    ] = None,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
 ) -> None:
@@ -440,7 +444,7 @@ def score(
         where = _where(compute)
         progress.update(task, description=f"scoring with version {version}" + (f" on {where}" if where else ""))
         try:
-            summary = score_log(log_path, model, out, compute, mapping, assume_timezone)
+            summary = score_log(log_path, model, out, compute, mapping, assume_timezone, store_url)
         except SchemaError as exc:
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
@@ -453,6 +457,8 @@ def score(
     if summary.duplicates:
         console.print(f"[yellow]{summary.duplicates:,} rows repeat a contact_id seen in another file: scored once[/]")
     _print_rejections(summary.rejections, summary.n_input)
+    if store_url:
+        console.print(f"contacts loaded into the contact store at {store_url} (history for the service)")
 
 
 @app.command()

@@ -320,11 +320,14 @@ def score_log(
     compute: ComputeConfig,
     mapping_path: str | Path | None = None,
     assume_timezone: str | None = None,
+    store_url: str | None = None,
 ) -> ScoringSummary:
     """Score every contact of a log (file, directory or glob) point-in-time; predictions to Parquet.
 
     In-process: one Parquet file. On a cluster: a directory of Parquet parts written partition by
-    partition (``pandas.read_parquet`` reads either), so no machine holds the whole log.
+    partition (``pandas.read_parquet`` reads either), so no machine holds the whole log. With
+    ``store_url`` the contacts are also loaded into the service's contact store (as history for the
+    contacts the service will score, without answers: a batch score is not a close-time response).
     """
     with connect(compute) as client:
         if client is None:
@@ -334,6 +337,8 @@ def score_log(
             predictions = model.predict(contacts, history=contacts)
             out.parent.mkdir(parents=True, exist_ok=True)
             predictions.to_parquet(out, index=False)
+            if store_url:
+                _store_partition(contacts, store_url)
             rejections = pd.concat([p[1] for p in parts], ignore_index=True)
             n_input = sum(p[2] for p in parts)
             return ScoringSummary(len(predictions), n_input, len(valid) - len(contacts), rejections, out, 0)
@@ -347,6 +352,8 @@ def score_log(
         shared = client.scatter(model, broadcast=True)  # one copy, one loaded embedder, per worker
         predictions = score(customers, agents, shared, end)
         predictions.to_parquet(out, write_index=False)
+        if store_url:
+            customers.map_partitions(_store_partition, store_url, meta=(None, "int64")).compute()
         valid, scored, distinct = dask.compute(
             partitioned.contacts.map_partitions(len).sum(),
             customers.map_partitions(len).sum(),
@@ -361,3 +368,14 @@ def score_log(
         return ScoringSummary(
             int(scored), partitioned.n_input, int(valid - scored), partitioned.rejections, out, _workers(client)
         )
+
+
+def _store_partition(contacts: pd.DataFrame, store_url: str, chunk: int = 5000) -> pd.Series:
+    """Contacts into the store in short transactions: writers on other workers wait seconds, not minutes."""
+    from predictor.store import ContactStore
+
+    store = ContactStore(store_url)
+    for start in range(0, len(contacts), chunk):
+        store.load_frame(contacts.iloc[start : start + chunk])
+    store.engine.dispose()
+    return pd.Series([len(contacts)], dtype="int64")

@@ -186,6 +186,7 @@ def _fit(
         local_embedder = Embedder(embedding)
         log.info("embedding model %s: %d dimensions", local_embedder.model_id, local_embedder.dimension)
         model_id = local_embedder.model_id
+        del local_embedder
         heads, oof, tfidf = _fit_heads(customers, agents, table, settings, end, hp, counts["train"], client)
         lap("text_heads")
         stage("embeddings")
@@ -202,7 +203,7 @@ def _fit(
         align_dataframes=False,
     ).persist()  # fmt: skip
     wait(design)
-    del table, scores
+    del table, scores, train_rows  # the design holds what the rest needs
     text_columns = heads.columns if heads is not None else []
     X_columns = [*feature_columns, *text_columns]
     lap("embeddings")
