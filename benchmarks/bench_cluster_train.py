@@ -95,6 +95,8 @@ def child(mode: str, exports: Path, workers: int, work: Path, out: Path) -> None
 
     def stage(name: str) -> None:
         stamps.append((name, time.time()))
+        # Written as they come: a run stopped for its memory still says how far it got.
+        out.write_text(json.dumps({"stamps": stamps}))
 
     settings = Settings(embedding=EmbeddingConfig(cache_dir=work / f"cache-{mode}"))
     if mode == "in-process":
@@ -153,13 +155,11 @@ def run(mode: str, args: argparse.Namespace, work: Path) -> dict:
         time.sleep(0.5)
     wall = time.time() - started
     row: dict = {"seconds": round(wall, 1), "peak_rss_gb": round(max(r for _, r in samples) / 2**30, 2)}
-    if stopped or process.returncode != 0 or not out.exists():
-        row["failed"] = f"stopped above {args.memory_limit} GB" if stopped else f"exit code {process.returncode}"
-        row["stages"] = {}
-        return row
-    child_result = json.loads(out.read_text())
+    child_result = json.loads(out.read_text()) if out.exists() else {"stamps": []}
     names = STAGES_LOCAL if mode == "in-process" else STAGES_CLUSTER
     stamps = child_result["stamps"]
+    if stamps and stamps[-1][0] != "end":
+        stamps.append(("end", time.time()))
     stages: dict[str, dict[str, float]] = {}
     for (name, begin), (_, end) in itertools.pairwise(stamps):
         label = names.get(name, name)
@@ -168,6 +168,11 @@ def run(mode: str, args: argparse.Namespace, work: Path) -> dict:
         entry["seconds"] = round(entry["seconds"] + end - begin, 1)
         entry["peak_rss_gb"] = max(entry["peak_rss_gb"], round(peak / 2**30, 2))
     row["stages"] = stages
+    if stopped or process.returncode != 0 or "counts" not in child_result:
+        reached = names.get(stamps[-2][0], stamps[-2][0]) if len(stamps) > 1 else "start"
+        why = f"stopped above {args.memory_limit} GB" if stopped else f"exit code {process.returncode}"
+        row["failed"] = f"{why} in {reached}"
+        return row
     row |= {k: child_result[k] for k in ("counts", "roc_auc", "ece", "top3")}
     return row
 

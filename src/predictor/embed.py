@@ -127,14 +127,20 @@ class Embedder:
         found = cache.get_many(list(raw_keys.values())) if cache is not None else {}
         by_raw = {t: found[k] for t, k in raw_keys.items() if k in found}
         missing = [t for t in unique_raw if t not in by_raw]
-        if missing:
-            prepared = self.prepare(missing, strategy)
-            vectors = self._cached_encode(sorted({p for p in prepared if p.strip()}), progress)
-            fresh = [(t, vectors[p]) for t, p in zip(missing, prepared, strict=True) if p in vectors]
-            cache.put_many([(raw_keys[t], v) for t, v in fresh])
-            by_raw.update(fresh)
-        else:
-            log.info("embedding %d distinct texts: all cached", len(unique_raw))
+        log.info("embedding %d distinct texts: %d cached, %d to encode", len(unique_raw), len(by_raw), len(missing))
+        with _progress_bar(progress, len(missing)) as bar:
+            task = bar.add_task("embedding transcripts", total=len(missing)) if bar else None
+            # In chunks: the tokenizer's ids for every text of a large log at once (Python lists of ints)
+            # took more than 20 GB for a million transcripts; a chunk's take a few hundred MB.
+            for start in range(0, len(missing), PREPARE_CHUNK):
+                chunk = missing[start : start + PREPARE_CHUNK]
+                prepared = self.prepare(chunk, strategy)
+                vectors = self._cached_encode(sorted({p for p in prepared if p.strip()}))
+                fresh = [(t, vectors[p]) for t, p in zip(chunk, prepared, strict=True) if p in vectors]
+                cache.put_many([(raw_keys[t], v) for t, v in fresh])
+                by_raw.update(fresh)
+                if bar:
+                    bar.advance(task, len(chunk))
         dim = next(iter(by_raw.values())).shape[0] if by_raw else self.dimension
         out = np.zeros((len(texts), dim), dtype=np.float32)
         for i, text in enumerate(texts):
@@ -147,7 +153,7 @@ class Embedder:
         return hashlib.sha256(f"{self.model_id}\0{text}".encode()).hexdigest()
 
     # -- internals --------------------------------------------------------------------------------------
-    def _cached_encode(self, unique: list[str], progress: bool) -> dict[str, np.ndarray]:
+    def _cached_encode(self, unique: list[str]) -> dict[str, np.ndarray]:
         if not unique:
             return {}
         cache = self._get_cache()
@@ -155,29 +161,24 @@ class Embedder:
         found = cache.get_many(list(keys.values()))
         result = {t: found[k] for t, k in keys.items() if k in found}
         todo = [t for t in unique if t not in result]
-        log.info("embedding %d distinct texts: %d cached, %d to encode", len(unique), len(result), len(todo))
+        log.debug("encoding %d distinct model inputs: %d cached, %d to encode", len(unique), len(result), len(todo))
         if todo:
-            fresh = self._encode_uncached(todo, progress)
+            fresh = self._encode_uncached(todo)
             cache.put_many([(keys[t], v) for t, v in zip(todo, fresh, strict=True)])
             result.update(zip(todo, fresh, strict=True))
         return result
 
-    def _encode_uncached(self, texts: list[str], progress: bool) -> np.ndarray:
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
         model = self._load()
         # Sorting by length keeps padding low inside each batch.
         order = np.argsort([len(t) for t in texts])
         sorted_texts = [texts[i] for i in order]
         batch = self.config.batch_size
         chunks = []
-        bar = _progress_bar(progress, len(texts))
-        with bar as p:
-            task = p.add_task("embedding transcripts", total=len(texts)) if p else None
-            for start in range(0, len(sorted_texts), batch * 8):
-                part = sorted_texts[start : start + batch * 8]
-                with self._lock:
-                    chunks.append(model.encode(part, batch))
-                if p:
-                    p.advance(task, len(part))
+        for start in range(0, len(sorted_texts), batch * 8):
+            part = sorted_texts[start : start + batch * 8]
+            with self._lock:
+                chunks.append(model.encode(part, batch))
         vectors = np.concatenate(chunks)
         out = np.empty_like(vectors)
         out[order] = vectors
@@ -412,6 +413,9 @@ def _file_digest(path: Path) -> str:
     with path.open("rb") as fh:
         head = fh.read(1 << 20)
     return hashlib.sha256(head + str(path.stat().st_size).encode()).hexdigest()
+
+
+PREPARE_CHUNK = 20_000  # texts tokenized, cut and embedded at a time
 
 
 class _NoProgress:
