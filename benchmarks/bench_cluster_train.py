@@ -89,7 +89,12 @@ def simulate_exports(n: int, folder: Path) -> Path:
 
 # -- the child: one training run, stage stamps to a JSON file ------------------------------------------
 def child(mode: str, exports: Path, workers: int, work: Path, out: Path) -> None:
+    import logging
+
     from predictor.config import ComputeConfig, EmbeddingConfig, Settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("predictor").setLevel(logging.INFO)  # what each stage did, in the benchmark's log
 
     stamps: list[tuple[str, float]] = []
 
@@ -121,6 +126,7 @@ def child(mode: str, exports: Path, workers: int, work: Path, out: Path) -> None
         json.dumps(
             {
                 "stamps": stamps,
+                "timings": result.timings,
                 "counts": result.split.counts,
                 "roc_auc": {name: float(metrics.loc[name, "roc_auc"]) for name in metrics.index},
                 "ece": float(metrics.loc["model", "ece"]),
@@ -173,7 +179,7 @@ def run(mode: str, args: argparse.Namespace, work: Path) -> dict:
         why = f"stopped above {args.memory_limit} GB" if stopped else f"exit code {process.returncode}"
         row["failed"] = f"{why} in {reached}"
         return row
-    row |= {k: child_result[k] for k in ("counts", "roc_auc", "ece", "top3")}
+    row |= {k: child_result[k] for k in ("counts", "roc_auc", "ece", "top3", "timings")}
     return row
 
 

@@ -187,7 +187,10 @@ def _fit(
         log.info("embedding model %s: %d dimensions", local_embedder.model_id, local_embedder.dimension)
         model_id = local_embedder.model_id
         del local_embedder
-        heads, oof, tfidf = _fit_heads(customers, agents, table, settings, end, hp, counts["train"], client)
+        heads, oof, tfidf, sample_seconds = _fit_heads(
+            customers, agents, table, settings, end, hp, counts["train"], client
+        )
+        timings["text_heads.sample"] = round(sample_seconds, 3)  # part of text_heads: embedding the sample
         lap("text_heads")
         stage("embeddings")
         shared = client.scatter([heads, oof, tfidf], broadcast=True)
@@ -451,7 +454,8 @@ def _fit_heads(
     hp: dict[str, Any],
     n_train: int,
     client: Any,
-) -> tuple[TextHeads, pd.DataFrame, TfidfBaseline]:
+) -> tuple[TextHeads, pd.DataFrame, TfidfBaseline, float]:
+    """The heads fitted here on a sample of the training slice embedded on the workers (and its seconds)."""
     import dask
 
     fraction = min(1.0, settings.compute.text_head_rows / max(n_train, 1))
@@ -463,7 +467,8 @@ def _fit_heads(
     ]
     started = time.perf_counter()
     sample = pd.concat(dask.compute(*parts), ignore_index=True)
-    log.info("text heads: embedded and collected %d rows in %.1f s", len(sample), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    log.info("text heads: embedded and collected %d rows in %.1f s", len(sample), seconds)
     # One order whatever the partitioning, so the folds (and the heads) do not depend on it.
     sample = sample.sort_values(["closed_us", "contact_id"], kind="stable").reset_index(drop=True)
     log.info("text heads: %d training rows of %d (%.0f%%)", len(sample), n_train, 100 * len(sample) / max(n_train, 1))
@@ -480,7 +485,7 @@ def _fit_heads(
     labels["is_repeat"] = labels["is_repeat"].astype("boolean")
     heads, oof = fit_text_heads(text, head_targets(labels), pd.Index(sample["contact_id"]), hp)
     tfidf = TfidfBaseline(hp).fit(text.texts, labels["is_repeat"].astype(int).to_numpy())
-    return heads, oof, tfidf
+    return heads, oof, tfidf, seconds
 
 
 def _collect(frame: Any) -> pd.DataFrame:
