@@ -47,6 +47,12 @@ def connect(config: ComputeConfig) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
+    # Importing distributed sets its own loggers to INFO (every worker start, stop and client): keep what
+    # our commands say readable, unless debugging.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
     if config.scheduler:
         with Client(config.scheduler) as client:
             log.info("connected to the Dask scheduler at %s (%d workers)", config.scheduler, _workers(client))
