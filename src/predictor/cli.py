@@ -39,7 +39,9 @@ SchedulerOption = Annotated[
 LocalClusterOption = Annotated[
     int, typer.Option(help="Run on a local Dask cluster with N worker processes (0: in-process).", min=0)
 ]
-PartitionsOption = Annotated[int | None, typer.Option(help="Customer partitions (default: twice the workers).")]
+PartitionsOption = Annotated[
+    int | None, typer.Option(help="Customer partitions (default: two per worker, at most 100k contacts each).")
+]
 
 
 @app.callback()
