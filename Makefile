@@ -71,5 +71,5 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers
 
-bench-cluster: install ## Training on 1M contacts in-process vs a local Dask cluster, per stage (~1.5 h here)
+bench-cluster: install ## Training on 1M contacts in-process vs a local Dask cluster, per stage (~45 min here)
 	$(BIN)/python benchmarks/bench_cluster_train.py --n 1000000
