@@ -30,7 +30,7 @@ from predictor.config import ComputeConfig, EmbeddingConfig, LabelConfig
 from predictor.embed import Embedder
 from predictor.features import AGENT_COLUMNS, agent_features, agent_windows, build
 from predictor.labels import derive, epoch_us
-from predictor.schema import input_files, load_contacts, validate
+from predictor.schema import REPEATED_IN_LATER_FILE, input_files, load_contacts, load_files, validate
 
 log = logging.getLogger(__name__)
 _QUERY, _WINDOW = "query", "window"
@@ -337,17 +337,17 @@ def score_log(
     """
     with connect(compute) as client:
         if client is None:
-            parts = [_load_file(f, mapping_path, assume_timezone) for f in input_files(pattern)]
-            valid = pd.concat([p[0] for p in parts], ignore_index=True)
-            contacts = valid.drop_duplicates("contact_id").reset_index(drop=True)
+            loaded = load_files(pattern, mapping_path, assume_timezone)
+            contacts = loaded.contacts
             predictions = model.predict(contacts, history=contacts)
             out.parent.mkdir(parents=True, exist_ok=True)
             predictions.to_parquet(out, index=False)
             if store_url:
                 _store_partition(contacts, store_url)
-            rejections = pd.concat([p[1] for p in parts], ignore_index=True)
-            n_input = sum(p[2] for p in parts)
-            return ScoringSummary(len(predictions), n_input, len(valid) - len(contacts), rejections, out, 0)
+            # As on the cluster: a contact repeated in a later file is scored once and counted, not rejected.
+            repeated = (loaded.rejections["reason"] == REPEATED_IN_LATER_FILE).to_numpy(dtype=bool)
+            rejections = loaded.rejections[~repeated].reset_index(drop=True)
+            return ScoringSummary(len(predictions), loaded.n_input, int(repeated.sum()), rejections, out, 0)
         import dask
 
         partitioned = read_partitioned(pattern, mapping_path, assume_timezone)

@@ -64,6 +64,7 @@ from predictor.train import (
     fit_text_heads,
     head_targets,
     load_hyperparams,
+    next_issue_classes,
     slice_codes,
     split_boundaries,
     training_params,
@@ -559,8 +560,7 @@ def _fit_next_issue(client: Any, train: Any, columns: list[str], hp: dict[str, A
     params = dict(hp["next_issue"])
     min_examples = params.pop("min_class_examples")
     counts = repeats[LABEL + "next_issue"].astype(str).value_counts().compute()
-    frequent = sorted(counts[counts >= min_examples].index)
-    classes = sorted({*frequent, *([OTHER] if (counts < min_examples).any() else [])})
+    classes = next_issue_classes(counts, min_examples)
     codes = {c: k for k, c in enumerate(classes)}
     target = (
         repeats[LABEL + "next_issue"]

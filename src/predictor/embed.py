@@ -38,6 +38,7 @@ _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b\d{6,}\b"), "[NUMBER]"),
 )
 SEPARATOR = " ... "
+PREPARE_CHUNK = 20_000  # texts tokenized, cut and embedded at a time
 
 
 def redact(text: str) -> str:
@@ -413,9 +414,6 @@ def _file_digest(path: Path) -> str:
     with path.open("rb") as fh:
         head = fh.read(1 << 20)
     return hashlib.sha256(head + str(path.stat().st_size).encode()).hexdigest()
-
-
-PREPARE_CHUNK = 20_000  # texts tokenized, cut and embedded at a time
 
 
 class _NoProgress:

@@ -31,8 +31,13 @@ def quiet_lightgbm() -> None:
 
     logger = logging.getLogger("lightgbm")
     logger.setLevel(logging.WARNING)
-    # lightgbm.dask sets each worker's threads itself, and warns so on every fit.
-    logger.addFilter(lambda record: "n_jobs will be ignored" not in record.getMessage())
+    if _drop_n_jobs_notice not in logger.filters:  # called once per command and per Dask worker
+        logger.addFilter(_drop_n_jobs_notice)
     lightgbm.register_logger(logger)
     # Still printed: the socket set-up of distributed training, logged by the library before it reads any
     # parameter, in each worker's training thread (LightGBM's log callback is per thread).
+
+
+def _drop_n_jobs_notice(record: logging.LogRecord) -> bool:
+    """lightgbm.dask sets each worker's threads itself, and warns so on every fit."""
+    return "n_jobs will be ignored" not in record.getMessage()

@@ -322,6 +322,9 @@ def input_files(pattern: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+REPEATED_IN_LATER_FILE = "duplicate of a contact in an earlier file"
+
+
 def load_files(
     pattern: str | Path | Sequence[str | Path],
     mapping_path: str | Path | None = None,
@@ -353,7 +356,7 @@ def load_files(
                     "row": np.concatenate(rows)[repeated],
                     "contact_id": contacts.loc[repeated, "contact_id"].to_numpy(),
                     "field": "contact_id",
-                    "reason": "duplicate of a contact in an earlier file",
+                    "reason": REPEATED_IN_LATER_FILE,
                     "file": np.concatenate(names)[repeated],
                 }
             )

@@ -466,13 +466,17 @@ def _fit_next_issue(
     target = labelled_train["next_issue"].astype(str).to_numpy()[repeats]
     params = dict(hp["next_issue"])
     min_examples = params.pop("min_class_examples")
-    counts = pd.Series(target).value_counts()
-    frequent = set(counts[counts >= min_examples].index)
-    target = np.where(np.isin(target, list(frequent)), target, OTHER)
-    classes = sorted(set(target))
+    classes = next_issue_classes(pd.Series(target).value_counts(), min_examples)
+    target = np.where(np.isin(target, classes), target, OTHER)
     model = lgb.LGBMClassifier(objective="multiclass", random_state=0, n_jobs=2, verbose=-1, **params)
     model.fit(X_train[repeats], pd.Categorical(target, categories=classes).codes)
     return _ClassNames(model, classes), classes
+
+
+def next_issue_classes(counts: pd.Series, min_examples: int) -> list[str]:
+    """The next issues the multiclass model tells apart: those with enough repeats, the rest as one ``other``."""
+    frequent = counts[counts >= min_examples].index.astype(str).tolist()
+    return sorted({*frequent, *([OTHER] if (counts < min_examples).any() else [])})
 
 
 class _ClassNames:
