@@ -20,7 +20,7 @@ import numpy as np
 import results
 
 from predictor.api import contact_json
-from predictor.config import EmbeddingConfig, RegistryConfig, Settings
+from predictor.config import PACKAGE_DATA, EmbeddingConfig, RegistryConfig, Settings
 from predictor.devserver import running_service
 from predictor.embed import Embedder
 from predictor.registry import log_and_register
@@ -66,7 +66,7 @@ def main() -> None:
         "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(settings.registry.artifact_root),
         "PREDICTOR_EMBEDDING__CACHE_DIR": str(work / "cache"),
         "PREDICTOR_SERVICE__STORE_URL": store_url,
-        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(Path("data/followup_scripts.yaml").resolve()),
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(PACKAGE_DATA / "followup_scripts.yaml"),
     }
     rows = fresh.to_dict("records")
     report: dict = {}

@@ -25,7 +25,7 @@ from predictor.cluster import (
     read_partitioned,
     score_log,
 )
-from predictor.config import ComputeConfig, LabelConfig
+from predictor.config import PACKAGE_DATA, ComputeConfig, LabelConfig
 from predictor.embed import Embedder
 from predictor.features import build
 from predictor.labels import derive
@@ -208,7 +208,7 @@ def test_train_command_on_a_local_cluster(exports: Path, settings, tmp_path: Pat
         "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir),
         "PREDICTOR_SERVICE__PLAN_PATH": str(tmp_path / "plan.yaml"),
-        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(Path(__file__).parents[1] / "data" / "followup_scripts.yaml"),
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(PACKAGE_DATA / "followup_scripts.yaml"),
     }
     predictor = str(Path(sys.executable).parent / "predictor")
     command = [predictor, "train", str(exports), "--local-cluster", "2", "--plots-dir", str(tmp_path / "plots")]

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from predictor.config import PACKAGE_DATA
 from predictor.schema import write_table
 from predictor.simulate import truth_path
 
@@ -27,7 +28,7 @@ def notebook_env(train_log, settings, workdir: Path) -> dict[str, str]:
         "PREDICTOR_REGISTRY__TRACKING_URI": f"sqlite:///{workdir / 'notebooks-mlflow.db'}",
         "PREDICTOR_REGISTRY__ARTIFACT_ROOT": str(workdir / "notebooks-artifacts"),
         "PREDICTOR_EMBEDDING__CACHE_DIR": str(settings.embedding.cache_dir),  # warm from the training fixture
-        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(ROOT / "data" / "followup_scripts.yaml"),
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(PACKAGE_DATA / "followup_scripts.yaml"),
     }
 
 

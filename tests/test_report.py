@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from predictor.config import PACKAGE_DATA
 from predictor.labels import derive
 from predictor.plan import FollowUpPlan, mine
 from predictor.report import ReportConfig, build, wilson, write
@@ -19,7 +20,7 @@ def report(trained, settings):
     result, contacts = trained
     predictions = result.model.predict(contacts, contacts)
     labelled = derive(contacts, settings.labels)
-    followup = FollowUpPlan.from_yaml(ROOT / "data" / "followup_scripts.yaml")
+    followup = FollowUpPlan.from_yaml(PACKAGE_DATA / "followup_scripts.yaml")
     plan = mine(labelled, followup)
     config = ReportConfig(min_agent_volume=40, high_risk_rows=25)
     return build(labelled, predictions, followup, plan, config, model_version="7"), predictions, labelled

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from predictor.api import contact_json
+from predictor.config import PACKAGE_DATA
 from predictor.devserver import running_service
 from predictor.registry import log_and_register, pyfunc_input
 from predictor.store import ContactStore
@@ -57,7 +58,7 @@ def served(trained, settings, workdir: Path) -> Iterator[dict]:
         "PREDICTOR_SERVICE__STORE_URL": store_url,
         "PREDICTOR_API_TOKEN": TOKEN,
         "PREDICTOR_SERVICE__MAX_BATCH": str(MAX_BATCH),
-        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(ROOT / "data" / "followup_scripts.yaml"),
+        "PREDICTOR_SERVICE__SCRIPTS_PATH": str(PACKAGE_DATA / "followup_scripts.yaml"),
         "BENTOML_HOME": str(workdir / "bentoml"),
     }
     with running_service(env, workdir / "bentoml.log") as service:

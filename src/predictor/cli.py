@@ -39,6 +39,17 @@ SchedulerOption = Annotated[
 LocalClusterOption = Annotated[
     int, typer.Option(help="Run on a local Dask cluster with N worker processes (0: in-process).", min=0)
 ]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="The log holds every opening up to this time (its extraction time, e.g. 2026-06-30T23:59Z). "
+        "Default: the last opening, or earlier for an export of closed tickets.",
+    ),
+]
+MetricsJsonOption = Annotated[
+    Path | None, typer.Option("--metrics-json", help="Also write the run's figures to this JSON file.")
+]
 PartitionsOption = Annotated[
     int | None, typer.Option(help="Customer partitions (default: two per worker, at most 100k contacts each).")
 ]
@@ -70,6 +81,15 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same log.")] = 7,
     days: Annotated[int, typer.Option(help="Length of the period in days.", min=14)] = 180,
     repeat_rate: Annotated[float, typer.Option(help="Target share of contacts repeated within 7 days.")] = 1 / 3,
+    export: Annotated[
+        str, typer.Option(help="'all' contacts, or 'closed-only': those still open at the end are not exported.")
+    ] = "all",
+    ticket_days: Annotated[
+        float, typer.Option(help="E-mail handled as tickets, open this many days (median); 0: closed when handled.")
+    ] = 0.0,
+    drift: Annotated[
+        float, typer.Option(help="Relative change of the repeat rate from start to end (-0.7: falls by 70%).")
+    ] = 0.0,
 ) -> None:
     """Generate a synthetic contact log, with the ground truth in a separate file beside it.
 
@@ -79,7 +99,19 @@ def simulate(
     from predictor.simulate import SimulatorConfig, write
     from predictor.simulate import simulate as run
 
-    config = SimulatorConfig(n_contacts=n_contacts, seed=seed, days=days, repeat_rate=repeat_rate)
+    if export not in ("all", "closed-only"):
+        _fail(f"--export must be 'all' or 'closed-only', not {export!r}")
+    if ticket_days < 0 or drift <= -1:
+        _fail("--ticket-days must be at least 0 and --drift greater than -1")
+    config = SimulatorConfig(
+        n_contacts=n_contacts,
+        seed=seed,
+        days=days,
+        repeat_rate=repeat_rate,
+        export=export,  # type: ignore[arg-type]
+        ticket_days=ticket_days,
+        drift=drift,
+    )
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("simulating contacts", total=None)
@@ -134,16 +166,18 @@ def labels(
     window_days: Annotated[float | None, typer.Option(help="Repeat window in days (default from config).")] = None,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
+    as_of: AsOfOption = None,
 ) -> None:
     """Derive repeat labels and print the repeat rate, explicit/implicit split and censoring."""
-    from predictor.config import get_settings
-    from predictor.labels import derive, summarize
+    from predictor.labels import data_end, derive, summarize
 
     result = _load(path, mapping, assume_timezone)
-    config = get_settings().labels
+    config = _settings(as_of).labels
     if window_days is not None:
         config = config.model_copy(update={"repeat_window_days": window_days})
-    summary = summarize(derive(result.contacts, config))
+    end = data_end(result.contacts, config)
+    _print_data_end(end, config.repeat_window_days)
+    summary = summarize(derive(result.contacts, config, end.at))
     print_label_summary(summary, config.repeat_window_days)
 
 
@@ -172,6 +206,8 @@ def train(
     scheduler: SchedulerOption = None,
     local_cluster: LocalClusterOption = 0,
     partitions: PartitionsOption = None,
+    as_of: AsOfOption = None,
+    metrics_json: MetricsJsonOption = None,
 ) -> None:
     """Train the repeat, next-issue and timing models on a time split; compare with baselines; register.
 
@@ -180,9 +216,7 @@ def train(
     --scheduler or --local-cluster the same stages run on Dask partitions of the log and the boosters
     train with lightgbm.dask; the log never has to fit in this process's memory.
     """
-    from predictor.config import get_settings
-
-    settings = get_settings()
+    settings = _settings(as_of)
     settings = settings.model_copy(update={"compute": _compute(settings, scheduler, local_cluster, partitions)})
     truth = None
     if oracle_truth is not None:
@@ -191,32 +225,83 @@ def train(
         truth = load_truth(oracle_truth)
     started = time.perf_counter()
     if settings.compute.scheduler or settings.compute.local_cluster:
-        _train_on_cluster(str(path), settings, truth, text, register, plots_dir, mapping, assume_timezone, started)
+        _train_on_cluster(
+            str(path), settings, truth, text, register, plots_dir, mapping, assume_timezone, started, metrics_json
+        )
         return
-    from predictor.train import fit
+    from predictor.train import TrainingDataError, fit
 
     result_in = _load(path, mapping, assume_timezone)
     with _progress() as progress:
         task = progress.add_task("training", total=None)
-        result = fit(
-            result_in.contacts,
-            settings,
-            use_text=text,
-            ablation=ablation,
-            oracle=truth,
-            plots_dir=plots_dir,
-            stage=lambda name: progress.update(task, description=f"training: {name}"),
-        )
+        try:
+            result = fit(
+                result_in.contacts,
+                settings,
+                use_text=text,
+                ablation=ablation,
+                oracle=truth,
+                plots_dir=plots_dir,
+                stage=lambda name: progress.update(task, description=f"training: {name}"),
+            )
+        except TrainingDataError as exc:
+            progress.stop()
+            _fail(str(exc))
         progress.update(task, description="training: done")
     print_training_result(result)
     console.print(f"trained in {time.perf_counter() - started:.1f} s; plots in {plots_dir}")
     plan_file = _mine_plan(result_in.contacts, settings, settings.service.plan_path)
+    registration = None
     if register:
         from predictor.registry import log_and_register
 
-        _print_registration(
-            log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file]), settings
-        )
+        registration = log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file])
+        _print_registration(registration, settings)
+    _write_metrics(metrics_json, result, registration)
+
+
+def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: ANN001 - TrainingResult, Registration
+    if path is None:
+        return
+    import json
+
+    from predictor.train import metrics_summary
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics_summary(result, registration), indent=2))
+    console.print(f"figures written to {path}")
+
+
+def _fail(message: str) -> None:
+    """One line on stderr and exit status 2: the user's input, not the program, is wrong."""
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _settings(as_of: str | None):  # noqa: ANN202 - Settings, imported lazily
+    """The configuration, with --as-of over the configured data end."""
+    from predictor.config import get_settings
+
+    settings = get_settings()
+    if as_of is None:
+        return settings
+    import pandas as pd
+
+    try:
+        when = pd.Timestamp(as_of)
+    except ValueError:
+        _fail(f"--as-of {as_of!r} is not a time: write it as 2026-06-30T23:59Z")
+    if when.tzinfo is None:
+        when = when.tz_localize("UTC")
+    labels = settings.labels.model_copy(update={"as_of": when.to_pydatetime()})
+    return settings.model_copy(update={"labels": labels})
+
+
+def _print_data_end(end, window_days: float) -> None:  # noqa: ANN001 - labels.DataEnd
+    console.print(end.describe(), soft_wrap=True)
+    warning = end.warning(window_days)
+    if warning:
+        console.print(f"[yellow]{warning}[/]", soft_wrap=True)
 
 
 def _train_on_cluster(
@@ -229,10 +314,12 @@ def _train_on_cluster(
     mapping: Path | None,
     assume_timezone: str | None,
     started: float,
+    metrics_json: Path | None = None,
 ) -> None:
     from predictor import cluster_train
     from predictor.cluster import connect
     from predictor.schema import SchemaError
+    from predictor.train import TrainingDataError
 
     with connect(settings.compute) as client, _progress() as progress:
         task = progress.add_task(f"training on {_where(settings.compute)}", total=None)
@@ -248,9 +335,9 @@ def _train_on_cluster(
                 assume_timezone=assume_timezone,
                 stage=lambda name: progress.update(task, description=f"training on the cluster: {name}"),
             )
-        except SchemaError as exc:
-            err.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+        except (SchemaError, TrainingDataError) as exc:
+            progress.stop()
+            _fail(str(exc))
         progress.update(task, description="training: done")
         progress.stop()
         _print_rejections(fitted.rejections, fitted.n_input)
@@ -267,6 +354,7 @@ def _train_on_cluster(
                 fitted.result, settings, fitted.example, extra_artifacts=[plan_file], score_test=fitted.score_test
             )
             _print_registration(registration, settings)
+        _write_metrics(metrics_json, fitted.result, registration if register else None)
 
 
 def _print_registration(reg, settings) -> None:  # noqa: ANN001 - Registration, Settings
@@ -303,15 +391,14 @@ def plan(
     min_cell: Annotated[int, typer.Option(help="Cells with fewer repeats are flagged as low volume.")] = 20,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
+    as_of: AsOfOption = None,
 ) -> None:
     """Mine the next-issue-avoidance plan: which issues follow which, when, and the script for each.
 
     Writes a versioned YAML file that the service reads for its follow-ups; issues without a script in the
     scripts file are listed as gaps to fill.
     """
-    from predictor.config import get_settings
-
-    settings = get_settings()
+    settings = _settings(as_of)
     result = _load(path, mapping, assume_timezone)
     _mine_plan(result.contacts, settings, out or settings.service.plan_path, top=top, min_cell=min_cell, show=True)
 
@@ -362,6 +449,7 @@ def report(
     top_share: Annotated[float, typer.Option(help="Share of contacts to follow up, highest risk first.")] = 0.1,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
+    as_of: AsOfOption = None,
 ) -> None:
     """Write the predicted-repeat report for managers (one HTML file, plots inside) and the high-risk CSV.
 
@@ -371,13 +459,12 @@ def report(
     """
     import yaml
 
-    from predictor.config import get_settings
-    from predictor.labels import derive
+    from predictor.labels import data_end, derive
     from predictor.plan import FollowUpPlan
     from predictor.registry import load_bundle
     from predictor.report import ReportConfig, build, write
 
-    settings = get_settings()
+    settings = _settings(as_of)
     if from_store:
         from predictor.store import ContactStore
 
@@ -403,8 +490,13 @@ def report(
         if plan is not None:
             followup = followup.with_mined_plan(plan_path)
         config = ReportConfig(cost_per_contact=cost_per_contact, prevention_rate=prevention_rate, top_share=top_share)
-        data = build(derive(contacts, settings.labels), predictions, followup, plan, config, model_version=version)
+        end = data_end(contacts, settings.labels)
+        data = build(
+            derive(contacts, settings.labels, end.at), predictions, followup, plan, config, model_version=version,
+            data_end=end,
+        )  # fmt: skip
         html, csv = write(data, out)
+    _print_data_end(end, settings.labels.repeat_window_days)
     console.print(f"report written to [bold]{html}[/]; high-risk list in {csv}")
 
 
@@ -557,12 +649,25 @@ def _absolute_sqlite(uri: str) -> str:
 
 
 def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imported lazily
-    counts = result.split.counts
+    split = result.split
+    counts = split.counts
+    if result.data_end is not None:
+        console.print(result.data_end.describe(), soft_wrap=True)
+    rates = split.repeat_rates
     console.print(
-        f"split by close time: train {counts['train']:,}, calibration {counts['calibration']:,}, "
-        f"test {counts['test']:,}; window still open at data end (excluded) {counts['window_open']:,}, of "
-        f"which censored {counts['censored']:,}; embargoed between slices {counts['embargoed']:,}"
+        f"split by close time: train {counts['train']:,} (repeat rate {rates.get('train', 0):.1%}), calibration "
+        + (
+            f"{counts['calibration']:,} ({rates.get('calibration', 0):.1%})"
+            if split.calibration_mode == "slice"
+            else "out-of-fold on the training slice"
+        )
+        + f", test {counts['test']:,} ({rates.get('test', 0):.1%}); window still open at data end (excluded) "
+        f"{counts['window_open']:,}, of which censored {counts['censored']:,}; embargoed between slices "
+        f"{counts['embargoed']:,}",
+        soft_wrap=True,
     )
+    for message in [*split.notes, *result.warnings]:
+        console.print(f"[yellow]{message}[/]", soft_wrap=True)
     table = Table(
         "model",
         "ROC AUC",
@@ -575,6 +680,7 @@ def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imp
         title="Repeat within the window: test slice",
     )
     for name, row in result.metrics.iterrows():
+        long_auc = row.get("roc_auc_long_transcripts", float("nan"))
         table.add_row(
             str(name),
             f"{row.roc_auc:.3f}",
@@ -583,20 +689,29 @@ def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imp
             f"{row.ece:.4f}",
             f"{row.recall_top10:.3f}",
             f"{row.recall_top20:.3f}",
-            f"{row.get('roc_auc_long_transcripts', float('nan')):.3f}",
+            "-" if long_auc != long_auc else f"{long_auc:.3f}",
         )
     console.print(table)
     nxt = result.next_issue_metrics
-    line = f"next issue: top-1 {nxt['top1_accuracy']:.3f}, top-3 {nxt['top3_accuracy']:.3f}"
+    issues = Table("next issue (repeats in the test slice)", "top-1", "top-3", title="Next issue")
+    issues.add_row("model", f"{nxt['top1_accuracy']:.3f}", f"{nxt['top3_accuracy']:.3f}")
+    for name, scores in result.next_issue_baselines.items():
+        issues.add_row(name, f"{scores['top1_accuracy']:.3f}", f"{scores['top3_accuracy']:.3f}")
     if "oracle_top3_accuracy" in nxt:
-        line += f" (oracle top-1 {nxt['oracle_top1_accuracy']:.3f}, top-3 {nxt['oracle_top3_accuracy']:.3f})"
-    line += f"; explicit share of repeats {nxt['explicit_share_actual']:.1%}"
-    console.print(line)
+        issues.add_row(
+            "oracle (simulator truth)", f"{nxt['oracle_top1_accuracy']:.3f}", f"{nxt['oracle_top3_accuracy']:.3f}"
+        )
+    console.print(issues)
+    console.print(f"explicit share of repeats {nxt['explicit_share_actual']:.1%}")
     timing = result.timing_metrics
     console.print(
-        f"hours to repeat: median absolute error {timing['median_abs_error_hours']:.1f} h, "
-        f"90% quantile covers {timing['p90_coverage']:.1%}"
+        f"hours to repeat: median absolute error {timing['median_abs_error_hours']:.1f} h; the 90% interval covers "
+        f"{timing['p90_coverage']:.1%} of test repeats (nominal {timing.get('p90_nominal', 0.9):.0%}; "
+        f"{timing.get('p90_coverage_uncalibrated', float('nan')):.1%} before its conformal correction)",
+        soft_wrap=True,
     )
+    for item in result.skipped:
+        console.print(f"[yellow]skipped {item.stage}:[/] {item.reason}", soft_wrap=True)
 
 
 def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - LabelSummary, imported lazily

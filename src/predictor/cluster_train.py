@@ -46,19 +46,22 @@ from predictor.cluster import (
 from predictor.config import Settings
 from predictor.embed import Embedder
 from predictor.features import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
-from predictor.labels import derive, epoch_us
+from predictor.labels import data_end, derive, epoch_us
 from predictor.logs import quiet_lightgbm
 from predictor.model import Calibrated, RepeatContactModel, TextHeads, TextInputs
 from predictor.train import (
     CALIBRATION,
     OTHER,
+    SLICE_NAMES,
     TEST,
     TRAIN,
     Split,
     TfidfBaseline,
+    TrainingDataError,
     TrainingResult,
     _ClassNames,
     boundary_strings,
+    check_slices,
     counts_of,
     evaluate_test,
     fit_text_heads,
@@ -147,24 +150,36 @@ def _fit(
     lap("reading")
 
     stage("labels")
-    # The slices are cut at quantiles of every close time: one 8-byte column comes here, nothing else.
-    closed = customers["closed_at"].compute().reset_index(drop=True)
-    boundaries = split_boundaries(closed, settings)
+    # The data end and the slices come from the open and close times alone: two 8-byte columns come here.
+    times = customers[["opened_at", "closed_at"]].compute().reset_index(drop=True)
+    label_end = data_end(times, settings.labels)
+    for message in filter(None, [label_end.warning(settings.labels.repeat_window_days)]):
+        log.warning(message)
+    boundaries = split_boundaries(times["closed_at"], settings, label_end.at)
+    del times
     agents = agent_history(customers, settings.labels, end, compute.shuffle).persist()
     table = customers.map_partitions(
-        _table_partition, agents, settings, end, boundaries,
-        meta=_table_partition(_one_contact(), _agents_for(_one_contact()), settings, end, boundaries),
+        _table_partition, agents, settings, end, boundaries, label_end.at,
+        meta=_table_partition(_one_contact(), _agents_for(_one_contact()), settings, end, boundaries, label_end.at),
         align_dataframes=False,
     ).persist()  # fmt: skip
-    codes, censored, window_open, n_rows = dask.compute(
+    codes, slice_repeats, censored, window_open, n_rows = dask.compute(
         table["slice"].value_counts(),
+        table.groupby("slice")[LABEL + "is_repeat"].sum(),
         table[LABEL + "censored"].sum(),
         (~table[LABEL + "window_complete"]).sum(),
         table.map_partitions(len).sum(),
     )
     counts = counts_of(int(n_rows), int(censored), int(window_open), {int(k): int(v) for k, v in codes.items()})
-    if min(counts["train"], counts["calibration"], counts["test"]) < 20:
-        raise ValueError(f"too few labelled contacts for a time split: {counts}")
+    repeats = {name: int(slice_repeats.get(code, 0)) for code, name in SLICE_NAMES.items()}
+    check_slices(counts, repeats, settings)
+    cal_other = counts["calibration"] - repeats["calibration"]
+    if min(repeats["calibration"], cal_other) < settings.split.min_calibration_repeats:
+        raise TrainingDataError(
+            f"the calibration slice holds {repeats['calibration']} repeats and {cal_other} non-repeats after the "
+            f"embargo (minimum {settings.split.min_calibration_repeats}); the cluster path needs one: train this "
+            "log in-process (without --local-cluster / --scheduler), which calibrates out-of-fold instead"
+        )
     lap("labels")
 
     stage("features")
@@ -277,7 +292,7 @@ def _fit(
     known = design[design[LABEL + "window_complete"]]
     plan_input = _labels_of(_collect(known[[*(LABEL + c for c in LABEL_COLUMNS), *_TABLE_KEYS]]))
     test_ids = labelled_test["contact_id"].to_numpy()
-    selector = _TestRows(settings, end, boundaries)
+    selector = _TestRows(settings, label_end.at, boundaries)
 
     def score_test(candidate: RepeatContactModel) -> np.ndarray:
         shared_model = client.scatter(candidate, broadcast=True)
@@ -295,6 +310,8 @@ def _fit(
             test=np.array([], dtype=int),
             boundaries=boundary_strings(boundaries),
             counts=counts,
+            repeat_rates={name: repeats[name] / counts[name] for name in repeats if counts[name]},
+            repeats=repeats,
         ),
         params=params,
         plots=evaluation.plots,
@@ -302,6 +319,8 @@ def _fit(
         timings=timings,
         data_fingerprint=fingerprint(customers),
         test_contacts=None,
+        data_end=label_end,
+        warnings=[w for w in [label_end.warning(settings.labels.repeat_window_days)] if w],
     )
     example = customers.head(5)
     return ClusterFit(
@@ -324,10 +343,13 @@ def _table_partition(
     settings: Settings,
     end: pd.Timestamp,
     boundaries: tuple[pd.Timestamp, pd.Timestamp],
+    label_end: pd.Timestamp,
 ) -> pd.DataFrame:
-    """Labels, slice and the text-free features of one customer partition (the local functions)."""
+    """Labels, slice and the text-free features of one customer partition (the local functions).
+
+    ``end`` is the last close (the features' horizon), ``label_end`` the data end of the whole log."""
     part = part.reset_index(drop=True)
-    labelled = derive(part, settings.labels, end)
+    labelled = derive(part, settings.labels, label_end)
     found = build(part, labels=settings.labels, as_of=end, agent_features=_aligned_agents(part, agents))
     frame = found.frame.reset_index(drop=True)
     keys = pd.DataFrame(
@@ -484,7 +506,13 @@ def _fit_heads(
     )
     labels = sample.rename(columns={LABEL + "is_repeat": "is_repeat", LABEL + "repeat_type": "repeat_type"})
     labels["is_repeat"] = labels["is_repeat"].astype("boolean")
-    heads, oof = fit_text_heads(text, head_targets(labels), pd.Index(sample["contact_id"]), hp)
+    fitted = fit_text_heads(text, head_targets(labels), pd.Index(sample["contact_id"]), hp)
+    if fitted is None:
+        raise TrainingDataError(
+            "no text head can be fitted on the cluster's sample (too few repeats with a transcript): train "
+            "in-process, or with --no-text"
+        )
+    heads, oof = fitted
     tfidf = TfidfBaseline(hp).fit(text.texts, labels["is_repeat"].astype(int).to_numpy())
     return heads, oof, tfidf, seconds
 
@@ -589,11 +617,11 @@ class _TestRows:
     """Selects a partition's test-slice rows, by the same labels and boundaries as training."""
 
     settings: Settings
-    end: pd.Timestamp
+    label_end: pd.Timestamp
     boundaries: tuple[pd.Timestamp, pd.Timestamp]
 
     def __call__(self, part: pd.DataFrame) -> np.ndarray:
-        labelled = derive(part, self.settings.labels, self.end)
+        labelled = derive(part, self.settings.labels, self.label_end)
         return slice_codes(labelled, self.boundaries, self.settings) == TEST
 
 

@@ -7,6 +7,7 @@ package carries a magic number. Model hyperparameters are versioned separately i
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,12 +16,23 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHANNELS: tuple[str, ...] = ("phone", "chat", "email", "social")
+PACKAGE_DATA = Path(__file__).parent / "data"  # files shipped with the package: they work from any folder
 
 
 class LabelConfig(BaseModel):
     repeat_window_days: float = Field(7.0, gt=0, description="A contact is a repeat if it comes within this.")
     transfer_gap_minutes: float = Field(
         15.0, ge=0, description="A contact opened this soon after a transferred one closed continues it."
+    )
+    as_of: datetime | None = Field(
+        None, description="The log holds every opening up to this time (an extraction time); default: derived."
+    )
+    open_ticket_quantile: float = Field(
+        0.99,
+        gt=0.5,
+        le=1.0,
+        description="Share of contacts assumed closed by the extraction when deriving the data end of an export "
+        "of closed tickets: the data end is at most the last close less this quantile of open durations.",
     )
 
 
@@ -62,8 +74,20 @@ class ComputeConfig(BaseModel):
 
 
 class SplitConfig(BaseModel):
+    """The time split, and what a log must hold for a model to be worth fitting on it."""
+
+    # Shares of the contacts whose window has closed (the ones a model can learn from or be judged on).
     calibration_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    min_train_repeats: int = Field(30, ge=1, description="Fewer repeats in the training slice: stop, with counts.")
+    min_test_repeats: int = Field(10, ge=1, description="Fewer repeats (or non-repeats) in the test slice: stop.")
+    min_calibration_repeats: int = Field(
+        10, ge=1, description="Fewer in the calibration slice: calibrate out-of-fold on the training slice instead."
+    )
+    calibration_folds: int = Field(5, ge=2, description="Folds of the out-of-fold calibration.")
+    drift_tolerance: float = Field(
+        0.05, ge=0, description="Warn when the calibration and test repeat rates differ by more than this."
+    )
 
 
 class RegistryConfig(BaseModel):
@@ -81,7 +105,10 @@ class ServiceConfig(BaseModel):
     model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
     max_transcript_chars: int = Field(20_000, ge=1)
-    scripts_path: Path = Path("data/followup_scripts.yaml")
+    scripts_path: Path = Field(
+        default_factory=lambda: PACKAGE_DATA / "followup_scripts.yaml",
+        description="Follow-up scripts per issue (YAML); default: the ones shipped in the package.",
+    )
     plan_path: Path = Field(Path("models/next_issue_plan.yaml"), description="Mined plan (used if the file exists).")
     follow_up_threshold: float = Field(0.4, ge=0, le=1, description="Act when the repeat risk is at least this.")
     follow_up_channel: str | None = Field(None, description="Send follow-ups here; default: the contact's channel.")

@@ -17,10 +17,13 @@ from predictor.config import LabelConfig
 from predictor.embed import Embedder, redact
 from predictor.labels import LabelArrays, epoch_us, label_arrays
 
-CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue")
+CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue", "issue_transition")
 HISTORY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
 AGENT_PRIOR_STRENGTH = 30.0  # pseudo-contacts: an agent's rate needs ~30 closed windows to count
 DEFAULT_REPEAT_RATE = 1 / 3  # the industry figure: the prior every agent's rate shrinks towards
+# A customer's own rate counts as much as this many closed windows at the overall rate: most customers
+# have one or two, and a single repeat must not make them look like a chronic returner.
+CUSTOMER_PRIOR_STRENGTH = 3.0
 # Every history feature looks back at most this far, so a scorer needs only this much of its store.
 LOOKBACK_DAYS = max(HISTORY_WINDOWS_DAYS)
 AGENT_COLUMNS: tuple[str, ...] = ("agent_repeat_rate", "agent_closed_windows")
@@ -54,6 +57,7 @@ def build(
     progress: bool = False,
     as_of: pd.Timestamp | None = None,
     agent_features: pd.DataFrame | None = None,
+    customer_prior: float | None = None,
 ) -> FeatureSet:
     """Features of ``contacts`` as of each one's close.
 
@@ -133,6 +137,7 @@ def _history(
     labels: LabelConfig,
     as_of: pd.Timestamp | None = None,
     agent_features: pd.DataFrame | None = None,
+    customer_prior: float = DEFAULT_REPEAT_RATE,
 ) -> pd.DataFrame:
     """Customer and agent history as of each contact's close (nothing later can reach it).
 
@@ -182,6 +187,32 @@ def _history(
     out["prev_issue"] = prev_issue
     out["same_issue_as_previous"] = (prev_issue == contacts["issue"].to_numpy(dtype=str)).astype(float)
     out["is_return"] = self_return.astype(float)
+    out["issue_transition"] = np.char.add(np.char.add(prev_issue, ">"), contacts["issue"].to_numpy(dtype=str))
+
+    # All time, not the look-back: how long and how much the customer has been in touch.
+    never = np.full(len(t), np.iinfo(np.int64).min // 4)
+    group_start = keys.count_upto(query_code, never)  # the customer's first row in close order
+    out["customer_contacts_all"] = (upto - group_start - 1).astype(float)
+    out["days_since_first_contact"] = np.maximum(t - opened[ordered[group_start]], 0) / 8.64e10
+
+    # Still open at this close: opened by then, not closed by then (this contact is both, so cancels).
+    by_opening = _Keyed(customers[by_open], opened[by_open])
+    opened_by_then = by_opening.count_upto(query_code, t) - by_opening.count_upto(query_code, never)
+    out["customer_open_contacts"] = (opened_by_then - (upto - group_start)).astype(float)
+
+    # The customer's own repeat rate over their windows that had ended by this close, shrunk to the prior.
+    kept = ~labelled.censored
+    window_end = labelled.window_end_ms[kept] * 1000
+    by_end = np.lexsort((window_end, customers[kept]))
+    ended = _Keyed(customers[kept][by_end], window_end[by_end])
+    cum_repeat = np.r_[0.0, np.cumsum(labelled.repeat[kept][by_end].astype(float))]
+    ended_upto = ended.count_upto(query_code, t)
+    ended_start = ended.count_upto(query_code, never)
+    windows = (ended_upto - ended_start).astype(float)
+    repeats = cum_repeat[ended_upto] - cum_repeat[ended_start]
+    out["customer_known_repeat_rate"] = (repeats + CUSTOMER_PRIOR_STRENGTH * customer_prior) / (
+        windows + CUSTOMER_PRIOR_STRENGTH
+    )
 
     frame = pd.DataFrame(out, index=contacts.index)
     if agent_features is None:
@@ -263,5 +294,6 @@ def as_model_input(features: pd.DataFrame, categories: dict[str, Sequence[str]])
     """Categorical columns with the training categories (unseen values become missing)."""
     out = features.copy()
     for column, values in categories.items():
-        out[column] = pd.Categorical(out[column].astype(str), categories=list(values))
+        text = out[column].astype(str)
+        out[column] = pd.Categorical(text.where(text.isin(values)), categories=list(values))
     return out

@@ -1,8 +1,10 @@
 """Repeat labels: did the same customer come back within the window, with what, and how soon.
 
 A contact's label is *censored* (unknown, not "no repeat") when its window was still open at the end of
-the data and no repeat had been seen yet. A contact opened within the transfer gap after a transferred
-contact closed continues that contact (same episode) and is never its repeat.
+the data and no repeat had been seen yet. A repeat is an *opening*, so the end of the data is where openings
+stop being complete (``data_end``), not the last close: an export of closed tickets misses those still open
+at the extraction, and its closes can run on for weeks past the last opening. A contact opened within the
+transfer gap after a transferred contact closed continues that contact (same episode) and is never its repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +28,72 @@ LABEL_COLUMNS: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class DataEnd:
+    """Up to when every opening is in the log: what a window must fit before to count as observed."""
+
+    at: pd.Timestamp
+    rule: str  # "as_of" (given), "last_opening", or "longest_open_tickets" (a closed-only export)
+    last_opening: pd.Timestamp | None
+    last_close: pd.Timestamp | None
+    # Contacts whose window ended between the data end and the last close: the last-close rule would
+    # have called them observed although later openings could not be seen.
+    affected: int = 0
+
+    def describe(self) -> str:
+        why = {
+            "as_of": "given (--as-of / PREDICTOR_LABELS__AS_OF)",
+            "last_opening": "the last opening in the log",
+            "longest_open_tickets": "the last close less the time the longest-open tickets stay open "
+            "(tickets opened later may still be open, so missing from a closed-only export)",
+        }[self.rule]
+        return f"data end {self.at.isoformat()}: {why}"
+
+    def warning(self, window_days: float) -> str | None:
+        """Said once when closes run on past the data end by more than the window."""
+        if self.last_close is None or self.last_close - self.at <= pd.Timedelta(days=window_days):
+            return None
+        gap = (self.last_close - self.at) / pd.Timedelta(days=1)
+        return (
+            f"closes run {gap:.1f} days past the data end ({self.last_close.isoformat()}): openings after "
+            f"{self.at.isoformat()} cannot be seen, so {self.affected:,} contacts whose window ended after it "
+            "are censored rather than labelled 'no repeat'"
+        )
+
+
+def data_end(contacts: pd.DataFrame, config: LabelConfig | None = None, as_of: pd.Timestamp | None = None) -> DataEnd:
+    """Where the observed openings end.
+
+    Given (``as_of`` or the configured one): taken as is. Otherwise the earlier of the last opening (no
+    later opening can be seen) and the last close less the ``open_ticket_quantile`` of how long contacts
+    stay open: in an export of closed tickets, a ticket opened within that time of the extraction may still
+    be open, so missing. An export that holds every contact opened in a period, closes running on after it,
+    ends at its last opening by both rules.
+    """
+    config = config or LabelConfig()
+    given = as_of if as_of is not None else config.as_of
+    if len(contacts) == 0:
+        at = pd.Timestamp(given) if given is not None else pd.Timestamp(0, tz="UTC")
+        return DataEnd(at, "as_of" if given is not None else "last_opening", None, None)
+    opened, closed = contacts["opened_at"], contacts["closed_at"]
+    last_opening, last_close = pd.Timestamp(opened.max()), pd.Timestamp(closed.max())
+    if given is not None:
+        at, rule = _utc(pd.Timestamp(given)), "as_of"
+    else:
+        open_for = (closed - opened).quantile(config.open_ticket_quantile)
+        at, rule = last_opening, "last_opening"
+        if last_close - open_for < last_opening:
+            at, rule = last_close - open_for, "longest_open_tickets"
+    window = pd.Timedelta(days=config.repeat_window_days)
+    window_end = closed + window
+    affected = int(((window_end > at) & (window_end <= last_close)).sum())
+    return DataEnd(at, rule, last_opening, last_close, affected)
+
+
+def _utc(t: pd.Timestamp) -> pd.Timestamp:
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
 def derive(
     contacts: pd.DataFrame,
     config: LabelConfig | None = None,
@@ -33,7 +101,7 @@ def derive(
 ) -> pd.DataFrame:
     """Return ``contacts`` (same rows, same order) with the label columns added.
 
-    ``as_of`` is when the data was extracted; by default the last close time in the log. Columns:
+    ``as_of`` is up to when the log holds every opening; by default ``data_end`` decides. Columns:
     ``is_repeat`` (nullable boolean, <NA> when censored), ``censored``, ``repeat_type``
     (explicit/implicit), ``next_issue``, ``hours_to_repeat``, ``window_ends_at``, ``window_complete``
     (the whole window lies before ``as_of``) and ``continues_previous``.
@@ -45,7 +113,7 @@ def derive(
     out = contacts.copy()
     if len(out) == 0:
         return _empty_labels(out)
-    a = label_arrays(out, config, as_of)
+    a = label_arrays(out, config, data_end(out, config, as_of).at)
     issue = out["issue"].to_numpy(dtype=object)
     following = issue[np.maximum(a.next_row, 0)]
     out["is_repeat"] = pd.array(np.where(a.censored, pd.NA, a.repeat), dtype="boolean")
@@ -78,6 +146,8 @@ class LabelArrays:
 def label_arrays(
     contacts: pd.DataFrame, config: LabelConfig | None = None, as_of: pd.Timestamp | None = None
 ) -> LabelArrays:
+    """The labels as arrays; ``as_of`` None means the last close (the feature function's horizon: it only
+    counts a window that ended by the close of the contact being described, so any later end will do)."""
     config = config or LabelConfig()
     window_ms = int(pd.Timedelta(days=config.repeat_window_days) / pd.Timedelta("1ms"))
     gap_ms = int(pd.Timedelta(minutes=config.transfer_gap_minutes) / pd.Timedelta("1ms"))

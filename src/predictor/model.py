@@ -52,6 +52,11 @@ REASON_WORDS: dict[str, str] = {
     "prev_issue": "the customer's previous issue",
     "same_issue_as_previous": "same issue as the customer's previous contact",
     "is_return": "the customer already came back about this",
+    "customer_open_contacts": "the customer's other contacts still open",
+    "customer_known_repeat_rate": "the customer's own past repeat rate",
+    "customer_contacts_all": "the customer's contacts so far",
+    "days_since_first_contact": "how long the customer has been in touch",
+    "issue_transition": "the step from the previous issue to this one",
     "agent_repeat_rate": "the agent's past repeat rate",
     "agent_closed_windows": "the agent's volume so far",
 }
@@ -74,6 +79,10 @@ class RepeatContactModel:
     hours_p90: Any
     issue_codes: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Conformal correction of the 90% quantile, in log hours (0: none); models pickled before it have 0.
+    hours_p90_log_offset: float = 0.0
+    # The training slice's repeat rate: what a customer's own known rate is shrunk towards.
+    customer_prior: float | None = None
     _embedder: Embedder | None = field(default=None, repr=False, compare=False)
 
     # -- pickling keeps weights of the embedding model out ---------------------------------------------
@@ -102,7 +111,9 @@ class RepeatContactModel:
 
     # -- scoring ---------------------------------------------------------------------------------------
     def features(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> FeatureSet:
-        return build(contacts, history, embedder=self.embedder(), labels=self.label_config)
+        return build(
+            contacts, history, embedder=self.embedder(), labels=self.label_config, customer_prior=self.customer_prior
+        )
 
     def model_input(self, feature_set: FeatureSet) -> pd.DataFrame:
         """What the boosters see: typed metadata + history, and the text heads' scores."""
@@ -128,10 +139,12 @@ class RepeatContactModel:
             p = self.repeat.predict_proba(matrix)[:, 1]
             proba = self.next_issue.predict_proba(matrix)
             median = np.expm1(booster_predict(self.hours_median, matrix))
-            p90 = np.expm1(booster_predict(self.hours_p90, matrix))
+            p90 = np.expm1(booster_predict(self.hours_p90, matrix) + self.hours_p90_log_offset)
         out["repeat_probability"] = p
-        top = np.argsort(-proba, axis=1)[:, :TOP_K]
-        classes = np.array(self.next_issue_classes)
+        if proba.shape[1] < TOP_K:  # fewer next issues than places: the rest stay empty, probability 0
+            proba = np.column_stack([proba, np.zeros((len(proba), TOP_K - proba.shape[1]))])
+        top = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_K]
+        classes = np.array([*self.next_issue_classes, *[None] * TOP_K], dtype=object)[: proba.shape[1]]
         for k in range(TOP_K):
             out[f"next_issue_{k + 1}"] = classes[top[:, k]] if len(X) else []
             out[f"next_issue_{k + 1}_probability"] = np.take_along_axis(proba, top[:, k : k + 1], 1)[:, 0]
@@ -263,14 +276,15 @@ class TextHeads:
         self, inputs: TextInputs, labels: np.ndarray, index: pd.Index, matrices: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         """Fit on all rows; return each row's score from the fold that did not see it."""
-        from sklearn.model_selection import KFold, cross_val_predict
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         if matrices is None:
             self.fit_vectorizer(inputs)
             matrices = self.matrices(inputs)
         self.fit(inputs, labels, matrices)
         keep = inputs.has_text
-        folds = KFold(self.folds, shuffle=True, random_state=self.seed)
+        # Stratified: every fold's training part holds both classes even when one of them is rare.
+        folds = StratifiedKFold(self.folds, shuffle=True, random_state=self.seed)
         oof = np.full((len(keep), len(self.columns)), np.nan)
         column = 0
         for view, matrix in matrices.items():
@@ -337,14 +351,18 @@ class Calibrated:
         self.booster = booster
         self.method = method
 
-    def _score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    def score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """What the map reads: the booster's log-odds (sigmoid) or probability (isotonic)."""
         return booster_predict(self.booster, X, raw_score=self.method == "sigmoid")
 
     def fit(self, X: pd.DataFrame | np.ndarray, y: np.ndarray) -> Calibrated:
+        return self.fit_scores(self.score(X), y)
+
+    def fit_scores(self, score: np.ndarray, y: np.ndarray) -> Calibrated:
+        """Fit the map on scores computed elsewhere (out-of-fold boosters' scores of the training rows)."""
         from sklearn.isotonic import IsotonicRegression
         from sklearn.linear_model import LogisticRegression
 
-        score = self._score(X)
         if self.method == "sigmoid":
             self.map_ = LogisticRegression(C=1e6).fit(score[:, None], y)
         else:
@@ -352,13 +370,36 @@ class Calibrated:
         return self
 
     def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        score = self._score(X)
+        score = self.score(X)
         p = self.map_.predict_proba(score[:, None])[:, 1] if self.method == "sigmoid" else self.map_.predict(score)
         return np.column_stack([1 - p, p])
 
 
+class ConstantClasses:
+    """The next-issue model where the training repeats have a single next issue: that issue, always."""
+
+    def __init__(self, classes: list[str]) -> None:
+        self.classes_ = classes
+
+    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return np.ones((len(X), len(self.classes_))) / len(self.classes_)
+
+
+# A transition seen fewer times than this in training is not a level of its own (40 issue codes make 1,600).
+MIN_TRANSITION_EXAMPLES = 20
+
+
 def categorical_levels(features: pd.DataFrame) -> dict[str, list[str]]:
-    return {c: sorted(features[c].astype(str).unique().tolist()) for c in CATEGORICAL if c in features.columns}
+    """Each categorical column's levels in the training rows (issue transitions: only the frequent ones)."""
+    levels = {}
+    for column in CATEGORICAL:
+        if column not in features.columns:
+            continue
+        counts = features[column].astype(str).value_counts()
+        if column == "issue_transition":
+            counts = counts[counts >= MIN_TRANSITION_EXAMPLES]
+        levels[column] = sorted(counts.index.tolist())
+    return levels
 
 
 def predict_log(model: RepeatContactModel, rows: pd.DataFrame) -> pd.DataFrame:

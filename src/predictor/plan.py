@@ -14,8 +14,6 @@ from typing import Any
 import pandas as pd
 import yaml
 
-DEFAULT_SCRIPTS = Path("data/followup_scripts.yaml")
-
 
 @dataclass(frozen=True)
 class FollowUp:

@@ -22,7 +22,7 @@ import pandas as pd
 from predictor.config import RegistryConfig, Settings, sqlite_file
 from predictor.evaluate import expected_calibration_error
 from predictor.model import OUTPUT_COLUMNS, RepeatContactModel
-from predictor.train import TrainingResult
+from predictor.train import TrainingResult, metrics_summary
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -96,12 +96,23 @@ def log_and_register(
         mlflow.log_metrics({f"next_issue.{k}": v for k, v in result.next_issue_metrics.items()})
         mlflow.log_metrics({f"timing.{k}": v for k, v in result.timing_metrics.items()})
         mlflow.log_metrics({f"seconds.{k}": v for k, v in result.timings.items()})
+        mlflow.log_metrics({f"split.{k}_repeat_rate": v for k, v in result.split.repeat_rates.items()})
+        for name, scores in result.next_issue_baselines.items():
+            mlflow.log_metrics({f"next_issue_baseline.{_slug(name)}.{k}": v for k, v in scores.items()})
+        mlflow.set_tags(
+            {
+                "drift_warning": next((w for w in result.warnings if w.startswith("drift")), "none"),
+                "skipped": "; ".join(f"{s.stage}: {s.reason}" for s in result.skipped) or "none",
+            }
+        )
         for path in result.plots.values():
             mlflow.log_artifact(str(path), artifact_path="plots")
         for path in extra_artifacts or []:
             mlflow.log_artifact(str(path), artifact_path="plan")
         tables = Path(tmp)
         result.metrics.to_csv(tables / "repeat_metrics.csv")
+        (tables / "metrics.json").write_text(json.dumps(metrics_summary(result), indent=2))
+        mlflow.log_artifact(str(tables / "metrics.json"), artifact_path="tables")
         (tables / "split.json").write_text(json.dumps({**result.split.counts, **result.split.boundaries}, indent=2))
         mlflow.log_artifact(str(tables / "repeat_metrics.csv"), artifact_path="tables")
         mlflow.log_artifact(str(tables / "split.json"), artifact_path="tables")

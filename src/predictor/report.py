@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, select_autoescape
 
+from predictor.labels import DataEnd
 from predictor.plan import FollowUpPlan
 
 Z95 = 1.96
@@ -35,6 +36,7 @@ class ReportConfig:
     min_agent_volume: int = 50  # agents with fewer closed windows are grouped, never ranked
     high_risk_rows: int = 50
     currency: str = "€"
+    shift_tolerance: float = 0.05  # flag a repeat-rate shift larger than this (and than sampling noise)
 
 
 def build(
@@ -44,6 +46,7 @@ def build(
     plan: dict[str, Any] | None,
     config: ReportConfig | None = None,
     model_version: str = "",
+    data_end: DataEnd | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as data. ``labelled`` comes from labels.derive; ``predictions`` from the
     model (contact_id, repeat_probability, next_issue_1, hours_to_repeat_median, ...)."""
@@ -70,6 +73,7 @@ def build(
         "predicted_repeats_in_open_window": float(open_window["repeat_probability"].sum()),
         "window_days": float((data["window_ends_at"] - data["closed_at"]).dt.total_seconds().median() / 86400),
         "model_version": model_version,
+        "data_end": data_end.describe() if data_end is not None else "",
     }
 
     by = {
@@ -78,6 +82,7 @@ def build(
         "agent": _by_agent(data, config.min_agent_volume),
     }
     weekly = _weekly(data)
+    headline["shift"] = rate_shift(complete, config.shift_tolerance)
 
     # Act today: contacts inside their window whose customer has not come back yet (those who did are
     # already in someone's queue).
@@ -195,6 +200,28 @@ def _by_agent(data: pd.DataFrame, min_volume: int) -> list[dict[str, Any]]:
         grouped["grouped"] = True
         rows.append(grouped)
     return rows
+
+
+def rate_shift(complete: pd.DataFrame, tolerance: float) -> str | None:
+    """A sentence when the repeat rate of the latest quarter of closed windows differs from the earlier
+    ones beyond ``tolerance`` (and beyond sampling noise), and how the model's predicted rate compares."""
+    if len(complete) < 200:
+        return None
+    ordered = complete.sort_values("closed_at")
+    cut = int(len(ordered) * 0.75)
+    early, late = ordered.iloc[:cut], ordered.iloc[cut:]
+    a = float(early["is_repeat"].astype(float).mean())
+    b = float(late["is_repeat"].astype(float).mean())
+    pooled = (a * len(early) + b * len(late)) / len(ordered)
+    se = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / len(early) + 1 / len(late)))
+    if abs(b - a) <= max(tolerance, 3 * se):
+        return None
+    predicted = float(late["repeat_probability"].mean())
+    return (
+        f"The repeat rate shifted: {a:.1%} over the earlier contacts, {b:.1%} over the latest quarter "
+        f"(since {late['closed_at'].min().date()}); the model predicted {predicted:.1%} for those. "
+        "A model calibrated before the shift is off until it is retrained on recent contacts."
+    )
 
 
 def _weekly(data: pd.DataFrame) -> list[dict[str, Any]]:

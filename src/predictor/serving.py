@@ -153,6 +153,7 @@ class Scorer:
                     repeat_type="explicit" if getattr(row, f"next_issue_{k}") == contact.issue else "implicit",
                 )
                 for k in range(1, TOP_K + 1)
+                if getattr(row, f"next_issue_{k}") is not None
             ]
             follow_up = self.plan.recommend(
                 repeat_probability=p,

@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,13 @@ class SimulatorConfig:
     pii_share: float = 0.25
     transfer_continuation: float = 0.5  # share of transferred contacts continued by a second contact
     base_explicit: float = 0.015
+    # Real exports, unlike a simulation of everything: an export taken at the end of the period holds only
+    # the tickets closed by then ("closed-only"); e-mail handled as tickets stays open for days
+    # (``ticket_days``: median days open, 0 = closed when handled); the repeat rate drifts over the period
+    # (``drift``: relative change of the repeat intensity from start to end, -0.7 = falls by 70%).
+    export: Literal["all", "closed-only"] = "all"
+    ticket_days: float = 0.0
+    drift: float = 0.0
     issue_mix: dict[str, float] = field(default_factory=lambda: {k: v[3] for k, v in ISSUES.items()})
 
 
@@ -140,7 +148,7 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
     transcripts = [_transcript(text_rng, row, config) for row in log.itertuples(index=False)]
     hours = pd.to_timedelta(log["opened_h"], unit="h")
     opened_at = (start + hours).dt.floor("s")
-    duration = pd.to_timedelta(log["handle_seconds"] + log["hold_seconds"], unit="s")
+    duration = pd.to_timedelta(log["open_seconds"], unit="s")
     contacts = pd.DataFrame(
         {
             "contact_id": log["contact_id"],
@@ -159,6 +167,11 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
         }
     )
     truth = _truth(log, config, issue_p)
+    if config.export == "closed-only":
+        # Extracted right after the last opening: a ticket still open then is not in the export.
+        closed_by_end = (log["closed_h"] <= log["opened_h"].max()).to_numpy()
+        contacts = contacts[closed_by_end].reset_index(drop=True)
+        truth = truth[closed_by_end].reset_index(drop=True)
     return SimulatedLog(contacts=contacts, truth=truth)
 
 
@@ -222,6 +235,8 @@ def _handle(
     confused = rng.random(n) < np.where(clear, 0.08, 0.65) + np.where(new_customer, 0.1, 0.0)
     mentioned = rng.random(n) < 0.1 + 0.7 * skill
 
+    # Drift: the repeat intensity moves linearly over the period (a product fix, a new process).
+    intensity = intensity * np.clip(1.0 + config.drift * out["opened_h"].to_numpy() / (config.days * 24.0), 0.05, None)
     persistence = cust["persistence"].to_numpy() + np.where(segment == 1, 0.2, 0.0)
     p_explicit = (
         (config.base_explicit + 0.34 * ~resolved + 0.12 * ~clear + 0.12 * confused) * np.exp(persistence) * intensity
@@ -279,7 +294,13 @@ def _handle(
         np.where(segment == 1, "business", "consumer"),
     )
     out["csat"] = np.where(csat_known, csat_raw, np.nan)
-    out["closed_h"] = out["opened_h"] + (handle + hold) / 3600.0
+    open_seconds = handle + hold
+    if config.ticket_days > 0:
+        # E-mail as tickets: resolved after days in a queue, not when first handled.
+        days_open = np.minimum(config.ticket_days * np.exp(rng.normal(0.0, 0.6, n)), 4 * config.ticket_days)
+        open_seconds = np.where(channel == "email", days_open * 86400.0, open_seconds)
+    out["open_seconds"] = open_seconds
+    out["closed_h"] = out["opened_h"] + open_seconds / 3600.0
     out["segment"] = segment
     return out
 

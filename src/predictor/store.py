@@ -87,8 +87,8 @@ class ContactStore:
             return {row.contact_id: json.loads(row.response) for row in db.execute(query)}
 
     def history_for(self, contacts: pd.DataFrame, lookback_days: float) -> pd.DataFrame:
-        """Everything the features of ``contacts`` may use: their customers' and agents' recent contacts,
-        and the contacts of the customers those agents served (their repeat labels)."""
+        """Everything the features of ``contacts`` may use: their customers' contacts, their agents' recent
+        contacts, and the recent contacts of the customers those agents served (their repeat labels)."""
         if contacts.empty:
             return _empty_frame()
         since = contacts["closed_at"].min().to_pydatetime() - timedelta(days=lookback_days)
@@ -98,8 +98,10 @@ class ContactStore:
         customers = set(contacts["customer_id"].unique().tolist())
         # History rows never need their text (only the contact being scored is embedded): leave it behind.
         columns = [name for name in CONTACT_COLUMNS if name != "transcript"]
+        # The customer's own contacts for all time (their contact count and tenure have no look-back);
+        # the agents' other customers only as far as the agent's rate looks back.
         query = select(*[c[name] for name in columns]).where(
-            recent, (c.customer_id.in_(customers)) | (c.customer_id.in_(agents_customers))
+            (c.customer_id.in_(customers)) | (recent & c.customer_id.in_(agents_customers))
         )
         with self.engine.connect() as db:
             # Plain tuples: pandas probes SQLAlchemy Row objects attribute by attribute (~10x slower).
