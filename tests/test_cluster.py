@@ -21,6 +21,7 @@ from predictor.cluster import (
     by_customer,
     connect,
     features,
+    label_end,
     labels,
     read_partitioned,
     score_log,
@@ -80,7 +81,7 @@ def test_labels_and_features_equal_the_local_path(client, exports: Path, local: 
     config = LabelConfig()
 
     expected_labels = derive(local, config)
-    got_labels = labels(customers, config, end).compute()
+    got_labels = labels(customers, config, label_end(customers, config).at).compute()
     pd.testing.assert_frame_equal(by_id(got_labels), by_id(expected_labels), check_exact=True, check_dtype=False)
 
     agents = agent_history(customers, config, end)

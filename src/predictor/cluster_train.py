@@ -43,10 +43,13 @@ from predictor.cluster import (
     score,
     worker_embedder,
 )
+from predictor.cluster import (
+    label_end as cluster_label_end,
+)
 from predictor.config import Settings
 from predictor.embed import Embedder
 from predictor.features import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
-from predictor.labels import data_end, derive, epoch_us
+from predictor.labels import derive, epoch_us
 from predictor.logs import quiet_lightgbm
 from predictor.model import Calibrated, RepeatContactModel, TextHeads, TextInputs
 from predictor.train import (
@@ -150,17 +153,23 @@ def _fit(
     lap("reading")
 
     stage("labels")
-    # The data end and the slices come from the open and close times alone: two 8-byte columns come here.
-    times = customers[["opened_at", "closed_at"]].compute().reset_index(drop=True)
-    label_end = data_end(times, settings.labels)
+    # The data end and the slices come from the open and close times alone: 8-byte columns come here.
+    label_end = cluster_label_end(customers, settings.labels)
     for message in filter(None, [label_end.warning(settings.labels.repeat_window_days)]):
         log.warning(message)
-    boundaries = split_boundaries(times["closed_at"], settings, label_end.at)
-    del times
+    closed = customers["closed_at"].compute().reset_index(drop=True)
+    boundaries = split_boundaries(closed, settings, label_end.at)
+    del closed
+    # The training slice's repeat rate, which a customer's own rate is shrunk towards (as in-process).
+    sums = customers.map_partitions(
+        _train_repeats, settings, boundaries, label_end.at, meta={"rows": "i8", "repeats": "i8"}
+    ).sum().compute()  # fmt: skip
+    prior = float(sums["repeats"]) / max(float(sums["rows"]), 1.0)
     agents = agent_history(customers, settings.labels, end, compute.shuffle).persist()
+    shared_args = (settings, end, boundaries, label_end.at, prior)
     table = customers.map_partitions(
-        _table_partition, agents, settings, end, boundaries, label_end.at,
-        meta=_table_partition(_one_contact(), _agents_for(_one_contact()), settings, end, boundaries, label_end.at),
+        _table_partition, agents, *shared_args,
+        meta=_table_partition(_one_contact(), _agents_for(_one_contact()), *shared_args),
         align_dataframes=False,
     ).persist()  # fmt: skip
     codes, slice_repeats, censored, window_open, n_rows = dask.compute(
@@ -253,6 +262,7 @@ def _fit(
         hours_p90=hours_p90,
         issue_codes=issue_codes,
         metadata={"trained_on": counts, "boundaries": boundary_strings(boundaries), "workers": _workers(client)},
+        customer_prior=prior,
     )
 
     stage("baselines")
@@ -337,6 +347,16 @@ def _fit(
 _TABLE_KEYS = ("contact_id", "closed_us", "slice", "issue_code")
 
 
+def _train_repeats(
+    part: pd.DataFrame, settings: Settings, boundaries: tuple[pd.Timestamp, pd.Timestamp], label_end: pd.Timestamp
+) -> pd.DataFrame:
+    """Rows and repeats of one partition's training slice."""
+    labelled = derive(part.reset_index(drop=True), settings.labels, label_end)
+    train = slice_codes(labelled, boundaries, settings) == TRAIN
+    repeats = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()[train]
+    return pd.DataFrame({"rows": [int(train.sum())], "repeats": [int(repeats.sum())]})
+
+
 def _table_partition(
     part: pd.DataFrame,
     agents: pd.DataFrame,
@@ -344,13 +364,20 @@ def _table_partition(
     end: pd.Timestamp,
     boundaries: tuple[pd.Timestamp, pd.Timestamp],
     label_end: pd.Timestamp,
+    customer_prior: float,
 ) -> pd.DataFrame:
     """Labels, slice and the text-free features of one customer partition (the local functions).
 
     ``end`` is the last close (the features' horizon), ``label_end`` the data end of the whole log."""
     part = part.reset_index(drop=True)
     labelled = derive(part, settings.labels, label_end)
-    found = build(part, labels=settings.labels, as_of=end, agent_features=_aligned_agents(part, agents))
+    found = build(
+        part,
+        labels=settings.labels,
+        as_of=end,
+        agent_features=_aligned_agents(part, agents),
+        customer_prior=customer_prior,
+    )
     frame = found.frame.reset_index(drop=True)
     keys = pd.DataFrame(
         {
