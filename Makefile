@@ -70,6 +70,8 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_cluster.py --n 100000
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers
+	$(BIN)/python benchmarks/real_logs.py logs && $(BIN)/python benchmarks/real_logs.py train \
+		&& $(BIN)/python benchmarks/real_logs.py ablate
 
 bench-cluster: install ## Training on 1M contacts in-process vs a local Dask cluster, per stage (~45 min here)
 	$(BIN)/python benchmarks/bench_cluster_train.py --n 1000000
