@@ -489,10 +489,15 @@ def _categories(train_rows: Any) -> dict[str, list[str]]:
     import dask
 
     from predictor.features import CATEGORICAL
+    from predictor.model import MIN_TRANSITION_EXAMPLES
 
     columns = [c for c in CATEGORICAL if c in train_rows.columns]
-    levels = dask.compute(*[train_rows[c].astype(str).unique() for c in columns])
-    return {c: sorted(pd.Series(values).tolist()) for c, values in zip(columns, levels, strict=True)}
+    counts = dask.compute(*[train_rows[c].astype(str).value_counts() for c in columns])
+    # The same rule as in-process (model.categorical_levels): transitions only where frequent.
+    return {
+        c: sorted(found[found >= (MIN_TRANSITION_EXAMPLES if c == "issue_transition" else 1)].index.tolist())
+        for c, found in zip(columns, counts, strict=True)
+    }
 
 
 def _fit_heads(
