@@ -202,17 +202,10 @@ def _history(
 
     # The customer's own repeat rate over their windows that had ended by this close, shrunk to the prior.
     kept = ~labelled.censored
-    window_end = labelled.window_end_ms[kept] * 1000
-    by_end = np.lexsort((window_end, customers[kept]))
-    ended = _Keyed(customers[kept][by_end], window_end[by_end])
-    cum_repeat = np.r_[0.0, np.cumsum(labelled.repeat[kept][by_end].astype(float))]
-    ended_upto = ended.count_upto(query_code, t)
-    ended_start = ended.count_upto(query_code, never)
-    windows = (ended_upto - ended_start).astype(float)
-    repeats = cum_repeat[ended_upto] - cum_repeat[ended_start]
-    out["customer_known_repeat_rate"] = (repeats + CUSTOMER_PRIOR_STRENGTH * customer_prior) / (
-        windows + CUSTOMER_PRIOR_STRENGTH
-    )
+    out["customer_known_repeat_rate"], _ = _shrunk_rate(
+        customers[kept], labelled.window_end_ms[kept] * 1000, labelled.repeat[kept].astype(float),
+        query_code, t, never, customer_prior, CUSTOMER_PRIOR_STRENGTH,
+    )  # fmt: skip
 
     frame = pd.DataFrame(out, index=contacts.index)
     if agent_features is None:
@@ -271,19 +264,35 @@ def agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFram
 
 def _agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
     agents, agent_ids = pd.factorize(windows["agent_id"].to_numpy(dtype=object))
-    window_end = windows["window_end_us"].to_numpy(dtype=np.int64)
-    by_agent = np.lexsort((window_end, agents))
-    keys = _Keyed(agents[by_agent], window_end[by_agent])
     query_code = pd.Index(agent_ids).get_indexer(contacts["agent_id"].to_numpy(dtype=object)).astype(float)
     query_code[query_code < 0] = np.nan  # an agent with no closed window yet
     t = epoch_us(contacts["closed_at"])
-    upto = keys.count_upto(query_code, t)
-    start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
-    cum = np.r_[0.0, np.cumsum(windows["repeat"].to_numpy(dtype=float)[by_agent])]
-    volume = (upto - start).astype(float)
-    repeats = cum[upto] - cum[start]
-    rate = (repeats + AGENT_PRIOR_STRENGTH * DEFAULT_REPEAT_RATE) / (volume + AGENT_PRIOR_STRENGTH)
+    rate, volume = _shrunk_rate(
+        agents, windows["window_end_us"].to_numpy(dtype=np.int64), windows["repeat"].to_numpy(dtype=float),
+        query_code, t, t - _days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE, AGENT_PRIOR_STRENGTH,
+    )  # fmt: skip
     return pd.DataFrame({"agent_repeat_rate": rate, "agent_closed_windows": volume}, index=contacts.index)
+
+
+def _shrunk_rate(
+    codes: np.ndarray,
+    window_end: np.ndarray,
+    repeat: np.ndarray,
+    query_code: np.ndarray,
+    t: np.ndarray,
+    since: np.ndarray,
+    prior: float,
+    strength: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A group's repeat rate over its windows that ended in (``since``, ``t``], shrunk towards ``prior`` with
+    ``strength`` pseudo-windows, and how many windows that was (agents: the look-back; customers: all time)."""
+    order = np.lexsort((window_end, codes))
+    keys = _Keyed(codes[order], window_end[order])
+    upto = keys.count_upto(query_code, t)
+    start = keys.count_upto(query_code, since)
+    cum = np.r_[0.0, np.cumsum(repeat[order])]
+    volume = (upto - start).astype(float)
+    return (cum[upto] - cum[start] + strength * prior) / (volume + strength), volume
 
 
 def _days_us(days: float) -> int:
