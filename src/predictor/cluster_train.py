@@ -64,6 +64,7 @@ from predictor.train import (
     TrainingResult,
     _ClassNames,
     boundary_strings,
+    calibration_too_thin,
     check_slices,
     counts_of,
     evaluate_test,
@@ -183,7 +184,7 @@ def _fit(
     repeats = {name: int(slice_repeats.get(code, 0)) for code, name in SLICE_NAMES.items()}
     check_slices(counts, repeats, settings)
     cal_other = counts["calibration"] - repeats["calibration"]
-    if min(repeats["calibration"], cal_other) < settings.split.min_calibration_repeats:
+    if calibration_too_thin(repeats["calibration"], cal_other, settings):
         raise TrainingDataError(
             f"the calibration slice holds {repeats['calibration']} repeats and {cal_other} non-repeats after the "
             f"embargo (minimum {settings.split.min_calibration_repeats}); the cluster path needs one: train this "
@@ -489,15 +490,11 @@ def _categories(train_rows: Any) -> dict[str, list[str]]:
     import dask
 
     from predictor.features import CATEGORICAL
-    from predictor.model import MIN_TRANSITION_EXAMPLES
+    from predictor.model import levels_from_counts
 
     columns = [c for c in CATEGORICAL if c in train_rows.columns]
     counts = dask.compute(*[train_rows[c].astype(str).value_counts() for c in columns])
-    # The same rule as in-process (model.categorical_levels): transitions only where frequent.
-    return {
-        c: sorted(found[found >= (MIN_TRANSITION_EXAMPLES if c == "issue_transition" else 1)].index.tolist())
-        for c, found in zip(columns, counts, strict=True)
-    }
+    return {c: levels_from_counts(c, found) for c, found in zip(columns, counts, strict=True)}
 
 
 def _fit_heads(

@@ -42,6 +42,14 @@ def repeat_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return out
 
 
+def rates_differ(a: float, n_a: int, b: float, n_b: int, tolerance: float) -> bool:
+    """Whether two repeat rates differ by more than ``tolerance`` and by more than sampling noise
+    (three standard errors of the difference, pooled): the drift rule of training and the report."""
+    pooled = (a * n_a + b * n_b) / (n_a + n_b)
+    se = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n_a + 1 / n_b))
+    return bool(abs(a - b) > max(tolerance, 3 * se))
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
     which = np.clip((p * bins).astype(int), 0, bins - 1)
     total = 0.0

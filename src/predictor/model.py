@@ -376,7 +376,7 @@ class Calibrated:
 
 
 class ConstantClasses:
-    """The next-issue model where the training repeats have a single next issue: that issue, always."""
+    """The next-issue model where the training repeats have a single next issue (one class): that issue."""
 
     def __init__(self, classes: list[str]) -> None:
         self.classes_ = classes
@@ -390,16 +390,20 @@ MIN_TRANSITION_EXAMPLES = 20
 
 
 def categorical_levels(features: pd.DataFrame) -> dict[str, list[str]]:
-    """Each categorical column's levels in the training rows (issue transitions: only the frequent ones)."""
-    levels = {}
-    for column in CATEGORICAL:
-        if column not in features.columns:
-            continue
-        counts = features[column].astype(str).value_counts()
-        if column == "issue_transition":
-            counts = counts[counts >= MIN_TRANSITION_EXAMPLES]
-        levels[column] = sorted(counts.index.tolist())
-    return levels
+    """Each categorical column's levels in the training rows."""
+    return {
+        column: levels_from_counts(column, features[column].astype(str).value_counts())
+        for column in CATEGORICAL
+        if column in features.columns
+    }
+
+
+def levels_from_counts(column: str, counts: pd.Series) -> list[str]:
+    """The levels a column keeps, from its value counts in training (issue transitions: only frequent ones);
+    in-process and on a cluster alike."""
+    if column == "issue_transition":
+        counts = counts[counts >= MIN_TRANSITION_EXAMPLES]
+    return sorted(counts.index.tolist())
 
 
 def predict_log(model: RepeatContactModel, rows: pd.DataFrame) -> pd.DataFrame:

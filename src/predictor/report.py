@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, select_autoescape
 
+from predictor.evaluate import rates_differ
 from predictor.labels import DataEnd
 from predictor.plan import FollowUpPlan
 
@@ -212,9 +213,7 @@ def rate_shift(complete: pd.DataFrame, tolerance: float) -> str | None:
     early, late = ordered.iloc[:cut], ordered.iloc[cut:]
     a = float(early["is_repeat"].astype(float).mean())
     b = float(late["is_repeat"].astype(float).mean())
-    pooled = (a * len(early) + b * len(late)) / len(ordered)
-    se = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / len(early) + 1 / len(late)))
-    if abs(b - a) <= max(tolerance, 3 * se):
+    if not rates_differ(a, len(early), b, len(late), tolerance):
         return None
     predicted = float(late["repeat_probability"].mean())
     return (

@@ -142,7 +142,7 @@ def time_split(labelled: pd.DataFrame, settings: Settings, data_end: pd.Timestam
     codes = slice_codes(labelled, boundaries, settings)
     cal_repeats = int(repeat[codes == CALIBRATION].sum())
     cal_other = int((~repeat[codes == CALIBRATION]).sum())
-    if min(cal_repeats, cal_other) < settings.split.min_calibration_repeats:
+    if calibration_too_thin(cal_repeats, cal_other, settings):
         mode = "out-of-fold"
         codes = slice_codes(labelled, boundaries, settings, mode)
         notes.append(
@@ -168,6 +168,11 @@ def time_split(labelled: pd.DataFrame, settings: Settings, data_end: pd.Timestam
         repeats=repeats,
         notes=notes,
     )
+
+
+def calibration_too_thin(repeats: int, others: int, settings: Settings) -> bool:
+    """Too few repeats or non-repeats in the calibration slice to fit a calibration map on."""
+    return min(repeats, others) < settings.split.min_calibration_repeats
 
 
 def check_slices(counts: dict[str, int], repeats: dict[str, int], settings: Settings) -> None:
@@ -203,10 +208,7 @@ def drift_warning(split: Split, settings: Settings) -> str | None:
     if reference not in split.repeat_rates or "test" not in split.repeat_rates:
         return None
     a, b = split.repeat_rates[reference], split.repeat_rates["test"]
-    n_a, n_b = split.counts[reference], split.counts["test"]
-    pooled = (a * n_a + b * n_b) / (n_a + n_b)
-    se = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n_a + 1 / n_b))
-    if abs(a - b) <= max(settings.split.drift_tolerance, 3 * se):
+    if not evaluate.rates_differ(a, split.counts[reference], b, split.counts["test"], settings.split.drift_tolerance):
         return None
     return (
         f"drift: the repeat rate moved from {a:.1%} ({reference} slice) to {b:.1%} (test slice); a model "
