@@ -21,7 +21,6 @@ from predictor.cluster import (
     by_customer,
     connect,
     features,
-    label_end,
     labels,
     read_partitioned,
     score_log,
@@ -29,7 +28,7 @@ from predictor.cluster import (
 from predictor.config import PACKAGE_DATA, ComputeConfig, LabelConfig
 from predictor.embed import Embedder
 from predictor.features import build
-from predictor.labels import derive
+from predictor.labels import data_end, derive
 from predictor.schema import read_log, validate, write_table
 from predictor.store import ContactStore
 
@@ -81,7 +80,8 @@ def test_labels_and_features_equal_the_local_path(client, exports: Path, local: 
     config = LabelConfig()
 
     expected_labels = derive(local, config)
-    got_labels = labels(customers, config, label_end(customers, config).at).compute()
+    label_end = data_end(customers[["opened_at", "closed_at"]].compute(), config).at
+    got_labels = labels(customers, config, label_end).compute()
     pd.testing.assert_frame_equal(by_id(got_labels), by_id(expected_labels), check_exact=True, check_dtype=False)
 
     agents = agent_history(customers, config, end)

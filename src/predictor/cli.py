@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -272,7 +272,7 @@ def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: AN
     console.print(f"figures written to {path}")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """One line on stderr and exit status 2: the user's input, not the program, is wrong."""
     err.print(f"[red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
@@ -472,11 +472,9 @@ def report(
     elif path is not None:
         contacts = _load(path, mapping, assume_timezone).contacts
     else:
-        err.print("[red]error:[/] give a contact log, or --from-store")
-        raise typer.Exit(2)
+        _fail("give a contact log, or --from-store")
     if contacts.empty:
-        err.print("[red]error:[/] no contacts to report on")
-        raise typer.Exit(2)
+        _fail("no contacts to report on")
     with _progress() as progress:
         task = progress.add_task("scoring contacts with the champion", total=None)
         model, version = load_bundle(settings)
@@ -540,8 +538,8 @@ def score(
         try:
             summary = score_log(log_path, model, out, compute, mapping, assume_timezone, store_url)
         except SchemaError as exc:
-            err.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+            progress.stop()
+            _fail(str(exc))
         progress.update(task, description="scoring: done")
     console.print(
         f"scored {summary.scored:,} of {summary.n_input:,} contacts with version {version} in "
@@ -568,8 +566,7 @@ def promote(
     try:
         move(version, settings, reason)
     except Exception as exc:  # MLflow says "not found" in its own words; give ours
-        err.print(f"[red]error:[/] cannot promote version {version}: {exc}")
-        raise typer.Exit(2) from None
+        _fail(f"cannot promote version {version}: {exc}")
     console.print(f"champion -> {settings.registry.model_name} version {version} ({reason})")
 
 
@@ -745,8 +742,7 @@ def _load(path: Path, mapping: Path | None, assume_timezone: str | None):  # noq
     try:
         return load_files(path, mapping, assume_timezone)
     except SchemaError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

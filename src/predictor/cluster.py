@@ -29,7 +29,7 @@ import pandas as pd
 from predictor.config import ComputeConfig, EmbeddingConfig, LabelConfig
 from predictor.embed import Embedder
 from predictor.features import AGENT_COLUMNS, agent_features, agent_windows, build
-from predictor.labels import DataEnd, data_end, derive, epoch_us
+from predictor.labels import derive, epoch_us
 from predictor.schema import REPEATED_IN_LATER_FILE, input_files, load_contacts, load_files, validate
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,8 @@ def as_of(contacts: Any) -> pd.Timestamp:
     return pd.Timestamp(contacts["closed_at"].max().compute())
 
 
-def label_end(customers: Any, config: LabelConfig) -> DataEnd:
-    """``labels.data_end`` of the whole log, from its open and close times alone (two columns collected)."""
-    return data_end(customers[["opened_at", "closed_at"]].compute(), config)
-
-
 def labels(customers: Any, config: LabelConfig, end: pd.Timestamp) -> Any:
-    """``labels.derive`` per customer partition, censored against ``end``: the whole log's ``label_end``."""
+    """``labels.derive`` per customer partition, censored against ``end``: the whole log's ``labels.data_end``."""
     meta = derive(customers._meta, config)
     return customers.map_partitions(derive, config, end, meta=meta)
 

@@ -43,13 +43,10 @@ from predictor.cluster import (
     score,
     worker_embedder,
 )
-from predictor.cluster import (
-    label_end as cluster_label_end,
-)
 from predictor.config import Settings
 from predictor.embed import Embedder
 from predictor.features import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
-from predictor.labels import derive, epoch_us
+from predictor.labels import data_end, derive, epoch_us
 from predictor.logs import quiet_lightgbm
 from predictor.model import Calibrated, RepeatContactModel, TextHeads, TextInputs
 from predictor.train import (
@@ -154,13 +151,14 @@ def _fit(
     lap("reading")
 
     stage("labels")
-    # The data end and the slices come from the open and close times alone: 8-byte columns come here.
-    label_end = cluster_label_end(customers, settings.labels)
-    for message in filter(None, [label_end.warning(settings.labels.repeat_window_days)]):
-        log.warning(message)
-    closed = customers["closed_at"].compute().reset_index(drop=True)
-    boundaries = split_boundaries(closed, settings, label_end.at)
-    del closed
+    # The data end and the slices come from the open and close times alone: two 8-byte columns come here.
+    times = customers[["opened_at", "closed_at"]].compute().reset_index(drop=True)
+    label_end = data_end(times, settings.labels)
+    end_warnings = [w for w in [label_end.warning(settings.labels.repeat_window_days)] if w]
+    for message in end_warnings:
+        log.debug(message)  # carried in the result's warnings, which the caller prints
+    boundaries = split_boundaries(times["closed_at"], settings, label_end.at)
+    del times
     # The training slice's repeat rate, which a customer's own rate is shrunk towards (as in-process).
     sums = customers.map_partitions(
         _train_repeats, settings, boundaries, label_end.at, meta={"rows": "i8", "repeats": "i8"}
@@ -331,7 +329,7 @@ def _fit(
         data_fingerprint=fingerprint(customers),
         test_contacts=None,
         data_end=label_end,
-        warnings=[w for w in [label_end.warning(settings.labels.repeat_window_days)] if w],
+        warnings=end_warnings,
     )
     example = customers.head(5)
     return ClusterFit(

@@ -28,6 +28,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 
 from predictor.config import sqlite_file
 from predictor.embed import redact
@@ -69,7 +70,12 @@ class ContactStore:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except DatabaseError:
+            # Two processes opening a new store at once (Dask workers loading partitions): both saw no table,
+            # one created it first. The second pass finds it and creates nothing; a real fault raises again.
+            metadata.create_all(self.engine)
 
     @property
     def dialect(self) -> str:

@@ -130,6 +130,8 @@ def time_split(labelled: pd.DataFrame, settings: Settings, data_end: pd.Timestam
     ``TrainingDataError`` when even then the training or test slice is below the configured minimum.
     """
     known = labelled["window_complete"].to_numpy(dtype=bool)
+    if not len(labelled):
+        raise TrainingDataError("the log holds no valid contacts to train on")
     if not known.any():
         raise TrainingDataError(
             f"no contact's {settings.labels.repeat_window_days:g}-day window has closed before the data end "
@@ -292,8 +294,9 @@ def fit(
     labelled = derive(contacts, settings.labels, end.at)
     split = time_split(labelled, settings, end.at)
     warnings = [w for w in (end.warning(settings.labels.repeat_window_days), drift_warning(split, settings)) if w]
+    # Returned as data (split.notes, warnings, skipped) and printed by the caller: logged at DEBUG only.
     for message in [*split.notes, *warnings]:
-        log.warning(message)
+        log.debug(message)
     skipped: list[Skipped] = []
     y = labelled["is_repeat"].astype("float").to_numpy()
     tr, cal, te = split.train, split.calibration, split.test
@@ -389,7 +392,7 @@ def fit(
     )
     lap("evaluation")
     for item in skipped:
-        log.warning("skipped %s: %s", item.stage, item.reason)
+        log.debug("skipped %s: %s", item.stage, item.reason)
 
     params = training_params(settings, hp, embedder.model_id if embedder else None, heads, split.counts)
     params.update({"calibration_mode": split.calibration_mode, "data_end": str(end.at), "data_end_rule": end.rule})
@@ -554,10 +557,10 @@ def evaluate_test(
         predicted["hours_to_repeat_median"].to_numpy(),
         predicted["hours_to_repeat_p90"].to_numpy(),
     )
-    # The interval before its conformal correction: what the quantile booster alone would have promised.
-    raw_p90 = predicted["hours_to_repeat_p90"].to_numpy()
-    offset = float(getattr(model, "hours_p90_log_offset", 0.0))
-    raw_p90 = np.expm1(np.log1p(raw_p90) - offset)
+    # The interval before its conformal correction: what the quantile booster alone would have promised
+    # (clamped at the median as the model's output is).
+    raw_p90 = np.expm1(booster_predict(model.hours_p90, X_test.iloc[repeats]))
+    raw_p90 = np.maximum(np.clip(raw_p90, 0.0, None), predicted["hours_to_repeat_median"].to_numpy())
     timing["p90_coverage_uncalibrated"] = float(np.mean(repeated["hours_to_repeat"].to_numpy() <= raw_p90))
     timing["p90_nominal"] = P90
     plots: dict[str, Path] = {}
