@@ -533,7 +533,9 @@ def _fit_heads(
     )
     labels = sample.rename(columns={LABEL + "is_repeat": "is_repeat", LABEL + "repeat_type": "repeat_type"})
     labels["is_repeat"] = labels["is_repeat"].astype("boolean")
-    fitted = fit_text_heads(text, head_targets(labels), pd.Index(sample["contact_id"]), hp)
+    fitted = fit_text_heads(
+        text, head_targets(labels), pd.Index(sample["contact_id"]), sample["contact_id"].to_numpy(dtype=str), hp
+    )
     if fitted is None:
         raise TrainingDataError(
             "no text head can be fitted on the cluster's sample (too few repeats with a transcript): train "

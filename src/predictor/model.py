@@ -273,22 +273,31 @@ class TextHeads:
         return self
 
     def fit_oof(
-        self, inputs: TextInputs, labels: np.ndarray, index: pd.Index, matrices: dict[str, Any] | None = None
+        self,
+        inputs: TextInputs,
+        labels: np.ndarray,
+        index: pd.Index,
+        keys: np.ndarray,
+        matrices: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        """Fit on all rows; return each row's score from the fold that did not see it."""
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        """Fit on all rows; return each row's score from the fold that did not see it.
+
+        Folds come from ``keys`` (contact ids), not row positions: the same contacts fall in the same fold
+        whatever order the log arrives in, in-process or on a cluster.
+        """
+        from sklearn.model_selection import cross_val_predict
 
         if matrices is None:
             self.fit_vectorizer(inputs)
             matrices = self.matrices(inputs)
         self.fit(inputs, labels, matrices)
         keep = inputs.has_text
-        # Stratified: every fold's training part holds both classes even when one of them is rare.
-        folds = StratifiedKFold(self.folds, shuffle=True, random_state=self.seed)
+        kept_keys = np.asarray(keys)[keep]
         oof = np.full((len(keep), len(self.columns)), np.nan)
         column = 0
         for view, matrix in matrices.items():
             for k in range(labels.shape[1]):
+                folds = keyed_folds(kept_keys, labels[keep, k], self.folds, self.seed)
                 oof[keep, column] = cross_val_predict(
                     self._logistic(view), matrix[keep], labels[keep, k], cv=folds, method="predict_proba"
                 )[:, 1]
@@ -307,6 +316,21 @@ class TextHeads:
 
     def _logistic(self, view: str) -> Any:
         return logistic(self.C[view], sparse=view == "words")
+
+
+def keyed_folds(keys: np.ndarray, y: np.ndarray, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds decided by a hash of each row's key, so they do not depend on row order.
+
+    Within each class the rows are ranked by the hash and dealt round-robin: every fold gets its share of
+    a rare class (as ``StratifiedKFold``), and a contact's fold is the same on every path that sees it.
+    """
+    hashed = pd.util.hash_array(np.asarray(keys, dtype=object), hash_key=f"{seed:016d}"[:16])
+    fold = np.empty(len(keys), dtype=int)
+    for value in np.unique(y):
+        rows = np.flatnonzero(y == value)
+        fold[rows[np.argsort(hashed[rows], kind="stable")]] = np.arange(len(rows)) % n_folds
+    everything = np.arange(len(keys))
+    return [(everything[fold != k], everything[fold == k]) for k in range(n_folds)]
 
 
 def logistic(C: float, sparse: bool) -> Any:

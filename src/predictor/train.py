@@ -36,6 +36,7 @@ from predictor.model import (
     TextInputs,
     booster_predict,
     categorical_levels,
+    keyed_folds,
     logistic,
 )
 
@@ -621,7 +622,12 @@ def _design(
     if text is None:
         return None, X
     fitted = fit_text_heads(
-        text.rows(train_rows), head_targets(labelled.iloc[train_rows]), X.index[train_rows], hp, skipped
+        text.rows(train_rows),
+        head_targets(labelled.iloc[train_rows]),
+        X.index[train_rows],
+        labelled["contact_id"].to_numpy(dtype=str)[train_rows],
+        hp,
+        skipped,
     )
     if fitted is None:
         return None, X
@@ -642,9 +648,16 @@ def head_targets(labelled: pd.DataFrame) -> np.ndarray:
 
 
 def fit_text_heads(
-    text: TextInputs, targets: np.ndarray, index: pd.Index, hp: dict[str, Any], skipped: list[Skipped] | None = None
+    text: TextInputs,
+    targets: np.ndarray,
+    index: pd.Index,
+    keys: np.ndarray,
+    hp: dict[str, Any],
+    skipped: list[Skipped] | None = None,
 ) -> tuple[TextHeads, pd.DataFrame] | None:
     """Text heads fitted on training rows, and those rows' out-of-fold scores (indexed by ``index``).
+
+    ``keys`` (the rows' contact ids) decide the folds, so the scores do not depend on the rows' order.
 
     A target whose rarer class has fewer rows with text than there are folds cannot be cross-fitted (one
     issue code: every repeat is explicit, so there is no implicit head); it is skipped, as is the word view
@@ -681,18 +694,21 @@ def fit_text_heads(
             return None
         matrices = heads.fit_vectorizer(text).matrices(text)
     chosen = targets[:, usable]
-    heads.C = {view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view]) for view in grids}
-    oof = heads.fit_oof(text, chosen, index, matrices=matrices)
+    kept_keys = np.asarray(keys)[keep]
+    heads.C = {
+        view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view], kept_keys) for view in grids
+    }
+    oof = heads.fit_oof(text, chosen, index, keys, matrices=matrices)
     return heads, oof
 
 
-def _choose_c(view: str, matrix: Any, target: np.ndarray, grid: list[float]) -> float:
+def _choose_c(view: str, matrix: Any, target: np.ndarray, grid: list[float], keys: np.ndarray) -> float:
     """Regularisation of a text head by cross-validated AUC: little data needs more of it."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import cross_val_score
 
     if len(grid) == 1 or min(target.sum(), len(target) - target.sum()) < 3:
         return float(grid[0])
-    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    folds = keyed_folds(keys, target, 3)
     scores = [
         cross_val_score(logistic(c, sparse=view == "words"), matrix, target, cv=folds, scoring="roc_auc").mean()
         for c in grid
