@@ -18,13 +18,17 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from predictor import evaluate
+from predictor.compute.base import LABEL, Rows
+from predictor.compute.local import LocalBackend
 from predictor.config import Settings
-from predictor.features import as_model_input, build
-from predictor.labels import derive, epoch_us
-from predictor.model import categorical_levels
+from predictor.embed import redact
+from predictor.features import CATEGORICAL
+from predictor.labels import data_end
+from predictor.model import TfidfBaseline, levels_from_counts
 from predictor.schema import load_contacts
 from predictor.simulate import truth_path
-from predictor.train import _fit_repeat, _tfidf_baseline, load_hyperparams, time_split
+from predictor.split import TEST, TRAIN, decide, split_boundaries
+from predictor.train import fit_repeat, load_hyperparams
 
 LATENTS = ["clear", "resolved", "confused", "mentioned_adjacent"]
 
@@ -36,26 +40,35 @@ def main() -> None:
     settings, hp = Settings(), load_hyperparams()
     contacts = load_contacts(args.log).contacts.reset_index(drop=True)
     truth = evaluate.load_truth(truth_path(args.log)).set_index("contact_id").loc[contacts["contact_id"]]
-    labelled = derive(contacts, settings.labels)
-    split = time_split(labelled, settings)
-    tr, cal, te = split.train, split.calibration, split.test
-    y = labelled["is_repeat"].astype(float).to_numpy()
-    features = build(contacts).frame
-    X = as_model_input(features, categorical_levels(features.iloc[tr]))
-    latents = pd.DataFrame(truth[LATENTS].astype(float).to_numpy(), columns=LATENTS, index=X.index)
+    # The training pipeline's own split and design (no text), through the in-process backend.
+    backend = LocalBackend(contacts, settings)
+    end = data_end(contacts, settings.labels).at
+    boundaries = split_boundaries(contacts["closed_at"], settings, end)
+    split = decide(backend.slice_summary(boundaries, end), boundaries, settings)
+    prior = split.repeats["train"] / split.counts["train"]
+    columns = backend.build(boundaries, end, split.calibration_mode, prior, use_text=False)
+    found = backend.level_counts(Rows(TRAIN), [c for c in CATEGORICAL if c in columns])
+    backend.design({c: levels_from_counts(c, counts) for c, counts in found.items()})
+    design = backend.frame
+    latents = pd.DataFrame(truth[LATENTS].astype(float).to_numpy(), columns=LATENTS, index=design.index)
     seen = latents.copy()
-    seen[features["has_transcript"].to_numpy() == 0] = float("nan")  # no transcript: nothing to read
+    seen[design["has_transcript"].to_numpy() == 0] = float("nan")  # no transcript: nothing to read
+    y = design[LABEL + "is_repeat"].to_numpy()
+    tr, te = (design["slice"].to_numpy() == code for code in (TRAIN, TEST))
     rows = {}
-    for name, design in (
-        ("metadata + history", X),
-        ("+ true latents where a transcript exists", pd.concat([X, seen], axis=1)),
-        ("+ true latents everywhere", pd.concat([X, latents], axis=1)),
+    for name, extra in (
+        ("metadata + history", None),
+        ("+ true latents where a transcript exists", seen.add_prefix("true_")),
+        ("+ true latents everywhere", latents.add_prefix("true_")),
     ):
-        times = epoch_us(contacts["closed_at"])[tr]
-        _, model = _fit_repeat(design.iloc[tr], y[tr], design.iloc[cal], y[cal], hp, times)
-        rows[name] = roc_auc_score(y[te], model.predict_proba(design.iloc[te])[:, 1])
-    rows["tf-idf + logistic regression"] = roc_auc_score(y[te], _tfidf_baseline(contacts, tr, te, y, hp))
-    rows["oracle"] = roc_auc_score(y[te], evaluate.oracle_repeat(truth.reset_index(), contacts["contact_id"].iloc[te]))
+        backend.frame = design if extra is None else pd.concat([design, extra], axis=1)
+        used = [*columns, *([] if extra is None else extra.columns)]
+        _, model = fit_repeat(backend, used, split, hp, settings, [])
+        rows[name] = roc_auc_score(y[te], model.predict_proba(backend.frame.loc[te, used])[:, 1])
+    texts = contacts["transcript"].map(redact)
+    tfidf = TfidfBaseline(hp).fit(texts[tr].tolist(), y[tr].astype(int))
+    rows["tf-idf + logistic regression"] = roc_auc_score(y[te], tfidf.predict(texts[te].tolist()))
+    rows["oracle"] = roc_auc_score(y[te], evaluate.oracle_repeat(truth.reset_index(), contacts["contact_id"][te]))
     ceiling = rows["+ true latents where a transcript exists"] - rows["tf-idf + logistic regression"]
     for name, auc in rows.items():
         print(f"{name:45s} {auc:.4f}")

@@ -186,6 +186,8 @@ def test_training_on_the_cluster_matches_the_local_path(client, training_exports
     assert result.metrics.loc["model", "ece"] <= local.metrics.loc["model", "ece"] + 0.02
     assert abs(result.next_issue_metrics["top3_accuracy"] - local.next_issue_metrics["top3_accuracy"]) <= 0.05
     assert result.params["compute"] == "dask" and result.params["dask_workers"] == 2
+    # One fingerprint of the same contacts, whatever their partitioning, order or file format.
+    assert result.data_fingerprint == local.data_fingerprint
     assert fitted.n_input == len(contacts) and fitted.rejections.empty
     # Everything a plan is mined from: every contact whose window closed.
     assert len(fitted.labelled) == int(derive(contacts)["window_complete"].sum())

@@ -259,6 +259,11 @@ def test_metrics_summary_is_json_with_what_ci_needs(drifting) -> None:
     assert summary["split"]["repeat_rates"]["test"] > 0
     assert summary["data_end"]["rule"] in ("last_opening", "longest_open_tickets")
     assert any(w.startswith("drift") for w in summary["warnings"])
+    # The model per group, as data: every test contact counted once per dimension.
+    by_slice = pd.DataFrame(summary["by_slice"])
+    assert {"channel", "issue", "has_transcript", "transcript_length", "customer_tenure"} <= set(by_slice["dimension"])
+    per_dimension = by_slice.groupby("dimension")["contacts"].sum()
+    assert (per_dimension == drifting.split.counts["test"]).all()
 
 
 def test_the_conformal_interval_covers_about_ninety_percent(settings) -> None:

@@ -42,6 +42,51 @@ def repeat_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return out
 
 
+# Where a model can be good overall and poor for a group: the bands the per-slice table cuts by.
+TRANSCRIPT_WORD_BANDS: tuple[float, ...] = (0, 1, 150, 400, np.inf)  # none, short, medium, long
+TENURE_DAY_BANDS: tuple[float, ...] = (0, 1, 30, 180, np.inf)  # first contact, a month, half a year, longer
+MIN_SLICE_ROWS = 30  # fewer rows: the slice's figures are listed without AUC
+
+
+def band_labels(values: np.ndarray, edges: tuple[float, ...], unit: str) -> np.ndarray:
+    """Values cut into ``[a, b)`` bands, labelled "a-b unit" (the last "a+ unit"; NaN as "unknown")."""
+    names = [
+        f"{edges[k]:g}+ {unit}" if np.isinf(edges[k + 1]) else f"{edges[k]:g}-{edges[k + 1]:g} {unit}"
+        for k in range(len(edges) - 1)
+    ]
+    values = np.asarray(values, dtype=float)
+    codes = np.clip(np.searchsorted(np.asarray(edges), values, side="right") - 1, 0, len(names) - 1)
+    return np.where(np.isnan(values), "unknown", np.asarray(names, dtype=object)[codes])
+
+
+def slice_metrics(y: np.ndarray, p: np.ndarray, groups: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The model's figures per group of the test slice: one row per (dimension, value).
+
+    ``groups`` maps a dimension (channel, issue, ...) to each test row's value. AUC needs both classes and
+    ``MIN_SLICE_ROWS`` rows; below that only the counts and rates are given."""
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    rows = []
+    for dimension, values in groups.items():
+        values = np.asarray(values).astype(str)
+        for value in sorted(set(values)):
+            chosen = values == value
+            n, repeats = int(chosen.sum()), int(y[chosen].sum())
+            scorable = n >= MIN_SLICE_ROWS and 0 < repeats < n
+            rows.append(
+                {
+                    "dimension": dimension,
+                    "value": value,
+                    "contacts": n,
+                    "repeat_rate": repeats / n,
+                    "predicted_rate": float(p[chosen].mean()),
+                    "roc_auc": float(roc_auc_score(y[chosen], p[chosen])) if scorable else float("nan"),
+                    "ece": expected_calibration_error(y[chosen], p[chosen]) if n >= MIN_SLICE_ROWS else float("nan"),
+                }
+            )
+    return pd.DataFrame.from_records(rows)
+
+
 def rates_differ(a: float, n_a: int, b: float, n_b: int, tolerance: float) -> bool:
     """Whether two repeat rates differ by more than ``tolerance`` and by more than sampling noise
     (three standard errors of the difference, pooled): the drift rule of training and the report."""

@@ -447,3 +447,42 @@ def predict_log(model: RepeatContactModel, rows: pd.DataFrame) -> pd.DataFrame:
     contacts = result.contacts
     to_score = contacts if flags is None else contacts[~flags.to_numpy()]
     return model.predict(to_score.reset_index(drop=True), history=contacts)
+
+
+class ClassNames:
+    """A fitted multiclass booster whose columns follow ``classes`` (LightGBM sees only codes)."""
+
+    def __init__(self, model: Any, classes: list[str]) -> None:
+        self.model = model
+        self.classes_ = classes
+
+    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        proba = np.zeros((len(X), len(self.classes_)))
+        seen = booster_predict(self.model, X)
+        if seen.ndim == 1:  # two classes: LightGBM gives only the second one's probability
+            seen = np.column_stack([1 - seen, seen])
+        proba[:, self.model.classes_] = seen
+        return proba
+
+
+class TfidfBaseline:
+    """The text baseline every embedding model must beat: TF-IDF words and a logistic regression."""
+
+    def __init__(self, hp: dict[str, Any]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        params = hp["tfidf_baseline"]
+        self.vectorizer = TfidfVectorizer(
+            max_features=params["max_features"], ngram_range=(1, params["ngram_max"]), sublinear_tf=True, min_df=2
+        )
+        self.model = LogisticRegression(C=params["C"], max_iter=2000)
+
+    def fit(self, redacted: list[str], y: np.ndarray) -> TfidfBaseline:
+        self.model.fit(self.vectorizer.fit_transform(redacted), y)
+        return self
+
+    def predict(self, redacted: list[str]) -> np.ndarray:
+        if not len(redacted):
+            return np.array([], dtype=float)
+        return self.model.predict_proba(self.vectorizer.transform(redacted))[:, 1]

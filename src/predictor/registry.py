@@ -111,6 +111,9 @@ def log_and_register(
             mlflow.log_artifact(str(path), artifact_path="plan")
         tables = Path(tmp)
         result.metrics.to_csv(tables / "repeat_metrics.csv")
+        if len(result.by_slice):
+            result.by_slice.to_csv(tables / "by_slice.csv", index=False)
+            mlflow.log_artifact(str(tables / "by_slice.csv"), artifact_path="tables")
         (tables / "metrics.json").write_text(json.dumps(metrics_summary(result), indent=2))
         mlflow.log_artifact(str(tables / "metrics.json"), artifact_path="tables")
         (tables / "split.json").write_text(json.dumps({**result.split.counts, **result.split.boundaries}, indent=2))

@@ -8,6 +8,7 @@ The pandera model is the contract of what leaves this module (dtypes and invaria
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -446,3 +447,29 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     else:
         raise SchemaError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .parquet or .jsonl)")
     return path
+
+
+def row_hash_sum(contacts: pd.DataFrame) -> int:
+    """The sum of the contract columns' row hashes (mod 2**64): add it up over partitions for ``fingerprint``.
+
+    Times are hashed as epoch microseconds and everything else as text, so the same contacts hash alike
+    whatever their dtypes after a shuffle or a file format."""
+    present = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in contacts.columns]
+    normal = pd.DataFrame(
+        {
+            c: contacts[c].dt.tz_convert("UTC").dt.as_unit("us").astype("int64").to_numpy()
+            if c in TIMESTAMP_COLUMNS
+            else contacts[c].astype(str).to_numpy()
+            for c in present
+        }
+    )
+    hashed = pd.util.hash_pandas_object(normal, index=False).to_numpy()
+    return int(hashed.sum(dtype=np.uint64))
+
+
+def fingerprint(contacts: pd.DataFrame | None = None, total: int | None = None) -> str:
+    """A short hash of validated contacts that depends neither on their order nor on their partitioning:
+    of a frame, or of ``row_hash_sum`` totals already added up (a cluster's partitions)."""
+    if total is None:
+        total = row_hash_sum(contacts)
+    return hashlib.sha256((int(total) % 2**64).to_bytes(8, "little")).hexdigest()[:16]

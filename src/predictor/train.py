@@ -1,48 +1,62 @@
-"""Training: a time split, the three models, the baselines beside them, and their evaluation.
+"""Training, written once: the time split, the three models, the baselines beside them, their evaluation.
 
-Split by close time into train / calibration / test. Each slice keeps only contacts whose label was known
-before the next slice starts (an embargo of one window), so nothing fitted on one slice has seen the
-outcome of a contact in the next. Censored contacts are never fitted or scored against; they are counted.
+``fit_on`` runs on any ``compute.base.Backend``: the log in this process (``compute.local``, what ``fit``
+uses) or on a Dask cluster (``compute.dask``). Split by close time into train / calibration / test
+(``split``); each slice keeps only contacts whose label was known before the next slice starts (an embargo
+of one window), so nothing fitted on one slice has seen the outcome of a contact in the next. Censored
+contacts are never fitted or scored against; they are counted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from predictor import evaluate
+from predictor.compute.base import LABEL, LABEL_COLUMNS, TFIDF, Backend, Booster, Rows, Target, TextSample, labels_of
 from predictor.config import Settings
-from predictor.embed import Embedder, redact
-from predictor.features import as_model_input, build
-from predictor.labels import DataEnd, data_end, derive, epoch_us
+from predictor.features import CATEGORICAL
+from predictor.labels import DataEnd, data_end
 from predictor.model import (
     Calibrated,
+    ClassNames,
     ConstantClasses,
     RepeatContactModel,
     TextHeads,
     TextInputs,
+    TfidfBaseline,
+    as_matrix,
     booster_predict,
-    categorical_levels,
     keyed_folds,
+    levels_from_counts,
     logistic,
 )
+from predictor.split import (
+    CALIBRATION,
+    TEST,
+    TRAIN,
+    Split,
+    TrainingDataError,
+    decide,
+    drift_warning,
+    split_boundaries,
+    time_split,
+)
+
+__all__ = ["Baseline", "TrainingDataError", "TrainingResult", "fit", "fit_on", "metrics_summary", "time_split"]
 
 log = logging.getLogger(__name__)
 OTHER = "other"
-ABLATION = "ablation: head-only cut, no closing view"
 
 
 def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
@@ -52,190 +66,12 @@ def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-class TrainingDataError(ValueError):
-    """The log cannot support a model: the message says what it holds and what to do."""
-
-
 @dataclass
 class Skipped:
     """What could not be fitted on this log, and why; the run records it and trains the rest."""
 
     stage: str
     reason: str
-
-
-@dataclass
-class Split:
-    train: np.ndarray
-    calibration: np.ndarray  # empty when calibration is out-of-fold on the training slice
-    test: np.ndarray
-    boundaries: dict[str, str]
-    counts: dict[str, int]
-    calibration_mode: str = "slice"  # or "out-of-fold"
-    repeat_rates: dict[str, float] = field(default_factory=dict)
-    repeats: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def split_boundaries(
-    closed: pd.Series, settings: Settings, data_end: pd.Timestamp | None = None
-) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """Where calibration and test start: quantiles of the close times of the contacts whose window had closed
-    by ``data_end`` (all close times without one), so each slice's share is of what can be learnt from."""
-    if data_end is not None:
-        window = pd.Timedelta(days=settings.labels.repeat_window_days)
-        known = closed[closed + window <= data_end]
-        closed = known if len(known) else closed
-    test_start = closed.quantile(1 - settings.split.test_fraction)
-    cal_start = closed.quantile(1 - settings.split.test_fraction - settings.split.calibration_fraction)
-    return pd.Timestamp(cal_start), pd.Timestamp(test_start)
-
-
-# Which slice a labelled row falls in (``slice_codes``): the cluster path carries these codes per partition.
-NOT_USED, TRAIN, CALIBRATION, TEST = 0, 1, 2, 3
-SLICE_NAMES = {TRAIN: "train", CALIBRATION: "calibration", TEST: "test"}
-
-
-def slice_codes(
-    labelled: pd.DataFrame,
-    boundaries: tuple[pd.Timestamp, pd.Timestamp],
-    settings: Settings,
-    calibration_mode: str = "slice",
-) -> np.ndarray:
-    """Each row's slice; rows whose window is open, or whose label would leak into the next slice, are unused.
-
-    With ``calibration_mode="out-of-fold"`` there is no calibration slice: training runs up to one window
-    before the test slice, and calibration is fitted on out-of-fold scores of the training rows.
-    """
-    cal_start, test_start = boundaries
-    closed = labelled["closed_at"]
-    window = pd.Timedelta(days=settings.labels.repeat_window_days)
-    # Whole window observed, not merely "uncensored": see labels.derive on outcome-dependent censoring.
-    known = labelled["window_complete"].to_numpy(dtype=bool)
-    # A row's label is known at most one window after its close: that must be before the next slice.
-    codes = np.full(len(labelled), NOT_USED, dtype=np.int8)
-    if calibration_mode == "out-of-fold":
-        codes[known & (closed <= test_start - window).to_numpy()] = TRAIN
-    else:
-        codes[known & (closed <= cal_start - window).to_numpy()] = TRAIN
-        codes[known & ((closed > cal_start) & (closed <= test_start - window)).to_numpy()] = CALIBRATION
-    codes[known & (closed > test_start).to_numpy()] = TEST
-    return codes
-
-
-def time_split(labelled: pd.DataFrame, settings: Settings, data_end: pd.Timestamp | None = None) -> Split:
-    """Positions of train / calibration / test rows; censored and embargoed rows excluded.
-
-    Adapts to a short log: when the one-window embargo leaves too few repeats for a calibration slice, the
-    calibration is fitted out-of-fold on the training slice (and the split says so). Raises
-    ``TrainingDataError`` when even then the training or test slice is below the configured minimum.
-    """
-    known = labelled["window_complete"].to_numpy(dtype=bool)
-    if not len(labelled):
-        raise TrainingDataError("the log holds no valid contacts to train on")
-    if not known.any():
-        raise TrainingDataError(
-            f"no contact's {settings.labels.repeat_window_days:g}-day window has closed before the data end "
-            f"({len(labelled):,} contacts, all censored or still open): give a longer log, a shorter window "
-            "(PREDICTOR_LABELS__REPEAT_WINDOW_DAYS) or the extraction time (--as-of)"
-        )
-    boundaries = split_boundaries(labelled["closed_at"], settings, data_end)
-    repeat = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()
-    mode, notes = "slice", []
-    codes = slice_codes(labelled, boundaries, settings)
-    cal_repeats = int(repeat[codes == CALIBRATION].sum())
-    cal_other = int((~repeat[codes == CALIBRATION]).sum())
-    if calibration_too_thin(cal_repeats, cal_other, settings):
-        mode = "out-of-fold"
-        codes = slice_codes(labelled, boundaries, settings, mode)
-        notes.append(
-            f"the calibration slice holds {cal_repeats} repeats and {cal_other} non-repeats after the "
-            f"{settings.labels.repeat_window_days:g}-day embargo (minimum {settings.split.min_calibration_repeats}): "
-            f"calibrating out-of-fold ({settings.split.calibration_folds} folds) on the training slice instead"
-        )
-    window_open = int((~known).sum())
-    counts = counts_of(len(labelled), int(labelled["censored"].sum()), window_open, codes)
-    repeats = {name: int(repeat[codes == code].sum()) for code, name in SLICE_NAMES.items()}
-    check_slices(counts, repeats, settings)
-    rates = {
-        name: repeats[name] / counts[name] for name in SLICE_NAMES.values() if counts[name]
-    }
-    return Split(
-        train=np.flatnonzero(codes == TRAIN),
-        calibration=np.flatnonzero(codes == CALIBRATION),
-        test=np.flatnonzero(codes == TEST),
-        boundaries=boundary_strings(boundaries),
-        counts=counts,
-        calibration_mode=mode,
-        repeat_rates=rates,
-        repeats=repeats,
-        notes=notes,
-    )
-
-
-def calibration_too_thin(repeats: int, others: int, settings: Settings) -> bool:
-    """Too few repeats or non-repeats in the calibration slice to fit a calibration map on."""
-    return min(repeats, others) < settings.split.min_calibration_repeats
-
-
-def check_slices(counts: dict[str, int], repeats: dict[str, int], settings: Settings) -> None:
-    """Stop, with the counts and what to do, when a slice is too thin to fit on or to judge by."""
-    need = settings.split
-    problems = []
-    train_other = counts["train"] - repeats["train"]
-    test_other = counts["test"] - repeats["test"]
-    if repeats["train"] < need.min_train_repeats or train_other < need.min_train_repeats:
-        problems.append(
-            f"the training slice holds {repeats['train']} repeats and {train_other} non-repeats "
-            f"(minimum {need.min_train_repeats} of each)"
-        )
-    if repeats["test"] < need.min_test_repeats or test_other < need.min_test_repeats:
-        problems.append(
-            f"the test slice holds {repeats['test']} repeats and {test_other} non-repeats "
-            f"(minimum {need.min_test_repeats} of each)"
-        )
-    if problems:
-        raise TrainingDataError(
-            "too little labelled data to train and test a model: "
-            + "; ".join(problems)
-            + f" (split: {counts['train']:,} train, {counts['calibration']:,} calibration, {counts['test']:,} test, "
-            f"{counts['window_open']:,} with their window still open, {counts['embargoed']:,} embargoed). Give a "
-            "longer log, or lower PREDICTOR_SPLIT__MIN_TRAIN_REPEATS / PREDICTOR_SPLIT__MIN_TEST_REPEATS knowing "
-            "the figures will be noisy"
-        )
-
-
-def drift_warning(split: Split, settings: Settings) -> str | None:
-    """The repeat rate the model is calibrated on against the one it is judged on, when they differ."""
-    reference = "calibration" if split.calibration_mode == "slice" else "train"
-    if reference not in split.repeat_rates or "test" not in split.repeat_rates:
-        return None
-    a, b = split.repeat_rates[reference], split.repeat_rates["test"]
-    if not evaluate.rates_differ(a, split.counts[reference], b, split.counts["test"], settings.split.drift_tolerance):
-        return None
-    return (
-        f"drift: the repeat rate moved from {a:.1%} ({reference} slice) to {b:.1%} (test slice); a model "
-        "calibrated on the earlier rate is off by about the difference until it is retrained on recent contacts"
-    )
-
-
-def boundary_strings(boundaries: tuple[pd.Timestamp, pd.Timestamp]) -> dict[str, str]:
-    return {"calibration_start": str(boundaries[0]), "test_start": str(boundaries[1])}
-
-
-def counts_of(contacts: int, censored: int, window_open: int, codes: np.ndarray | dict[int, int]) -> dict[str, int]:
-    """The split's row counts (``codes``: the slice codes, or how many rows each code has)."""
-    per = codes if isinstance(codes, dict) else {c: int((codes == c).sum()) for c in (TRAIN, CALIBRATION, TEST)}
-    counts = {
-        "contacts": contacts,
-        "censored": censored,
-        "window_open": window_open,
-        "train": int(per.get(TRAIN, 0)),
-        "calibration": int(per.get(CALIBRATION, 0)),
-        "test": int(per.get(TEST, 0)),
-    }
-    counts["embargoed"] = contacts - window_open - counts["train"] - counts["calibration"] - counts["test"]
-    return counts
 
 
 @dataclass
@@ -256,10 +92,25 @@ class TrainingResult:
     warnings: list[str] = field(default_factory=list)
     # top-1 / top-3 of the next-issue baselines ("same issue again", "transition table")
     next_issue_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The model's figures per channel, issue, transcript presence and length, customer tenure.
+    by_slice: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 SAME_ISSUE = "same issue again"
 TRANSITIONS = "transition table (training slice)"
+
+
+class Baseline(StrEnum):
+    """What the model is judged beside, by the names the metrics table and MLflow carry."""
+
+    ISSUE_RATE = "issue base rate"
+    METADATA = "metadata + history (no text)"
+    TFIDF = "tf-idf + logistic regression"
+    HEAD_ONLY = "ablation: head-only cut, no closing view"
+    ORACLE = "oracle (simulator truth)"
+
+
+ABLATION = Baseline.HEAD_ONLY.value
 
 
 def fit(
@@ -273,7 +124,34 @@ def fit(
     hyperparams: dict[str, Any] | None = None,
     stage: Callable[[str], None] = lambda _: None,
 ) -> TrainingResult:
-    """Label, split, build features, fit the models and the baselines, and evaluate them on the test slice.
+    """``fit_on`` validated contacts held in this process."""
+    from predictor.compute.local import LocalBackend
+
+    return fit_on(
+        LocalBackend(contacts, settings),
+        settings,
+        use_text=use_text,
+        ablation=ablation,
+        oracle=oracle,
+        plots_dir=plots_dir,
+        hyperparams=hyperparams,
+        stage=stage,
+    )
+
+
+def fit_on(
+    backend: Backend,
+    settings: Settings,
+    *,
+    use_text: bool = True,
+    ablation: bool = True,
+    oracle: pd.DataFrame | None = None,
+    plots_dir: Path | None = None,
+    hyperparams: dict[str, Any] | None = None,
+    stage: Callable[[str], None] = lambda _: None,
+) -> TrainingResult:
+    """Label, split, build features, fit the models and the baselines, and evaluate them on the test slice,
+    wherever ``backend`` holds the log (in this process or on a cluster).
 
     Raises ``TrainingDataError`` when the log cannot support a model; anything narrower that cannot be
     fitted (a text head with one class, a word vocabulary that is empty) is skipped with its reason in
@@ -287,60 +165,71 @@ def fit(
         nonlocal clock
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
+        log.debug("training: %s took %.1f s", name, timings[name])
         clock = now
 
     stage("labels")
-    contacts = contacts.reset_index(drop=True)
-    end = data_end(contacts, settings.labels)
-    labelled = derive(contacts, settings.labels, end.at)
-    split = time_split(labelled, settings, end.at)
+    times = backend.times()
+    if not len(times):
+        raise TrainingDataError("the log holds no valid contacts to train on")
+    end = data_end(times, settings.labels)
+    boundaries = split_boundaries(times["closed_at"], settings, end.at)
+    del times
+    split = decide(backend.slice_summary(boundaries, end.at), boundaries, settings)
     warnings = [w for w in (end.warning(settings.labels.repeat_window_days), drift_warning(split, settings)) if w]
     # Returned as data (split.notes, warnings, skipped) and printed by the caller: logged at DEBUG only.
     for message in [*split.notes, *warnings]:
         log.debug(message)
     skipped: list[Skipped] = []
-    y = labelled["is_repeat"].astype("float").to_numpy()
-    tr, cal, te = split.train, split.calibration, split.test
-    prior = float(y[tr].mean())
+    # What a customer's own known rate is shrunk towards: the training slice's repeat rate.
+    prior = split.repeats["train"] / split.counts["train"]
     lap("labels")
 
-    has_text = use_text and bool((contacts["transcript"].str.strip() != "").any())
+    stage("features and embeddings")
+    feature_columns = backend.build(boundaries, end.at, split.calibration_mode, prior, use_text)
+    split.train, split.calibration, split.test = (backend.positions(c) for c in (TRAIN, CALIBRATION, TEST))
+    has_text = use_text and backend.has_text()
     if use_text and not has_text:
         skipped.append(Skipped("text features", "no transcript has any text: trained on metadata and history"))
-    embedding_config = settings.embedding if has_text else None
-    embedder = Embedder(embedding_config) if embedding_config else None
-
-    stage("features and embeddings")
-    feature_set = build(contacts, embedder=embedder, labels=settings.labels, progress=True, customer_prior=prior)
-    full = feature_set.frame
     dropped = set(hp.get("features", {}).get("drop") or [])
-    features = full[[c for c in feature_set.metadata_columns if c not in dropped]]
-    text = TextInputs.from_features(feature_set) if feature_set.views else None
-    categories = categorical_levels(features.iloc[tr])
+    columns = [c for c in feature_columns if c not in dropped]
+    train_rows = Rows(TRAIN)
+    found = backend.level_counts(train_rows, [c for c in CATEGORICAL if c in columns])
+    categories = {c: levels_from_counts(c, counts) for c, counts in found.items()}
     lap("features")
+
     stage("text heads")
-    heads, X = _design(features, text, labelled, categories, tr, hp, skipped)
+    heads = tfidf = None
+    fraction = min(1.0, settings.compute.text_head_rows / max(split.counts["train"], 1))
+    if has_text:
+        sample = backend.text_sample(train_rows, fraction)
+        heads, oof = _text_heads(sample, hp, skipped)
+        try:
+            tfidf = TfidfBaseline(hp).fit(sample.inputs.texts, head_targets(sample.labels)[:, 0])
+        except ValueError as exc:  # an empty vocabulary: too few words repeat across transcripts
+            skipped.append(Skipped("tf-idf baseline", str(exc)))
+        if heads is not None or tfidf is not None:
+            backend.add_text(heads, oof, tfidf)
+    backend.design(categories)
+    X_columns = [*columns, *(heads.columns if heads is not None else [])]
     lap("text_heads")
 
     stage("repeat model")
-    times = epoch_us(contacts["closed_at"])
-    folds = settings.split.calibration_folds
-    repeat_booster, repeat = _fit_repeat(X.iloc[tr], y[tr], X.iloc[cal], y[cal], hp, times[tr], folds, skipped)
+    repeat_booster, repeat = fit_repeat(backend, X_columns, split, hp, settings, skipped)
     lap("repeat_model")
 
     stage("next issue and timing")
-    issue_codes = sorted(contacts["issue"].unique().tolist())
-    next_model, next_classes = _fit_next_issue(X.iloc[tr], labelled.iloc[tr], hp, skipped)
-    hours_median, hours_p90, p90_offset = _fit_timing(
-        X.iloc[tr], labelled.iloc[tr], X.iloc[cal], labelled.iloc[cal], hp, folds, skipped
-    )
+    train_labels = labels_of(backend.collect(train_rows, [LABEL + c for c in LABEL_COLUMNS]))
+    next_model, next_classes = _fit_next_issue(backend, X_columns, train_labels, hp, skipped)
+    hours_median, hours_p90, p90_offset = _fit_timing(backend, X_columns, split, hp, settings, skipped)
     lap("next_issue_and_timing")
 
+    embedding_config = settings.embedding if has_text else None
     model = RepeatContactModel(
         label_config=settings.labels,
         embedding_config=embedding_config,
         categories=categories,
-        feature_columns=list(features.columns),
+        feature_columns=columns,
         text_heads=heads,
         repeat=repeat,
         repeat_booster=repeat_booster,
@@ -348,44 +237,35 @@ def fit(
         next_issue_classes=next_classes,
         hours_median=hours_median,
         hours_p90=hours_p90,
-        issue_codes=issue_codes,
+        issue_codes=backend.issue_codes(),
         metadata={"trained_on": split.counts, "boundaries": split.boundaries, "data_end": str(end.at)},
         hours_p90_log_offset=p90_offset,
         customer_prior=prior,
     )
 
     stage("baselines")
+    test = backend.collect(Rows(TEST))
     scores: dict[str, np.ndarray] = {}
-    rates = pd.Series(y[tr]).groupby(contacts["issue"].iloc[tr].to_numpy()).mean()
-    scores["issue base rate"] = contacts["issue"].iloc[te].map(rates).fillna(y[tr].mean()).to_numpy()
-    X_meta = as_model_input(features, categories)
-    _, meta_model = _fit_repeat(X_meta.iloc[tr], y[tr], X_meta.iloc[cal], y[cal], hp, times[tr], folds, [])
-    scores["metadata + history (no text)"] = meta_model.predict_proba(X_meta.iloc[te])[:, 1]
-    if has_text:
-        try:
-            scores["tf-idf + logistic regression"] = _tfidf_baseline(contacts, tr, te, y, hp)
-        except ValueError as exc:  # an empty vocabulary: too few words repeat across transcripts
-            skipped.append(Skipped("tf-idf baseline", str(exc)))
-        if ablation and settings.embedding.truncation == "head_tail":
-            # What reading the close of a conversation is worth: the embedding sees only the head of a long
-            # transcript and there is no closing-turns view (the word view, which reads everything, stays).
-            head = embedder.encode(contacts["transcript"].tolist(), truncation="head", progress=True)
-            head_text = TextInputs({"whole": head}, text.texts, text.has_text)
-            _, X_head = _design(features, head_text, labelled, categories, tr, hp, [])
-            _, head_model = _fit_repeat(X_head.iloc[tr], y[tr], X_head.iloc[cal], y[cal], hp, times[tr], folds, [])
-            scores[ABLATION] = head_model.predict_proba(X_head.iloc[te])[:, 1]
+    rates = train_labels["is_repeat"].astype(float).groupby(train_labels["issue"].to_numpy()).mean()
+    base_rate = float(train_labels["is_repeat"].astype(float).mean())
+    scores[Baseline.ISSUE_RATE] = test["issue_code"].map(rates).fillna(base_rate).to_numpy()
+    _, meta_model = fit_repeat(backend, columns, split, hp, settings, [])
+    scores[Baseline.METADATA] = meta_model.predict_proba(test[columns])[:, 1]
+    if tfidf is not None:
+        scores[Baseline.TFIDF] = test[TFIDF].to_numpy()
+    variant = getattr(backend, "variant", None)  # the truncation ablation re-embeds the log: in-process only
+    if ablation and has_text and variant is not None and settings.embedding.truncation == "head_tail":
+        scores[Baseline.HEAD_ONLY] = _head_only_scores(backend, variant, columns, categories, split, hp, settings)
     lap("baselines")
 
     stage("evaluation")
-    next_baselines = next_issue_baseline_proba(
-        labelled.iloc[tr], contacts["issue"].iloc[te].to_numpy(dtype=str), next_classes
-    )
+    next_baselines = next_issue_baseline_proba(train_labels, test["issue_code"].to_numpy(dtype=str), next_classes)
     evaluation = evaluate_test(
         model,
-        X.iloc[te],
-        labelled.iloc[te],
-        features["transcript_words"].iloc[te].to_numpy(),
-        scores,
+        test[X_columns],
+        labels_of(test),
+        test["transcript_words"].to_numpy(),
+        {str(name): value for name, value in scores.items()},
         settings,
         oracle=oracle,
         plots_dir=plots_dir,
@@ -395,8 +275,9 @@ def fit(
     for item in skipped:
         log.debug("skipped %s: %s", item.stage, item.reason)
 
-    params = training_params(settings, hp, embedder.model_id if embedder else None, heads, split.counts)
-    params.update({"calibration_mode": split.calibration_mode, "data_end": str(end.at), "data_end_rule": end.rule})
+    params = training_params(settings, hp, backend.embedding_model() if has_text else None, heads, split.counts)
+    params |= {"calibration_mode": split.calibration_mode, "data_end": str(end.at), "data_end_rule": end.rule}
+    params |= backend.params() | {"text_head_rows": int(min(split.counts["train"], settings.compute.text_head_rows))}
     return TrainingResult(
         model=model,
         metrics=evaluation.metrics,
@@ -407,13 +288,42 @@ def fit(
         plots=evaluation.plots,
         test_predictions=evaluation.predictions,
         timings=timings,
-        data_fingerprint=fingerprint(contacts),
-        test_contacts=contacts.iloc[te],
+        data_fingerprint=backend.fingerprint(),
+        test_contacts=backend.test_contacts() if hasattr(backend, "test_contacts") else None,
         data_end=end,
         skipped=skipped,
         warnings=warnings,
         next_issue_baselines=evaluation.next_issue_baselines,
+        by_slice=evaluation.by_slice,
     )
+
+
+def _text_heads(sample: TextSample, hp: dict[str, Any], skipped: list[Skipped]) -> tuple[TextHeads | None, Any]:
+    fitted = fit_text_heads(sample.inputs, head_targets(sample.labels), pd.Index(sample.keys), sample.keys, hp, skipped)
+    return fitted if fitted is not None else (None, None)
+
+
+def _head_only_scores(
+    backend: Backend,
+    variant: Callable[[], Any],
+    columns: list[str],
+    categories: dict[str, list[str]],
+    split: Split,
+    hp: dict[str, Any],
+    settings: Settings,
+) -> np.ndarray:
+    """What reading the close of a conversation is worth: the repeat model with the embedding cut to the
+    head of a long transcript and no closing-turns view (the word view, which reads everything, stays)."""
+    fraction = min(1.0, settings.compute.text_head_rows / max(split.counts["train"], 1))
+    with variant():
+        sample = backend.text_sample(Rows(TRAIN), fraction, truncation="head")
+        heads, oof = _text_heads(sample, hp, [])
+        if heads is not None:
+            backend.add_text(heads, oof, None)
+        backend.design(categories)
+        X_columns = [*columns, *(heads.columns if heads is not None else [])]
+        _, model = fit_repeat(backend, X_columns, split, hp, settings, [])
+        return model.predict_proba(backend.collect(Rows(TEST), X_columns)[X_columns])[:, 1]
 
 
 def metrics_summary(result: TrainingResult, registration: Any | None = None) -> dict[str, Any]:
@@ -423,9 +333,7 @@ def metrics_summary(result: TrainingResult, registration: Any | None = None) -> 
         value = float(value)
         return None if np.isnan(value) else value
 
-    repeat = {
-        str(name): {k: number(v) for k, v in row.items()} for name, row in result.metrics.iterrows()
-    }
+    repeat = {str(name): {k: number(v) for k, v in row.items()} for name, row in result.metrics.iterrows()}
     split = result.split
     out: dict[str, Any] = {
         "data_end": {
@@ -446,6 +354,10 @@ def metrics_summary(result: TrainingResult, registration: Any | None = None) -> 
         "timing": {k: number(v) for k, v in result.timing_metrics.items()},
         "skipped": [{"stage": s.stage, "reason": s.reason} for s in result.skipped],
         "warnings": [*split.notes, *result.warnings],
+        "by_slice": [
+            {k: (number(v) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in result.by_slice.to_dict(orient="records")
+        ],
         "data_fingerprint": result.data_fingerprint,
         "seconds": result.timings,
     }
@@ -492,6 +404,7 @@ class Evaluation:
     plots: dict[str, Path]
     predictions: pd.DataFrame  # the model's output on the test slice, with the true ``is_repeat``
     next_issue_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_slice: pd.DataFrame = field(default_factory=pd.DataFrame)  # evaluate.slice_metrics of the model
 
 
 def evaluate_test(
@@ -578,7 +491,19 @@ def evaluate_test(
             next_true, np.array(next_classes)[proba.argmax(1)], next_classes, plots_dir / "next_issue_confusion.png"
         )
     test_pred["is_repeat"] = y_test
-    return Evaluation(metrics, next_metrics, timing, plots, test_pred, baseline_metrics)
+    groups = {
+        "issue": labelled_test["issue"].astype(str).to_numpy(),
+        "transcript_length": evaluate.band_labels(transcript_words, evaluate.TRANSCRIPT_WORD_BANDS, "words"),
+    }
+    if "channel" in X_test:  # a feature column: present unless hyperparams drop it
+        groups["channel"] = X_test["channel"].astype(str).to_numpy()
+    if "has_transcript" in X_test:
+        groups["has_transcript"] = np.where(X_test["has_transcript"].to_numpy() > 0, "yes", "no")
+    if "days_since_first_contact" in X_test:
+        tenure = X_test["days_since_first_contact"].to_numpy(dtype=float)
+        groups["customer_tenure"] = evaluate.band_labels(tenure, evaluate.TENURE_DAY_BANDS, "days")
+    by_slice = evaluate.slice_metrics(y_test, scores["model"], groups)
+    return Evaluation(metrics, next_metrics, timing, plots, test_pred, baseline_metrics, by_slice)
 
 
 def next_issue_baseline_proba(
@@ -606,35 +531,6 @@ def next_issue_baseline_proba(
     missing = np.isnan(transitions).any(axis=1)
     transitions[missing] = overall
     return {SAME_ISSUE: same, TRANSITIONS: transitions + tie_break}
-
-
-def _design(
-    features: pd.DataFrame,
-    text: TextInputs | None,
-    labelled: pd.DataFrame,
-    categories: dict[str, list[str]],
-    train_rows: np.ndarray,
-    hp: dict[str, Any],
-    skipped: list[Skipped],
-) -> tuple[TextHeads | None, pd.DataFrame]:
-    """The boosters' input for every row: training rows get out-of-fold text-head scores."""
-    X = as_model_input(features, categories)
-    if text is None:
-        return None, X
-    fitted = fit_text_heads(
-        text.rows(train_rows),
-        head_targets(labelled.iloc[train_rows]),
-        X.index[train_rows],
-        labelled["contact_id"].to_numpy(dtype=str)[train_rows],
-        hp,
-        skipped,
-    )
-    if fitted is None:
-        return None, X
-    heads, oof = fitted
-    rest = np.setdiff1d(np.arange(len(X)), train_rows)
-    scores = pd.concat([oof, heads.transform(text.rows(rest), X.index[rest])]).loc[X.index]
-    return heads, pd.concat([X, scores], axis=1)
 
 
 HEAD_TARGETS: tuple[str, ...] = ("repeat", "explicit", "implicit")
@@ -695,9 +591,7 @@ def fit_text_heads(
         matrices = heads.fit_vectorizer(text).matrices(text)
     chosen = targets[:, usable]
     kept_keys = np.asarray(keys)[keep]
-    heads.C = {
-        view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view], kept_keys) for view in grids
-    }
+    heads.C = {view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view], kept_keys) for view in grids}
     oof = heads.fit_oof(text, chosen, index, keys, matrices=matrices)
     return heads, oof
 
@@ -718,121 +612,122 @@ def _choose_c(view: str, matrix: Any, target: np.ndarray, grid: list[float], key
     return best
 
 
-def fingerprint(contacts: pd.DataFrame) -> str:
-    """A short hash of the validated input: two runs on the same data share it."""
-    hashed = pd.util.hash_pandas_object(contacts, index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
-
-
-def _fit_repeat(
-    X_train: pd.DataFrame,
-    y_train: np.ndarray,
-    X_cal: pd.DataFrame,
-    y_cal: np.ndarray,
-    hp: dict[str, Any],
-    train_times: np.ndarray | None = None,
-    folds: int = 5,
-    skipped: list[Skipped] | None = None,
-) -> tuple[lgb.LGBMClassifier, Calibrated]:
-    """The repeat booster and its calibration: on the calibration slice, or out-of-fold on the training slice
-    when there is none (``X_cal`` empty)."""
-    params = dict(hp["repeat"])
-    stopping = hp.get("early_stopping")
-    if stopping and train_times is not None:
-        # How many trees the data supports: fit on the earlier part of the training slice, stop on its
-        # latest part (never on calibration or test), then refit on the whole slice with that many.
-        order = np.argsort(train_times, kind="stable")
-        cut = int(len(order) * (1 - stopping["fraction"]))
-        early, late = y_train[order[:cut]].astype(int), y_train[order[cut:]].astype(int)
-        if min(len(np.unique(early)), len(np.unique(late))) < 2:
-            if skipped is not None:
-                reason = "the latest training rows hold one class only: all trees kept"
-                skipped.append(Skipped("early stopping", reason))
-        else:
-            probe = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **params)
-            probe.fit(
-                X_train.iloc[order[:cut]], early,
-                eval_X=(X_train.iloc[order[cut:]],),
-                eval_y=(late,),
-                callbacks=[lgb.early_stopping(stopping["rounds"], verbose=False)],
-            )  # fmt: skip
-            best = int(probe.best_iteration_ or params["n_estimators"])
-            params["n_estimators"] = min(params["n_estimators"], max(stopping["min_trees"], best))
-
-    def booster_on(X: pd.DataFrame, y: np.ndarray) -> lgb.LGBMClassifier:
-        model = lgb.LGBMClassifier(objective="binary", random_state=0, n_jobs=2, verbose=-1, **params)
-        return model.fit(X, y.astype(int))
-
-    booster = booster_on(X_train, y_train)
-    calibrated = Calibrated(booster, hp["calibration"])
-    if len(X_cal):
-        return booster, calibrated.fit(X_cal, y_cal.astype(int))
-    # Out-of-fold: each training row scored by a booster that did not see it, the map fitted on those.
-    from sklearn.model_selection import StratifiedKFold
-
-    scores = np.empty(len(y_train))
-    for fit_rows, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(X_train, y_train.astype(int)):
-        fold_model = Calibrated(booster_on(X_train.iloc[fit_rows], y_train[fit_rows]), hp["calibration"])
-        scores[held] = fold_model.score(X_train.iloc[held])
-    return booster, calibrated.fit_scores(scores, y_train.astype(int))
-
-
-def _fit_next_issue(
-    X_train: pd.DataFrame,
-    labelled_train: pd.DataFrame,
-    hp: dict[str, Any],
-    skipped: list[Skipped] | None = None,
-) -> tuple[Any, list[str]]:
-    repeats = labelled_train["is_repeat"].astype(bool).to_numpy()
-    target = labelled_train["next_issue"].astype(str).to_numpy()[repeats]
-    params = dict(hp["next_issue"])
-    min_examples = params.pop("min_class_examples")
-    classes = next_issue_classes(pd.Series(target).value_counts(), min_examples)
-    target = np.where(np.isin(target, classes), target, OTHER)
-    if len(classes) < 2:
-        if skipped is not None:
-            skipped.append(Skipped("next-issue model", f"every training repeat has the same next issue ({classes[0]})"))
-        return ConstantClasses(classes), classes
-    objective = "binary" if len(classes) == 2 else "multiclass"
-    model = lgb.LGBMClassifier(objective=objective, random_state=0, n_jobs=2, verbose=-1, **params)
-    model.fit(X_train[repeats], pd.Categorical(target, categories=classes).codes)
-    return _ClassNames(model, classes), classes
-
-
 def next_issue_classes(counts: pd.Series, min_examples: int) -> list[str]:
     """The next issues the multiclass model tells apart: those with enough repeats, the rest as one ``other``."""
     frequent = counts[counts >= min_examples].index.astype(str).tolist()
     return sorted({*frequent, *([OTHER] if (counts < min_examples).any() else [])})
 
 
-class _ClassNames:
-    """A fitted multiclass model whose columns follow ``classes`` (LightGBM sees only codes)."""
+def _booster(kind: str, params: dict[str, Any]) -> Booster:
+    return Booster(kind, {"random_state": 0, **params})
 
-    def __init__(self, model: lgb.LGBMClassifier, classes: list[str]) -> None:
-        self.model = model
-        self.classes_ = classes
 
-    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        proba = np.zeros((len(X), len(self.classes_)))
-        seen = booster_predict(self.model, X)
-        if seen.ndim == 1:  # two classes: LightGBM gives only the second one's probability
-            seen = np.column_stack([1 - seen, seen])
-        proba[:, self.model.classes_] = seen
-        return proba
+IS_REPEAT = Target("is_repeat", integer=True)
+HOURS = Target("hours_to_repeat", log1p=True)  # quantiles survive monotone maps: fit where errors are even
+
+
+def fit_repeat(
+    backend: Backend,
+    columns: list[str],
+    split: Split,
+    hp: dict[str, Any],
+    settings: Settings,
+    skipped: list[Skipped],
+) -> tuple[Any, Calibrated]:
+    """The repeat booster and its calibration: on the calibration slice, or out-of-fold on the training
+    slice when there is none."""
+    params = {"objective": "binary", **hp["repeat"]}
+    stopping = hp.get("early_stopping")
+    y = LABEL + "is_repeat"
+    if stopping:
+        # How many trees the data supports: fit on the earlier part of the training slice, stop on its
+        # latest part (never on calibration or test), then refit on the whole slice with that many.
+        closed = np.sort(backend.collect(Rows(TRAIN), [])["closed_us"].to_numpy())
+        cut = int(closed[int(len(closed) * (1 - stopping["fraction"]))])
+        late = backend.collect(Rows(TRAIN, closed_from_us=cut), [*columns, y])
+        late_y = IS_REPEAT.values(late)
+        early_repeats = split.repeats["train"] - int(late_y.sum())
+        early_others = split.counts["train"] - len(late) - early_repeats
+        if min(early_repeats, early_others) < 1 or len(np.unique(late_y)) < 2:
+            skipped.append(Skipped("early stopping", "the latest training rows hold one class only: all trees kept"))
+        else:
+            probe = backend.fit(
+                _booster("classifier", params),
+                Rows(TRAIN, closed_before_us=cut),
+                columns,
+                IS_REPEAT,
+                stop=(Rows(TRAIN, closed_from_us=cut), stopping["rounds"]),
+            )
+            best = patience(probe, late[columns], late_y, stopping["rounds"])
+            params["n_estimators"] = min(params["n_estimators"], max(stopping["min_trees"], best))
+    booster = backend.fit(_booster("classifier", params), Rows(TRAIN), columns, IS_REPEAT)
+    calibrated = Calibrated(booster, hp["calibration"])
+    if split.calibration_mode == "slice":
+        calibration = backend.collect(Rows(CALIBRATION), [*columns, y])
+        return booster, calibrated.fit(calibration[columns], IS_REPEAT.values(calibration))
+    # Out-of-fold: each training row scored by a booster that did not see it, the map fitted on those.
+    folds = settings.split.calibration_folds
+    scores, labels = [], []
+    for k in range(folds):
+        fold_booster = backend.fit(_booster("classifier", params), Rows(TRAIN, folds=folds, fold=k), columns, IS_REPEAT)
+        held = backend.collect(Rows(TRAIN, folds=folds, fold=k, held=True), [*columns, y])
+        scores.append(Calibrated(fold_booster, hp["calibration"]).score(held[columns]))
+        labels.append(IS_REPEAT.values(held))
+    return booster, calibrated.fit_scores(np.concatenate(scores), np.concatenate(labels))
+
+
+def patience(model: Any, X: pd.DataFrame, y: np.ndarray, rounds: int) -> int:
+    """The tree count early stopping picks: best log-loss on (X, y), stopped ``rounds`` trees after it.
+
+    Computed here, tree by tree, on rows collected here: lightgbm.dask evaluates a validation set only on
+    the workers that hold parts of it, and one rule must serve both backends.
+    """
+    matrix = as_matrix(X)
+    booster = model.booster_
+    raw = np.zeros(len(y))
+    best, best_loss = 0, np.inf
+    for tree in range(booster.num_trees()):
+        raw += booster.predict(matrix, start_iteration=tree, num_iteration=1, raw_score=True)
+        p = np.clip(1 / (1 + np.exp(-raw)), 1e-15, 1 - 1e-15)
+        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        if loss < best_loss:
+            best, best_loss = tree + 1, loss
+        elif tree + 1 - best >= rounds:
+            break
+    return best
+
+
+def _fit_next_issue(
+    backend: Backend,
+    columns: list[str],
+    train_labels: pd.DataFrame,
+    hp: dict[str, Any],
+    skipped: list[Skipped],
+) -> tuple[Any, list[str]]:
+    repeats = train_labels["is_repeat"].fillna(False).astype(bool).to_numpy()
+    params = dict(hp["next_issue"])
+    min_examples = params.pop("min_class_examples")
+    classes = next_issue_classes(train_labels["next_issue"].astype(str)[repeats].value_counts(), min_examples)
+    if len(classes) < 2:
+        skipped.append(Skipped("next-issue model", f"every training repeat has the same next issue ({classes[0]})"))
+        return ConstantClasses(classes), classes
+    params["objective"] = "binary" if len(classes) == 2 else "multiclass"
+    target = Target("next_issue", classes=tuple(classes), other=OTHER)
+    model = backend.fit(_booster("classifier", params), Rows(TRAIN, repeats_only=True), columns, target)
+    return ClassNames(model, classes), classes
 
 
 P90 = 0.9
 
 
 def _fit_timing(
-    X_train: pd.DataFrame,
-    labelled_train: pd.DataFrame,
-    X_cal: pd.DataFrame,
-    labelled_cal: pd.DataFrame,
+    backend: Backend,
+    columns: list[str],
+    split: Split,
     hp: dict[str, Any],
-    folds: int = 5,
-    skipped: list[Skipped] | None = None,
-) -> tuple[lgb.LGBMRegressor, lgb.LGBMRegressor, float]:
+    settings: Settings,
+    skipped: list[Skipped],
+) -> tuple[Any, Any, float]:
     """Median and 90% quantile of hours to repeat, and the conformal correction of the 90% one.
 
     A quantile booster's nominal 90% covers less out of sample (72-82% on real logs); conformalised
@@ -840,62 +735,32 @@ def _fit_timing(
     calibration slice's repeats (out-of-fold training repeats when there is no calibration slice).
     """
 
-    def targets(labelled: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        repeats = labelled["is_repeat"].fillna(False).astype(bool).to_numpy()
-        # Quantiles survive monotone transforms: fit on log hours, where the errors are even.
-        return repeats, np.log1p(labelled["hours_to_repeat"].to_numpy()[repeats])
+    def quantile(alpha: float, rows: Rows) -> Any:
+        return backend.fit(
+            _booster("regressor", {"objective": "quantile", "alpha": alpha, **hp["timing"]}), rows, columns, HOURS
+        )
 
-    def quantile_model(alpha: float, X: pd.DataFrame, target: np.ndarray) -> lgb.LGBMRegressor:
-        params = {"random_state": 0, "n_jobs": 2, "verbose": -1, **hp["timing"]}
-        return lgb.LGBMRegressor(objective="quantile", alpha=alpha, **params).fit(X, target)
-
-    repeats, target = targets(labelled_train)
-    median, p90 = (quantile_model(alpha, X_train[repeats], target) for alpha in (0.5, P90))
-    if len(X_cal):
-        cal_repeats, cal_target = targets(labelled_cal)
-        residual = cal_target - booster_predict(p90, X_cal[cal_repeats])
+    repeats = Rows(TRAIN, repeats_only=True)
+    median, p90 = quantile(0.5, repeats), quantile(P90, repeats)
+    needed = [*columns, LABEL + "hours_to_repeat"]
+    if split.calibration_mode == "slice":
+        held = backend.collect(Rows(CALIBRATION, repeats_only=True), needed)
+        residual = HOURS.values(held) - booster_predict(p90, held[columns])
     else:
-        from sklearn.model_selection import KFold
-
-        X_rep = X_train[repeats]
-        residual = np.empty(len(target))
-        for fit_rows, held in KFold(folds, shuffle=True, random_state=0).split(X_rep):
-            fold = quantile_model(P90, X_rep.iloc[fit_rows], target[fit_rows])
-            residual[held] = target[held] - booster_predict(fold, X_rep.iloc[held])
+        folds, parts = settings.split.calibration_folds, []
+        for k in range(folds):
+            fold = quantile(P90, Rows(TRAIN, repeats_only=True, folds=folds, fold=k))
+            held = backend.collect(Rows(TRAIN, repeats_only=True, folds=folds, fold=k, held=True), needed)
+            parts.append(HOURS.values(held) - booster_predict(fold, held[columns]))
+        residual = np.concatenate(parts)
     n = len(residual)
     if n < MIN_CONFORMAL_REPEATS:
-        if skipped is not None:
-            reason = f"{n} repeats to calibrate on (needs {MIN_CONFORMAL_REPEATS})"
-            skipped.append(Skipped("timing interval calibration", reason))
+        skipped.append(
+            Skipped("timing interval calibration", f"{n} repeats to calibrate on (needs {MIN_CONFORMAL_REPEATS})")
+        )
         return median, p90, 0.0
     level = min(1.0, np.ceil((n + 1) * P90) / n)
     return median, p90, float(np.quantile(residual, level, method="higher"))
 
 
 MIN_CONFORMAL_REPEATS = 10
-
-
-def _tfidf_baseline(
-    contacts: pd.DataFrame, tr: np.ndarray, te: np.ndarray, y: np.ndarray, hp: dict[str, Any]
-) -> np.ndarray:
-    texts = contacts["transcript"].map(redact)
-    baseline = TfidfBaseline(hp).fit(texts.iloc[tr].tolist(), y[tr].astype(int))
-    return baseline.predict(texts.iloc[te].tolist())
-
-
-class TfidfBaseline:
-    """The text baseline every embedding model must beat: TF-IDF words and a logistic regression."""
-
-    def __init__(self, hp: dict[str, Any]) -> None:
-        params = hp["tfidf_baseline"]
-        self.vectorizer = TfidfVectorizer(
-            max_features=params["max_features"], ngram_range=(1, params["ngram_max"]), sublinear_tf=True, min_df=2
-        )
-        self.model = LogisticRegression(C=params["C"], max_iter=2000)
-
-    def fit(self, redacted: list[str], y: np.ndarray) -> TfidfBaseline:
-        self.model.fit(self.vectorizer.fit_transform(redacted), y)
-        return self
-
-    def predict(self, redacted: list[str]) -> np.ndarray:
-        return self.model.predict_proba(self.vectorizer.transform(redacted))[:, 1]
