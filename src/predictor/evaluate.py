@@ -7,14 +7,14 @@ ceiling a model could reach on simulated data, so the gap is printed beside ever
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -146,7 +146,7 @@ def oracle_next_issue(truth: pd.DataFrame, contact_ids: pd.Series) -> tuple[np.n
 
 
 def plot_roc_pr(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
-    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (roc_ax, pr_ax) = _pyplot().subplots(1, 2, figsize=(11, 4.5))
     for name, p in scores.items():
         fpr, tpr, _ = roc_curve(y, p)
         roc_ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
@@ -162,7 +162,7 @@ def plot_roc_pr(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Pat
 
 
 def plot_reliability(y: np.ndarray, scores: dict[str, np.ndarray], path: Path, bins: int = ECE_BINS) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 5))
     edges = np.linspace(0, 1, bins + 1)
     for name, p in scores.items():
         which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
@@ -180,7 +180,7 @@ def plot_reliability(y: np.ndarray, scores: dict[str, np.ndarray], path: Path, b
 
 
 def plot_gain(y: np.ndarray, scores: dict[str, np.ndarray], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 5))
     shares = np.linspace(0, 1, 101)
     for name, p in scores.items():
         order = np.argsort(-p, kind="stable")
@@ -203,7 +203,7 @@ def plot_confusion(true: np.ndarray, predicted: np.ndarray, classes: list[str], 
         if t in index and p in index:
             matrix[index[t], index[p]] += 1
     matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig, ax = _pyplot().subplots(figsize=(8, 7))
     im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=70, fontsize=7, ha="right")
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -212,9 +212,19 @@ def plot_confusion(true: np.ndarray, predicted: np.ndarray, classes: list[str], 
     return _save(fig, path)
 
 
+def _pyplot():  # noqa: ANN202 - matplotlib.pyplot
+    """matplotlib, imported on the first plot: scoring and reading metrics never pay for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

@@ -13,16 +13,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
 import pandas as pd
 
 from predictor.config import RegistryConfig, Settings, sqlite_file
-from predictor.evaluate import expected_calibration_error
 from predictor.model import OUTPUT_COLUMNS, RepeatContactModel
-from predictor.train import TrainingResult, metrics_summary
+
+if TYPE_CHECKING:  # the service loads models through this module: it must not import training
+    from predictor.train import TrainingResult
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -114,6 +115,8 @@ def log_and_register(
         if len(result.by_slice):
             result.by_slice.to_csv(tables / "by_slice.csv", index=False)
             mlflow.log_artifact(str(tables / "by_slice.csv"), artifact_path="tables")
+        from predictor.train import metrics_summary
+
         (tables / "metrics.json").write_text(json.dumps(metrics_summary(result), indent=2))
         mlflow.log_artifact(str(tables / "metrics.json"), artifact_path="tables")
         (tables / "split.json").write_text(json.dumps({**result.split.counts, **result.split.boundaries}, indent=2))
@@ -232,6 +235,8 @@ def pyfunc_input(contacts: pd.DataFrame, history: pd.DataFrame | None = None) ->
 
 def _gate_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
+
+    from predictor.evaluate import expected_calibration_error
 
     return {"roc_auc": float(roc_auc_score(y, p)), "ece": expected_calibration_error(y.astype(int), p)}
 
