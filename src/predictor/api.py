@@ -5,51 +5,69 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from predictor import contract
+from predictor.config import CHANNELS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 ISSUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 MAX_TRANSCRIPT_CHARS = 20_000
+MAX_LABEL_CHARS = 128
 MAX_SECONDS = 7 * 24 * 3600.0
+MAX_TRANSFERS = 100
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-class ContactIn(BaseModel):
-    """One contact at close, as the ticketing system knows it. History comes from the contact store."""
+def _request_field(f: contract.ContactField) -> tuple[Any, Any]:
+    """A contract field as the service accepts it: type, limits, default, description, example."""
+    default = f.api_default if f.api_default is not None else ...
+    common: dict[str, Any] = {"description": f.description, "examples": [f.example]}
+    if f.kind == contract.ID:
+        return str, Field(default, pattern=ID_PATTERN, **common)
+    if f.kind == contract.CODE:
+        return str, Field(default, pattern=ISSUE_PATTERN, **common)
+    if f.kind == contract.TIME:
+        return AwareDatetime, Field(default, **common)
+    if f.kind == contract.CHANNEL:
+        return Literal[tuple(CHANNELS)], Field(default, **common)
+    if f.kind == contract.TEXT:
+        return str, Field(default, max_length=MAX_TRANSCRIPT_CHARS, **common)
+    if f.kind == contract.LABEL:
+        return str, Field(default, max_length=MAX_LABEL_CHARS, **common)
+    if f.kind == contract.SECONDS:
+        return float, Field(default, ge=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True, **common)
+    if f.kind == contract.COUNT:
+        return int, Field(default, ge=0, le=MAX_TRANSFERS, strict=True, **common)
+    if f.kind == contract.SCORE:
+        low, high = contract.CSAT_RANGE
+        return float | None, Field(None, ge=low, le=high, allow_inf_nan=False, **common)
+    raise ValueError(f"no request type for the contract kind {f.kind!r} ({f.name})")
+
+
+class _ContactChecks(BaseModel):
+    """The rules across fields, and those a field type cannot say; the fields come from the contract."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    contact_id: str = Field(pattern=ID_PATTERN, description="Unique id of the contact (letters, digits, _.:@-).")
-    customer_id: str = Field(pattern=ID_PATTERN, description="Id of the customer.")
-    opened_at: AwareDatetime = Field(description="When the contact opened, ISO-8601 with a time zone.")
-    closed_at: AwareDatetime = Field(description="When the contact closed, ISO-8601 with a time zone.")
-    channel: Literal["phone", "chat", "email", "social"] = Field(description="Channel of the contact.")
-    issue: str = Field(pattern=ISSUE_PATTERN, description="Primary issue code; unknown codes are scored as 'other'.")
-    transcript: str = Field(
-        "", max_length=MAX_TRANSCRIPT_CHARS, description="Conversation text (redacted before storage); may be empty."
-    )
-    agent_id: str = Field(pattern=ID_PATTERN, description="Agent who handled the contact.")
-    handle_seconds: float = Field(
-        ge=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True, description="Handle time in seconds."
-    )
-    hold_seconds: float = Field(
-        0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True, description="Hold time in seconds."
-    )
-    transfers: int = Field(0, ge=0, le=100, strict=True, description="Number of transfers.")
-    queue: str = Field("", max_length=128, description="Queue or skill group (optional).")
-    csat: float | None = Field(
-        None, ge=1, le=5, allow_inf_nan=False, description="Satisfaction score 1-5; omit the field when unknown."
-    )
-
-    @field_validator("csat", mode="before")
+    @field_validator(*contract.names(contract.SCORE), mode="before", check_fields=False)
     @classmethod
-    def _csat_omitted_not_null(cls, value: Any) -> Any:
+    def _score_omitted_not_null(cls, value: Any, info: ValidationInfo) -> Any:
         # The published OpenAPI schema (OpenAPI 3.0 via BentoML) has no null: say "omit it", consistently.
         if value is None:
-            raise ValueError("csat: omit the field when the score is unknown (null is not accepted)")
+            raise ValueError(f"{info.field_name}: omit the field when the score is unknown (null is not accepted)")
         return value
 
-    @field_validator("opened_at", "closed_at")
+    @field_validator(*contract.names(contract.TIME), check_fields=False)
     @classmethod
     def _plausible_time(cls, value: datetime, info: ValidationInfo) -> datetime:
         # A contact at close happened in the recent past: year 1 or 9999 is a broken caller, not a contact.
@@ -59,10 +77,19 @@ class ContactIn(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _closed_after_opened(self) -> ContactIn:
+    def _closed_after_opened(self) -> _ContactChecks:
         if self.closed_at < self.opened_at:
             raise ValueError("closed_at is before opened_at")
         return self
+
+
+ContactIn = create_model(
+    "ContactIn",
+    __base__=_ContactChecks,
+    __doc__="One contact at close, as the ticketing system knows it. History comes from the contact store.",
+    __module__=__name__,
+    **{f.name: _request_field(f) for f in contract.CONTACT_FIELDS},
+)
 
 
 class NextIssue(BaseModel):
@@ -147,15 +174,16 @@ def item_errors(exc: Any) -> list[ItemError]:
 
 def contact_json(row: dict[str, Any]) -> dict[str, Any]:
     """A validated contact (a row of the schema's frame) as the JSON body of /score."""
-    body = {k: row[k] for k in ("contact_id", "customer_id", "channel", "issue", "transcript", "agent_id", "queue")}
-    csat = row.get("csat")
-    body.update(
-        opened_at=row["opened_at"].isoformat(),
-        closed_at=row["closed_at"].isoformat(),
-        handle_seconds=float(row["handle_seconds"]),
-        hold_seconds=float(row["hold_seconds"]),
-        transfers=int(row["transfers"]),
-    )
-    if csat is not None and csat == csat:  # unknown (None or NaN): omitted
-        body["csat"] = float(csat)
+    body: dict[str, Any] = {}
+    for f in contract.CONTACT_FIELDS:
+        value = row.get(f.name)
+        if f.kind == contract.TIME:
+            body[f.name] = value.isoformat()
+        elif f.kind in (contract.SECONDS, contract.SCORE):
+            if value is not None and value == value:  # an unknown score (None or NaN) is omitted
+                body[f.name] = float(value)
+        elif f.kind == contract.COUNT:
+            body[f.name] = int(value)
+        else:
+            body[f.name] = value
     return body

@@ -19,6 +19,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from predictor import contract
 from predictor.config import RegistryConfig, Settings, sqlite_file
 from predictor.model import OUTPUT_COLUMNS, RepeatContactModel
 
@@ -27,6 +28,19 @@ if TYPE_CHECKING:  # the service loads models through this module: it must not i
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
+# The MLflow signature's type of each kind of contract field: times travel as ISO strings, counts as JSON
+# numbers (a pyfunc caller's ``2`` and ``2.0`` both pass).
+_SIGNATURE_TYPES = {
+    contract.ID: "string",
+    contract.CODE: "string",
+    contract.TIME: "string",
+    contract.CHANNEL: "string",
+    contract.TEXT: "string",
+    contract.LABEL: "string",
+    contract.SECONDS: "double",
+    contract.COUNT: "double",
+    contract.SCORE: "double",
+}
 PYFUNC_FILE = Path(__file__).with_name("mlflow_model.py")
 PIP_REQUIREMENTS = [
     # Inference would write "torch==2.13.0+cpu"-less pins that resolve to a CUDA build: say it ourselves.
@@ -129,19 +143,7 @@ def log_and_register(
         signature = ModelSignature(
             inputs=Schema(
                 [
-                    ColSpec("string", "contact_id"),
-                    ColSpec("string", "customer_id"),
-                    ColSpec("string", "opened_at"),
-                    ColSpec("string", "closed_at"),
-                    ColSpec("string", "channel"),
-                    ColSpec("string", "issue"),
-                    ColSpec("string", "transcript"),
-                    ColSpec("string", "agent_id"),
-                    ColSpec("double", "handle_seconds"),
-                    ColSpec("double", "hold_seconds"),
-                    ColSpec("double", "transfers"),
-                    ColSpec("string", "queue", required=False),
-                    ColSpec("double", "csat", required=False),
+                    *(ColSpec(_SIGNATURE_TYPES[f.kind], f.name, required=f.required) for f in contract.CONTACT_FIELDS),
                     ColSpec("boolean", "is_history", required=False),
                 ]
             ),
@@ -214,9 +216,9 @@ def load_bundle(settings: Settings, version: str | None = None) -> tuple[RepeatC
 def input_example(contacts: pd.DataFrame, n: int = 2) -> pd.DataFrame:
     """A few contacts in the pyfunc's input format (timestamps as ISO strings)."""
     example = contacts.head(n).copy()
-    for column in ("opened_at", "closed_at"):
+    for column in contract.names(contract.TIME):
         example[column] = example[column].map(lambda t: t.isoformat())
-    for column in ("handle_seconds", "hold_seconds", "transfers", "csat"):
+    for column in (f.name for f in contract.CONTACT_FIELDS if _SIGNATURE_TYPES[f.kind] == "double"):
         example[column] = example[column].astype(float)
     example["is_history"] = False
     return example.reset_index(drop=True)

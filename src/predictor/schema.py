@@ -13,78 +13,49 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import yaml
-from pandera.typing import Series
 
+from predictor import contract
 from predictor.config import CHANNELS
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "contact_id",
-    "customer_id",
-    "opened_at",
-    "closed_at",
-    "channel",
-    "issue",
-    "transcript",
-    "agent_id",
-    "handle_seconds",
-    "hold_seconds",
-    "transfers",
+REQUIRED_COLUMNS: tuple[str, ...] = contract.names(required=True)
+OPTIONAL_COLUMNS: tuple[str, ...] = contract.names(required=False)
+ID_COLUMNS: tuple[str, ...] = contract.names(contract.ID, contract.CODE)
+TIMESTAMP_COLUMNS: tuple[str, ...] = contract.names(contract.TIME)
+DURATION_COLUMNS: tuple[str, ...] = contract.names(contract.SECONDS)
+TEXT_COLUMNS: tuple[str, ...] = contract.names(
+    contract.ID, contract.CODE, contract.CHANNEL, contract.TEXT, contract.LABEL
 )
-OPTIONAL_COLUMNS: tuple[str, ...] = ("queue", "csat")
-ID_COLUMNS: tuple[str, ...] = ("contact_id", "customer_id", "agent_id", "issue")
-TIMESTAMP_COLUMNS: tuple[str, ...] = ("opened_at", "closed_at")
-DURATION_COLUMNS: tuple[str, ...] = ("handle_seconds", "hold_seconds")
-CSAT_RANGE: tuple[float, float] = (1.0, 5.0)
-
-# What every field means, for the README table and for `predictor validate --help` readers.
-FIELD_DOCS: dict[str, str] = {
-    "contact_id": "Unique id of the contact (string).",
-    "customer_id": "Id of the customer; links contacts of the same person.",
-    "opened_at": "When the contact opened; ISO-8601 with a time zone (or a declared zone).",
-    "closed_at": "When the contact closed; not before opened_at.",
-    "channel": "One of phone, chat, email, social.",
-    "issue": "Primary issue code set by the agent (free taxonomy, lower-cased).",
-    "transcript": "Conversation text; may be empty (phone without speech-to-text).",
-    "agent_id": "Agent who handled the contact.",
-    "handle_seconds": "Handle time in seconds, >= 0.",
-    "hold_seconds": "Hold time in seconds, >= 0.",
-    "transfers": "Number of transfers, integer >= 0.",
-    "queue": "Optional queue / skill group.",
-    "csat": "Optional satisfaction score, 1 to 5.",
-}
+CSAT_RANGE = contract.CSAT_RANGE
 
 
-class ContactSchema(pa.DataFrameModel):
-    """The contract of validated contacts."""
+def _pandera_column(f: contract.ContactField) -> pa.Column:
+    """A field's column in the contract of validated contacts."""
+    if f.kind == contract.TIME:
+        return pa.Column(pd.DatetimeTZDtype("ns", "UTC"))
+    if f.kind in (contract.SECONDS, contract.SCORE):
+        checks = [pa.Check.ge(0)] if f.kind == contract.SECONDS else []
+        return pa.Column(float, checks=checks, nullable=f.kind == contract.SCORE)
+    if f.kind == contract.COUNT:
+        return pa.Column("int64", checks=[pa.Check.ge(0)])
+    checks = [pa.Check.isin(list(CHANNELS))] if f.kind == contract.CHANNEL else []
+    return pa.Column(str, checks=checks, unique=f.name == "contact_id")
 
-    contact_id: Series[str] = pa.Field(unique=True)
-    customer_id: Series[str]
-    opened_at: Series[Annotated[pd.DatetimeTZDtype, "ns", "UTC"]]
-    closed_at: Series[Annotated[pd.DatetimeTZDtype, "ns", "UTC"]]
-    channel: Series[str] = pa.Field(isin=list(CHANNELS))
-    issue: Series[str]
-    transcript: Series[str]
-    agent_id: Series[str]
-    handle_seconds: Series[float] = pa.Field(ge=0)
-    hold_seconds: Series[float] = pa.Field(ge=0)
-    transfers: Series[int] = pa.Field(ge=0)
-    queue: Series[str]
-    csat: Series[float] = pa.Field(nullable=True)
 
-    @pa.dataframe_check
-    def closes_after_opening(cls, df: pd.DataFrame) -> Series[bool]:
-        return df["closed_at"] >= df["opened_at"]
-
-    class Config:
-        strict = "filter"
+# The contract of validated contacts: every field, typed, in contract order; nothing else passes.
+CONTACT_SCHEMA = pa.DataFrameSchema(
+    {f.name: _pandera_column(f) for f in contract.CONTACT_FIELDS},
+    checks=[pa.Check(lambda df: df["closed_at"] >= df["opened_at"], name="closes_after_opening")],
+    strict="filter",
+    ordered=False,
+)
 
 
 class SchemaError(ValueError):
@@ -225,7 +196,8 @@ def validate(
     out["channel"] = channel.fillna("")
 
     out["transcript"] = _as_text(raw["transcript"]).fillna("")
-    out["queue"] = _as_text(raw["queue"]).fillna("") if "queue" in raw.columns else ""
+    for column in contract.names(contract.LABEL):  # optional labels: empty where the file has none
+        out[column] = _as_text(raw[column]).fillna("") if column in raw.columns else ""
 
     for column in TIMESTAMP_COLUMNS:
         parsed, reasons = _parse_timestamps(raw[column], assume_timezone, timestamp_format)
@@ -275,16 +247,16 @@ def validate(
     rejections = rejections.reset_index(drop=True)
 
     contacts = out.loc[valid_mask].copy()
-    for column in (*ID_COLUMNS, "channel", "transcript", "queue"):
+    for column in TEXT_COLUMNS:
         contacts[column] = contacts[column].astype(str)
-    contacts["handle_seconds"] = contacts["handle_seconds"].astype(float)
-    contacts["hold_seconds"] = contacts["hold_seconds"].astype(float)
-    contacts["transfers"] = contacts["transfers"].astype("int64")
-    contacts["csat"] = contacts["csat"].astype(float)
+    for column in contract.names(contract.SECONDS, contract.SCORE):
+        contacts[column] = contacts[column].astype(float)
+    for column in contract.names(contract.COUNT):
+        contacts[column] = contacts[column].astype("int64")
     for column in TIMESTAMP_COLUMNS:
         contacts[column] = contacts[column].astype("datetime64[ns, UTC]")
     contacts = contacts.reset_index(drop=True)
-    contacts = ContactSchema.validate(contacts)[list(ContactSchema.to_schema().columns)]
+    contacts = CONTACT_SCHEMA.validate(contacts)[list(contract.names())]
 
     result = ValidationResult(contacts=contacts, rejections=rejections, n_input=n)
     assert result.n_accepted + result.n_rejected_rows == n, "a row was lost in validation"

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from predictor import contract
 from predictor.config import CHANNELS
 
 # issue -> (complexity 0..1, explicit-repeat delay median hours, adjacency strength, share of new contacts)
@@ -165,7 +166,7 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
             "queue": log["queue"],
             "csat": log["csat"],
         }
-    )
+    )[list(contract.names())]  # the contract's columns, in its order: a new field must be simulated too
     truth = _truth(log, config, issue_p)
     if config.export == "closed-only":
         # Extracted right after the last opening: a ticket still open then is not in the export.

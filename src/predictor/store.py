@@ -30,26 +30,39 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
+from predictor import contract
 from predictor.config import sqlite_file
 from predictor.embed import redact
+
+# How each kind of contract field is stored (lengths as the service's request model allows).
+_COLUMN_TYPES = {
+    contract.ID: String(128),
+    contract.CODE: String(128),
+    contract.TIME: DateTime(timezone=True),
+    contract.CHANNEL: String(16),
+    contract.TEXT: Text,
+    contract.LABEL: String(128),
+    contract.SECONDS: Float,
+    contract.COUNT: Integer,
+    contract.SCORE: Float,
+}
+
+
+def _column(f: contract.ContactField) -> Column:
+    return Column(
+        f.name,
+        _COLUMN_TYPES[f.kind],
+        primary_key=f.name == "contact_id",
+        nullable=f.kind == contract.SCORE,  # everything else has a value or an empty default
+        index=f.name == "closed_at",
+    )
+
 
 metadata = MetaData()
 contacts_table = Table(
     "contacts",
     metadata,
-    Column("contact_id", String(128), primary_key=True),
-    Column("customer_id", String(128), nullable=False),
-    Column("opened_at", DateTime(timezone=True), nullable=False),
-    Column("closed_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("channel", String(16), nullable=False),
-    Column("issue", String(128), nullable=False),
-    Column("transcript", Text, nullable=False),
-    Column("agent_id", String(128), nullable=False),
-    Column("handle_seconds", Float, nullable=False),
-    Column("hold_seconds", Float, nullable=False),
-    Column("transfers", Integer, nullable=False),
-    Column("queue", String(128), nullable=False),
-    Column("csat", Float, nullable=True),
+    *(_column(f) for f in contract.CONTACT_FIELDS),
     Column("scored_at", DateTime(timezone=True), nullable=True),
     Column("model_version", String(32), nullable=True),
     Column("response", Text, nullable=True),  # the JSON answer given, returned again on a retry
@@ -57,10 +70,7 @@ contacts_table = Table(
     Index("ix_contacts_customer_closed", "customer_id", "closed_at"),
     Index("ix_contacts_agent_closed", "agent_id", "closed_at"),
 )
-CONTACT_COLUMNS: tuple[str, ...] = (
-    "contact_id", "customer_id", "opened_at", "closed_at", "channel", "issue", "transcript", "agent_id",
-    "handle_seconds", "hold_seconds", "transfers", "queue", "csat",
-)  # fmt: skip
+CONTACT_COLUMNS: tuple[str, ...] = contract.names()
 
 
 class ContactStore:
@@ -201,13 +211,14 @@ def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CONTACT_COLUMNS})
     out = frame.copy()
-    for column in ("opened_at", "closed_at"):
+    for column in contract.names(contract.TIME):
         values = pd.to_datetime(out[column])
         values = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         out[column] = values.astype("datetime64[ns, UTC]")
-    for column in ("contact_id", "customer_id", "channel", "issue", "transcript", "agent_id", "queue"):
+    for column in contract.names(contract.ID, contract.CODE, contract.CHANNEL, contract.TEXT, contract.LABEL):
         out[column] = out[column].astype(str)
-    for column in ("handle_seconds", "hold_seconds", "csat"):
+    for column in contract.names(contract.SECONDS, contract.SCORE):
         out[column] = pd.to_numeric(out[column]).astype(float)
-    out["transfers"] = pd.to_numeric(out["transfers"]).astype("int64")
+    for column in contract.names(contract.COUNT):
+        out[column] = pd.to_numeric(out[column]).astype("int64")
     return out
