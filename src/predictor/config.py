@@ -104,7 +104,6 @@ class ServiceConfig(BaseModel):
     store_url: str = Field("sqlite:///models/contacts.db", description="SQLAlchemy URL of the contact store.")
     model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
-    max_transcript_chars: int = Field(20_000, ge=1)
     scripts_path: Path = Field(
         default_factory=lambda: PACKAGE_DATA / "followup_scripts.yaml",
         description="Follow-up scripts per issue (YAML); default: the ones shipped in the package.",
@@ -124,7 +123,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PREDICTOR_", env_nested_delimiter="__", extra="ignore")
 
-    seed: int = 7
+    seed: int = Field(0, description="Seed of every random choice in training (boosters, folds, text heads).")
     data_dir: Path = Path("data")
     models_dir: Path = Path("models")
     labels: LabelConfig = LabelConfig()

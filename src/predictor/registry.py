@@ -187,17 +187,6 @@ def promote(version: str, settings: Settings, reason: str = "manual override") -
     client.set_model_version_tag(config.model_name, version, "gate_reason", reason)
 
 
-def load_champion(settings: Settings, version: str | None = None) -> tuple[Any, str]:
-    """The champion (or a pinned version) as an MLflow pyfunc, and its version."""
-    import mlflow
-
-    config = settings.registry
-    client = connect(config)
-    if version is None:
-        version = client.get_model_version_by_alias(config.model_name, CHAMPION).version
-    return mlflow.pyfunc.load_model(f"models:/{config.model_name}/{version}"), str(version)
-
-
 def load_bundle(settings: Settings, version: str | None = None) -> tuple[RepeatContactModel, str]:
     """The fitted RepeatContactModel behind a registered version, without the pyfunc wrapper."""
     import mlflow

@@ -449,256 +449,42 @@ def _carry_continuations(truth: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame
 
 # --- transcripts -----------------------------------------------------------------------------------------
 
-AGENT_NAMES = ("Sam", "Priya", "Lukas", "Maria", "Tom", "Aisha", "Jonas", "Elena", "Chris", "Nadia", "Omar", "Lea")
-ISSUE_PHRASES: dict[str, tuple[str, ...]] = {
-    "billing_question": (
-        "my bill this month is higher than usual and I don't understand the charges",
-        "there is a charge on my invoice I don't recognise",
-        "can you explain my latest bill, the amount looks wrong",
-        "why was I charged twice on this month's statement",
-    ),
-    "plan_change": (
-        "I want to switch to a cheaper plan",
-        "I'd like to upgrade my plan to get more data",
-        "can I change my tariff to the unlimited one",
-        "I need to move to a different package",
-    ),
-    "payment_failed": (
-        "my payment didn't go through",
-        "the direct debit failed and now I got a warning",
-        "my card was declined when I tried to pay the bill",
-        "I got an email saying my payment failed",
-    ),
-    "new_device_setup": (
-        "I just got a new phone and need help setting it up",
-        "my new handset isn't connecting to the network",
-        "how do I move everything over to my new device",
-        "the new phone you sent me shows no service",
-    ),
-    "network_outage": (
-        "I have had no signal since this morning",
-        "the internet keeps dropping out at home",
-        "is there an outage in my area, nothing works",
-        "calls keep failing and mobile data is down",
-    ),
-    "roaming": (
-        "I'm travelling abroad next week and want roaming to work",
-        "my phone doesn't work since I arrived in Spain",
-        "how much does it cost to use data abroad",
-        "roaming is switched on but I have no data here",
-    ),
-    "password_reset": (
-        "I can't log into my account",
-        "I forgot my password for the app",
-        "the password reset link isn't working",
-        "I'm locked out of my online account",
-    ),
-    "cancellation": (
-        "I want to cancel my contract",
-        "I'd like to end my service at the end of the month",
-        "please close my account, I'm moving to another provider",
-        "how do I cancel and what does it cost",
-    ),
-    "number_porting": (
-        "I want to keep my number when I switch to you",
-        "my number transfer from my old provider hasn't happened",
-        "I need my old number moved to this SIM",
-        "the porting of my number seems stuck",
-    ),
-    "sim_delivery": (
-        "my new SIM card hasn't arrived",
-        "where is my SIM, it was supposed to come on Monday",
-        "I need a replacement SIM sent out",
-        "the SIM delivery tracking hasn't updated for days",
-    ),
-    "refund": (
-        "I was promised a refund and haven't received it",
-        "I'd like a refund for the days without service",
-        "when will I get my money back",
-        "the credit you said you'd apply isn't on my account",
-    ),
-    "data_usage": (
-        "my data ran out much faster than expected",
-        "I got a message that I've used all my data",
-        "why is my data usage so high this month",
-        "can you check what's using all my mobile data",
-    ),
-    "contract_renewal": (
-        "my contract is ending and I want to renew",
-        "what offers do you have for renewing my contract",
-        "I'd like to extend my contract and get a new phone",
-        "my minimum term is up, can I get a better deal",
-    ),
-    "address_change": (
-        "I've moved house and need to update my address",
-        "please change the billing address on my account",
-        "I need my details updated, I have a new address",
-        "can you update where my letters are sent",
-    ),
-    "voicemail_setup": (
-        "my voicemail isn't working",
-        "how do I set up voicemail on my phone",
-        "callers can't leave me a message",
-        "I don't get notified about voicemails anymore",
-    ),
-}
+
+def _phrases() -> dict[str, object]:
+    """The transcript phrasing, from the package's data file (YAML lists as tuples, as the draws expect)."""
+    from importlib import resources
+
+    import yaml
+
+    def frozen(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: frozen(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return tuple(frozen(item) for item in value)
+        return value
+
+    text = resources.files("predictor").joinpath("data/simulator_phrases.yaml").read_text(encoding="utf-8")
+    return {name.upper(): frozen(value) for name, value in yaml.safe_load(text).items()}
+
+
+_PHRASES = _phrases()
+AGENT_NAMES: tuple[str, ...] = _PHRASES["AGENT_NAMES"]
+ISSUE_PHRASES: dict[str, tuple[str, ...]] = _PHRASES["ISSUE_PHRASES"]  # how a customer opens, per issue
+PROACTIVE: dict[str, tuple[str, ...]] = _PHRASES["PROACTIVE"]  # an agent heading off the adjacent issue
+CLEAR_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["CLEAR_PARTS"]  # a clear answer, part by part
+ACTIONS: tuple[str, ...] = _PHRASES["ACTIONS"]
+CONFUSING_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["CONFUSING_PARTS"]
+RESOLVED_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["RESOLVED_PARTS"]
+UNRESOLVED_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["UNRESOLVED_PARTS"]
+CONFUSED: tuple[str, ...] = _PHRASES["CONFUSED"]  # the customer's reaction to an unclear answer
+SATISFIED: tuple[str, ...] = _PHRASES["SATISFIED"]
+FILLER: tuple[tuple[str, str], ...] = _PHRASES["FILLER"]  # (speaker, line) middle turns
+ALREADY_CALLED: tuple[str, ...] = _PHRASES["ALREADY_CALLED"]
+GREETINGS: tuple[str, ...] = _PHRASES["GREETINGS"]
+CLOSINGS: tuple[str, ...] = _PHRASES["CLOSINGS"]
 # What the agent says to pre-empt each issue when it is the adjacent one (next-issue avoidance).
-PROACTIVE: dict[str, tuple[str, ...]] = {
-    "billing_question": (
-        "one more thing: your next bill will include a pro-rated charge for the change, so it may look higher once",
-        "just so you know, the first bill after this will show a part-month charge, that's expected",
-    ),
-    "payment_failed": (
-        "also, please update your card details in the app so the next payment doesn't fail",
-        "before you go, check that your direct debit details are current so the next payment goes through",
-    ),
-    "refund": (
-        "and the refund will show on your account within five working days, you don't need to call about it",
-        "you'll see the credit as a separate line on your next statement, it takes up to a week",
-    ),
-    "data_usage": (
-        "by the way, turn off background app refresh or your data may run out quickly",
-        "one tip: you can track your data usage in the app so there are no surprises",
-    ),
-    "voicemail_setup": (
-        "one more thing: you'll need to set up voicemail again on the new device, dial 121 and follow the steps",
-        "also remember to record a new voicemail greeting, it doesn't carry over",
-    ),
-    "password_reset": (
-        "also, you'll need to log in again on the new device, here's how to reset your password if needed",
-        "just so you know, the app will ask for a new password, use the reset link we send you",
-    ),
-    "number_porting": (
-        "note that your number will move over within one working day, you don't need to do anything",
-        "your old number transfers automatically, expect a short gap of a few hours",
-    ),
-    "network_outage": (
-        "after the switch there may be a few hours without signal, restart the phone if it lasts longer",
-        "if you see no service after the transfer, just restart your phone once",
-    ),
-    "sim_delivery": (
-        "your new SIM will arrive in two to three days, I've sent the tracking link by email",
-        "the SIM ships today, you'll get a text with the tracking number",
-    ),
-    "new_device_setup": (
-        "when the new phone arrives, insert the SIM and restart it, the setup guide is in the box",
-        "for the new device, follow the setup guide we email you and it'll connect automatically",
-    ),
-    "plan_change": (
-        "if you keep running out, a bigger plan might suit you better, you can switch in the app any time",
-        "you can change to a plan with more data whenever you like, it takes effect immediately",
-    ),
-}
 # The outcome sentences are composed from parts, so the same meaning comes in hundreds of wordings (as in
 # real conversations) and a model must read meaning, not memorise a handful of phrases.
-CLEAR_PARTS = (
-    (
-        "Here's exactly what happens next:",
-        "Let me walk you through it.",
-        "To be clear:",
-        "So the fix is simple:",
-        "Right, here is the plan:",
-        "Okay, step by step:",
-    ),
-    ("{action}.",),
-    (
-        "You'll see it within {n} hours.",
-        "It takes effect within {n} hours.",
-        "Give it about {n} hours.",
-        "It should show within {n} hours at most.",
-        "Expect it to be live in {n} hours.",
-    ),
-    (
-        "You won't need to do anything else.",
-        "I've also emailed you a summary of these steps.",
-        "You'll get a confirmation text when it's done.",
-        "Nothing else is needed from your side.",
-        "I've noted all of this on your account.",
-        "",
-    ),
-)
-ACTIONS = (
-    "I've updated the setting on your account",
-    "I've applied the correction to your account",
-    "I've reissued the request from our side",
-    "I've reset it in our system",
-    "I've changed it for you just now",
-    "I've put the fix through on your line",
-    "I've corrected the record on our side",
-    "I've re-sent it from here",
-)
-CONFUSING_PARTS = (
-    ("It's probably", "I think it might be", "It could be", "Possibly it's", "Hmm, maybe it's", "Usually that's"),
-    (
-        "something on the system side,",
-        "the settings or the account,",
-        "related to a recent update,",
-        "one of a few things,",
-        "a temporary glitch, or not,",
-        "the other thing we sometimes see,",
-    ),
-    (
-        "so it might sort itself out.",
-        "so you could try again later maybe.",
-        "hard to say really.",
-        "you might want to check back at some point.",
-        "so try a few options and see.",
-        "I'm not fully sure.",
-    ),
-)
-RESOLVED_PARTS = (
-    (
-        "That's now fixed",
-        "Everything is sorted now",
-        "I've completed that for you",
-        "All done",
-        "That's resolved",
-        "It's working again",
-    ),
-    ("on our side.", ", I can see it in the system.", ", it's confirmed.", ", nothing is pending.", "."),
-)
-UNRESOLVED_PARTS = (
-    (
-        "I've raised a ticket with the technical team",
-        "I can't fix this from here, so I've passed it on",
-        "I've logged it with the back office",
-        "Unfortunately that needs escalating",
-        "I've sent it to another department",
-        "I've flagged it for a specialist",
-    ),
-    (
-        "and they'll look into it.",
-        ", someone should get back to you.",
-        ", though I can't say when.",
-        "and they'll be in touch.",
-        ", it may take a while.",
-        ".",
-    ),
-)
-CONFUSED = (
-    "Sorry, I'm still not sure what I'm supposed to do now.",
-    "Wait, so do I need to do something or not?",
-    "I don't really understand, will it work or should I call again?",
-    "Okay... I'm a bit lost, but fine I guess.",
-    "Hm, that didn't really answer my question.",
-    "So... what happens if it still doesn't work?",
-    "I'm confused, you said something different before.",
-    "Not sure I follow, but okay.",
-    "I still don't get why this happened.",
-    "Right. I'll see, I suppose.",
-)
-SATISFIED = (
-    "Great, that makes sense, thanks.",
-    "Perfect, that's clear. Thank you!",
-    "Brilliant, thanks for explaining it so well.",
-    "Okay, understood, thanks for your help.",
-    "Lovely, that's exactly what I needed.",
-    "Clear, thanks a lot.",
-    "Thank you, that's really helpful.",
-    "Makes sense now, cheers.",
-    "Excellent, thanks for sorting it.",
-    "Good, I know what to expect now. Thanks!",
-)
 
 
 def _compose(rng: random.Random, parts: tuple[tuple[str, ...], ...], **values: object) -> str:
@@ -713,43 +499,6 @@ def _typos(rng: random.Random, text: str, rate: float = 0.03) -> str:
         if chars[k].isalpha() and chars[k + 1].isalpha() and rng.random() < rate:
             chars[k], chars[k + 1] = chars[k + 1], chars[k]
     return "".join(chars)
-
-
-FILLER = (
-    ("Agent", "Can I confirm your full name and the postcode on the account, please?"),
-    ("Customer", "Sure, one second, I have to find the letter you sent me."),
-    ("Agent", "Thanks for waiting. I'm just pulling up your account details now."),
-    ("Customer", "I've already tried turning it off and on again a couple of times."),
-    ("Agent", "I understand how frustrating that is, let me have a look at what's going on."),
-    ("Customer", "I've been a customer for years and this has never happened before."),
-    ("Agent", "I'm checking the history on your account and the last few transactions."),
-    ("Customer", "I called last week about something else but that was fine."),
-    ("Agent", "Bear with me, the system is a bit slow today."),
-    ("Customer", "No problem, I'm in no rush, I just want it sorted."),
-    ("Agent", "I can see a few notes here from previous conversations."),
-    ("Customer", "My partner uses the same account, could that be part of it?"),
-    ("Agent", "Let me just check one more thing with my colleague, may I put you on a short hold?"),
-    ("Customer", "I'm on a train so the line might cut out, sorry."),
-    ("Agent", "I'm looking at the network status for your area as well."),
-    ("Customer", "I read something on your website about this but it wasn't clear to me."),
-)
-ALREADY_CALLED = (
-    "I already called about this.",
-    "This is the second time I contact you about it.",
-    "Nothing changed since last time.",
-)
-GREETINGS = (
-    "Hello, you're through to customer support, my name is {name}. How can I help?",
-    "Hi, thanks for contacting us, this is {name}. What can I do for you today?",
-    "Good morning, {name} here. How can I help you?",
-    "Hi there, I'm {name} from the support team. What's the problem?",
-)
-CLOSINGS = (
-    "Is there anything else I can help with today? Thanks for contacting us, have a good day.",
-    "Thanks for your patience. Take care!",
-    "Thank you for getting in touch, goodbye.",
-    "Have a great rest of your day.",
-)
 
 
 def _pii(rng: random.Random) -> str:

@@ -203,7 +203,7 @@ def fit_on(
     fraction = min(1.0, settings.compute.text_head_rows / max(split.counts["train"], 1))
     if has_text:
         sample = backend.text_sample(train_rows, fraction)
-        heads, oof = _text_heads(sample, hp, skipped)
+        heads, oof = _text_heads(sample, hp, skipped, settings.seed)
         try:
             tfidf = TfidfBaseline(hp).fit(sample.inputs.texts, head_targets(sample.labels)[:, 0])
         except ValueError as exc:  # an empty vocabulary: too few words repeat across transcripts
@@ -220,7 +220,7 @@ def fit_on(
 
     stage("next issue and timing")
     train_labels = labels_of(backend.collect(train_rows, [LABEL + c for c in LABEL_COLUMNS]))
-    next_model, next_classes = _fit_next_issue(backend, X_columns, train_labels, hp, skipped)
+    next_model, next_classes = _fit_next_issue(backend, X_columns, train_labels, hp, settings, skipped)
     hours_median, hours_p90, p90_offset = _fit_timing(backend, X_columns, split, hp, settings, skipped)
     lap("next_issue_and_timing")
 
@@ -298,8 +298,11 @@ def fit_on(
     )
 
 
-def _text_heads(sample: TextSample, hp: dict[str, Any], skipped: list[Skipped]) -> tuple[TextHeads | None, Any]:
-    fitted = fit_text_heads(sample.inputs, head_targets(sample.labels), pd.Index(sample.keys), sample.keys, hp, skipped)
+def _text_heads(
+    sample: TextSample, hp: dict[str, Any], skipped: list[Skipped], seed: int
+) -> tuple[TextHeads | None, Any]:
+    targets = head_targets(sample.labels)
+    fitted = fit_text_heads(sample.inputs, targets, pd.Index(sample.keys), sample.keys, hp, skipped, seed=seed)
     return fitted if fitted is not None else (None, None)
 
 
@@ -317,7 +320,7 @@ def _head_only_scores(
     fraction = min(1.0, settings.compute.text_head_rows / max(split.counts["train"], 1))
     with variant():
         sample = backend.text_sample(Rows(TRAIN), fraction, truncation="head")
-        heads, oof = _text_heads(sample, hp, [])
+        heads, oof = _text_heads(sample, hp, [], settings.seed)
         if heads is not None:
             backend.add_text(heads, oof, None)
         backend.design(categories)
@@ -550,6 +553,7 @@ def fit_text_heads(
     keys: np.ndarray,
     hp: dict[str, Any],
     skipped: list[Skipped] | None = None,
+    seed: int = 0,
 ) -> tuple[TextHeads, pd.DataFrame] | None:
     """Text heads fitted on training rows, and those rows' out-of-fold scores (indexed by ``index``).
 
@@ -579,30 +583,32 @@ def fit_text_heads(
         grids["words"] = words["C_grid"]
     # The vocabulary is learnt and every transcript turned into TF-IDF once, for C's choice and the fits.
     names = [HEAD_TARGETS[k] for k in usable]
-    heads = TextHeads(C={view: 1.0 for view in grids}, targets=names, words=words, folds=folds)
+    heads = TextHeads(C={view: 1.0 for view in grids}, targets=names, words=words, folds=folds, seed=seed)
     try:
         matrices = heads.fit_vectorizer(text).matrices(text)
     except ValueError as exc:  # TfidfVectorizer: "After pruning, no terms remain"
         skipped.append(Skipped("text head word view", str(exc)))
         grids.pop("words", None)
-        heads = TextHeads(C={view: 1.0 for view in grids}, targets=heads.targets, words=None, folds=folds)
+        heads = TextHeads(C={view: 1.0 for view in grids}, targets=heads.targets, words=None, folds=folds, seed=seed)
         if not grids:
             return None
         matrices = heads.fit_vectorizer(text).matrices(text)
     chosen = targets[:, usable]
     kept_keys = np.asarray(keys)[keep]
-    heads.C = {view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view], kept_keys) for view in grids}
+    heads.C = {
+        view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view], kept_keys, seed) for view in grids
+    }
     oof = heads.fit_oof(text, chosen, index, keys, matrices=matrices)
     return heads, oof
 
 
-def _choose_c(view: str, matrix: Any, target: np.ndarray, grid: list[float], keys: np.ndarray) -> float:
+def _choose_c(view: str, matrix: Any, target: np.ndarray, grid: list[float], keys: np.ndarray, seed: int) -> float:
     """Regularisation of a text head by cross-validated AUC: little data needs more of it."""
     from sklearn.model_selection import cross_val_score
 
     if len(grid) == 1 or min(target.sum(), len(target) - target.sum()) < 3:
         return float(grid[0])
-    folds = keyed_folds(keys, target, 3)
+    folds = keyed_folds(keys, target, 3, seed)
     scores = [
         cross_val_score(logistic(c, sparse=view == "words"), matrix, target, cv=folds, scoring="roc_auc").mean()
         for c in grid
@@ -618,8 +624,8 @@ def next_issue_classes(counts: pd.Series, min_examples: int) -> list[str]:
     return sorted({*frequent, *([OTHER] if (counts < min_examples).any() else [])})
 
 
-def _booster(kind: str, params: dict[str, Any]) -> Booster:
-    return Booster(kind, {"random_state": 0, **params})
+def _booster(kind: str, params: dict[str, Any], settings: Settings) -> Booster:
+    return Booster(kind, {"random_state": settings.seed, **params})
 
 
 IS_REPEAT = Target("is_repeat", integer=True)
@@ -652,7 +658,7 @@ def fit_repeat(
             skipped.append(Skipped("early stopping", "the latest training rows hold one class only: all trees kept"))
         else:
             probe = backend.fit(
-                _booster("classifier", params),
+                _booster("classifier", params, settings),
                 Rows(TRAIN, closed_before_us=cut),
                 columns,
                 IS_REPEAT,
@@ -660,7 +666,7 @@ def fit_repeat(
             )
             best = patience(probe, late[columns], late_y, stopping["rounds"])
             params["n_estimators"] = min(params["n_estimators"], max(stopping["min_trees"], best))
-    booster = backend.fit(_booster("classifier", params), Rows(TRAIN), columns, IS_REPEAT)
+    booster = backend.fit(_booster("classifier", params, settings), Rows(TRAIN), columns, IS_REPEAT)
     calibrated = Calibrated(booster, hp["calibration"])
     if split.calibration_mode == "slice":
         calibration = backend.collect(Rows(CALIBRATION), [*columns, y])
@@ -669,7 +675,9 @@ def fit_repeat(
     folds = settings.split.calibration_folds
     scores, labels = [], []
     for k in range(folds):
-        fold_booster = backend.fit(_booster("classifier", params), Rows(TRAIN, folds=folds, fold=k), columns, IS_REPEAT)
+        fold_booster = backend.fit(
+            _booster("classifier", params, settings), Rows(TRAIN, folds=folds, fold=k), columns, IS_REPEAT
+        )
         held = backend.collect(Rows(TRAIN, folds=folds, fold=k, held=True), [*columns, y])
         scores.append(Calibrated(fold_booster, hp["calibration"]).score(held[columns]))
         labels.append(IS_REPEAT.values(held))
@@ -702,6 +710,7 @@ def _fit_next_issue(
     columns: list[str],
     train_labels: pd.DataFrame,
     hp: dict[str, Any],
+    settings: Settings,
     skipped: list[Skipped],
 ) -> tuple[Any, list[str]]:
     repeats = train_labels["is_repeat"].fillna(False).astype(bool).to_numpy()
@@ -713,7 +722,7 @@ def _fit_next_issue(
         return ConstantClasses(classes), classes
     params["objective"] = "binary" if len(classes) == 2 else "multiclass"
     target = Target("next_issue", classes=tuple(classes), other=OTHER)
-    model = backend.fit(_booster("classifier", params), Rows(TRAIN, repeats_only=True), columns, target)
+    model = backend.fit(_booster("classifier", params, settings), Rows(TRAIN, repeats_only=True), columns, target)
     return ClassNames(model, classes), classes
 
 
@@ -737,7 +746,10 @@ def _fit_timing(
 
     def quantile(alpha: float, rows: Rows) -> Any:
         return backend.fit(
-            _booster("regressor", {"objective": "quantile", "alpha": alpha, **hp["timing"]}), rows, columns, HOURS
+            _booster("regressor", {"objective": "quantile", "alpha": alpha, **hp["timing"]}, settings),
+            rows,
+            columns,
+            HOURS,
         )
 
     repeats = Rows(TRAIN, repeats_only=True)
