@@ -300,3 +300,50 @@ def test_labels_prints_the_data_end_used(tmp_path: Path) -> None:
     run = _predictor("labels", "log.csv", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "data end" in run.stdout
+
+
+def test_a_bad_hyperparameter_file_exits_2_naming_the_key(tmp_path: Path, settings) -> None:
+    import os
+
+    import yaml
+
+    from predictor.train import load_hyperparams
+
+    hp = load_hyperparams()
+    hp["repeat"]["learning_rate"] = -1
+    hp["repaet"] = {}
+    (tmp_path / "hp.yaml").write_text(yaml.safe_dump(hp))
+    write_table(thin_log(300, seed=17, text=False), tmp_path / "log.csv")
+    env = {**os.environ, "PREDICTOR_HYPERPARAMS_PATH": str(tmp_path / "hp.yaml")}
+    run = subprocess.run(
+        [sys.executable, "-m", "predictor.cli", "train", "log.csv", "--no-register"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr + run.stdout
+    assert "repeat.learning_rate" in run.stderr and "2 problem" in run.stderr
+    with pytest.raises(TrainingDataError, match=r"features\.drop names no feature"):
+        hp = load_hyperparams()
+        hp["features"] = {"drop": ["no_such_feature"]}
+        _fit(thin_log(3000, seed=17, text=False), settings, hyperparams=hp)
+
+
+def test_the_estimator_keeps_scikit_learns_contract(settings) -> None:
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    from predictor.train import RepeatContactEstimator
+
+    contacts = thin_log(2500, seed=18, text=False)
+    estimator = RepeatContactEstimator(settings, use_text=False)
+    assert clone(estimator).get_params()["use_text"] is False
+    with pytest.raises(NotFittedError):
+        estimator.predict_proba(contacts.head(3), contacts)
+    assert estimator.fit(contacts) is estimator
+    assert estimator.model_ is estimator.result_.model and estimator.next_issue_classes_
+    rows = contacts.tail(5)
+    proba = estimator.predict_proba(rows, contacts)
+    assert proba.shape == (5, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert np.allclose(proba[:, 1], estimator.model_.predict(rows, contacts)["repeat_probability"])
+    assert {"next_issue_1", "next_issue_1_probability"} <= set(estimator.predict_next_issue(rows, contacts).columns)
+    hours = estimator.predict_hours(rows, contacts)
+    assert (hours["hours_to_repeat_p90"] >= hours["hours_to_repeat_median"]).all()

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHANNELS: tuple[str, ...] = ("phone", "chat", "email", "social")
@@ -116,6 +116,70 @@ class ServiceConfig(BaseModel):
     # Each contact is scored once (a retry replays the stored answer), so cached vectors would never be read
     # again: the cache would only grow, by ~4 GB per million contacts.
     embedding_cache: bool = Field(False, description="Keep the service's embeddings in the on-disk cache.")
+
+
+class BoosterParams(BaseModel):
+    """A LightGBM booster's parameters: the common ones checked, any other LightGBM parameter passed on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n_estimators: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, le=1)
+    num_leaves: int = Field(ge=2)
+    min_child_samples: int = Field(ge=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+
+
+class NextIssueParams(BoosterParams):
+    min_class_examples: int = Field(ge=1, description="Rarer next issues are pooled as 'other'.")
+
+
+class TfidfBaselineParams(BaseModel):
+    max_features: int = Field(ge=1)
+    ngram_max: int = Field(ge=1)
+    C: float = Field(gt=0)
+
+
+class WordViewParams(BaseModel):
+    """The text heads' TF-IDF view (``TfidfVectorizer`` settings and the regularisation grid)."""
+
+    max_features: int = Field(20000, ge=1)
+    ngram_min: int = Field(1, ge=1)
+    ngram_max: int = Field(2, ge=1)
+    min_df: int = Field(2, ge=1)
+    analyzer: Literal["word", "char", "char_wb"] = "word"
+    C_grid: list[float] = Field(min_length=1)
+
+
+class TextHeadParams(BaseModel):
+    C_grid: list[float] = Field(min_length=1, description="Embedding views' C, chosen by cross-validated AUC.")
+    folds: int = Field(ge=2, description="Out-of-fold scores for the training rows.")
+    words: WordViewParams | None = None
+
+
+class EarlyStoppingParams(BaseModel):
+    fraction: float = Field(gt=0, lt=1, description="Latest share of the training slice the trees are chosen on.")
+    rounds: int = Field(ge=1)
+    min_trees: int = Field(ge=1)
+
+
+class FeatureChoice(BaseModel):
+    drop: list[str] = Field(default_factory=list, description="Feature columns computed but not fed to the boosters.")
+
+
+class Hyperparams(BaseModel):
+    """``hyperparams.yaml``, typed: a misspelt key or an impossible value stops training with its path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repeat: BoosterParams
+    calibration: Literal["sigmoid", "isotonic"]
+    next_issue: NextIssueParams
+    timing: BoosterParams
+    tfidf_baseline: TfidfBaselineParams
+    text_heads: TextHeadParams
+    early_stopping: EarlyStoppingParams | None = None
+    features: FeatureChoice = Field(default_factory=FeatureChoice)
 
 
 class Settings(BaseSettings):

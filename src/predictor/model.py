@@ -6,6 +6,7 @@ One object serves the MLflow pyfunc, the scoring service and the reports, and al
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,9 @@ REASON_WORDS: dict[str, str] = {
     "agent_repeat_rate": "the agent's past repeat rate",
     "agent_closed_windows": "the agent's volume so far",
 }
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -218,13 +222,13 @@ class TextHeads:
 
     def __init__(
         self,
-        C: dict[str, float],
+        grids: dict[str, list[float]],
         targets: Sequence[str] = ("repeat", "explicit", "implicit"),
         words: dict[str, Any] | None = None,
         folds: int = 5,
         seed: int = 0,
     ) -> None:
-        self.C = C  # per view; a view without a C is not read
+        self.grids = grids  # per view, the regularisation to choose from; a view without a grid is not read
         self.targets = targets
         self.words = words  # TfidfVectorizer settings for the word view (None: no word view)
         self.folds = folds
@@ -232,7 +236,7 @@ class TextHeads:
 
     @property
     def views(self) -> list[str]:
-        return list(self.C)
+        return list(self.grids)
 
     @property
     def columns(self) -> list[str]:
@@ -266,6 +270,8 @@ class TextHeads:
             self.fit_vectorizer(inputs)
             matrices = self.matrices(inputs)
         keep = inputs.has_text
+        if not hasattr(self, "C_"):
+            self.C_ = {view: float(grid[0]) for view, grid in self.grids.items()}
         self.models_ = {
             view: [self._logistic(view).fit(matrix[keep], labels[keep, k]) for k in range(labels.shape[1])]
             for view, matrix in matrices.items()
@@ -283,16 +289,20 @@ class TextHeads:
         """Fit on all rows; return each row's score from the fold that did not see it.
 
         Folds come from ``keys`` (contact ids), not row positions: the same contacts fall in the same fold
-        whatever order the log arrives in, in-process or on a cluster.
+        whatever order the log arrives in, in-process or on a cluster. Each view's regularisation is chosen
+        first (``C_``), by cross-validated AUC on the first target.
         """
         from sklearn.model_selection import cross_val_predict
 
         if matrices is None:
             self.fit_vectorizer(inputs)
             matrices = self.matrices(inputs)
-        self.fit(inputs, labels, matrices)
         keep = inputs.has_text
         kept_keys = np.asarray(keys)[keep]
+        self.C_ = {
+            view: self._choose_c(view, matrices[view][keep], labels[keep, 0], kept_keys) for view in self.grids
+        }
+        self.fit(inputs, labels, matrices)
         oof = np.full((len(keep), len(self.columns)), np.nan)
         column = 0
         for view, matrix in matrices.items():
@@ -315,7 +325,23 @@ class TextHeads:
         return pd.DataFrame(scores, columns=self.columns, index=index)
 
     def _logistic(self, view: str) -> Any:
-        return logistic(self.C[view], sparse=view == "words")
+        return logistic(self.C_[view], sparse=view == "words")
+
+    def _choose_c(self, view: str, matrix: Any, target: np.ndarray, keys: np.ndarray) -> float:
+        """Regularisation of a view's heads by cross-validated AUC: little data needs more of it."""
+        from sklearn.model_selection import cross_val_score
+
+        grid = self.grids[view]
+        if len(grid) == 1 or min(target.sum(), len(target) - target.sum()) < 3:
+            return float(grid[0])
+        folds = keyed_folds(keys, target, 3, self.seed)
+        scores = [
+            cross_val_score(logistic(c, sparse=view == "words"), matrix, target, cv=folds, scoring="roc_auc").mean()
+            for c in grid
+        ]
+        best = float(grid[int(np.argmax(scores))])
+        log.info("text head %s: C=%s (cross-validated AUC %s)", view, best, [round(s, 4) for s in scores])
+        return best
 
 
 def keyed_folds(keys: np.ndarray, y: np.ndarray, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

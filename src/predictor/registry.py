@@ -129,7 +129,10 @@ def log_and_register(
         if len(result.by_slice):
             result.by_slice.to_csv(tables / "by_slice.csv", index=False)
             mlflow.log_artifact(str(tables / "by_slice.csv"), artifact_path="tables")
-        from predictor.train import metrics_summary
+        from predictor.train import metrics_summary, training_constants
+
+        # The whole configuration of the fit: hyperparameters as used, and the fixed numbers beside them.
+        mlflow.log_dict({"hyperparams": result.hyperparams, "constants": training_constants()}, "hyperparams.json")
 
         (tables / "metrics.json").write_text(json.dumps(metrics_summary(result), indent=2))
         mlflow.log_artifact(str(tables / "metrics.json"), artifact_path="tables")

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from predictor import evaluate
 from predictor.compute.base import LABEL, LABEL_COLUMNS, TFIDF, Backend, Booster, Rows, Target, TextSample, labels_of
-from predictor.config import Settings
+from predictor.config import Hyperparams, Settings
 from predictor.features import CATEGORICAL
 from predictor.labels import DataEnd, data_end
 from predictor.model import (
@@ -37,9 +39,7 @@ from predictor.model import (
     TfidfBaseline,
     as_matrix,
     booster_predict,
-    keyed_folds,
     levels_from_counts,
-    logistic,
 )
 from predictor.split import (
     CALIBRATION,
@@ -53,17 +53,53 @@ from predictor.split import (
     time_split,
 )
 
-__all__ = ["Baseline", "TrainingDataError", "TrainingResult", "fit", "fit_on", "metrics_summary", "time_split"]
+__all__ = [
+    "Baseline",
+    "RepeatContactEstimator",
+    "TrainingDataError",
+    "TrainingResult",
+    "fit",
+    "fit_on",
+    "metrics_summary",
+    "time_split",
+]
 
 log = logging.getLogger(__name__)
 OTHER = "other"
 
 
 def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
-    text = (
-        Path(path).read_text() if path else resources.files("predictor.data").joinpath("hyperparams.yaml").read_text()
-    )
-    return yaml.safe_load(text)
+    """The hyperparameters (the packaged file, or ``path``), checked by ``config.Hyperparams``; as plain data,
+    holding only what the file sets (LightGBM keeps its own defaults for the rest).
+
+    Raises ``TrainingDataError`` naming the key when the file is not valid."""
+    from pydantic import ValidationError
+
+    source = Path(path) if path else resources.files("predictor.data").joinpath("hyperparams.yaml")
+    raw = yaml.safe_load(source.read_text()) or {}
+    try:
+        return Hyperparams.model_validate(raw).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TrainingDataError(f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from None
+
+
+def training_constants() -> dict[str, Any]:
+    """The fixed numbers of the features, the model and training, recorded beside the hyperparameters."""
+    from predictor import features, model
+
+    return {
+        "history_windows_days": list(features.HISTORY_WINDOWS_DAYS),
+        "agent_prior_strength": features.AGENT_PRIOR_STRENGTH,
+        "default_repeat_rate": features.DEFAULT_REPEAT_RATE,
+        "customer_prior_strength": features.CUSTOMER_PRIOR_STRENGTH,
+        "closing_words_without_turns": features.CLOSING_WORDS_WITHOUT_TURNS,
+        "min_transition_examples": model.MIN_TRANSITION_EXAMPLES,
+        "top_k_next_issues": model.TOP_K,
+        "min_conformal_repeats": MIN_CONFORMAL_REPEATS,
+        "timing_interval": P90,
+    }
 
 
 @dataclass
@@ -94,6 +130,7 @@ class TrainingResult:
     next_issue_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     # The model's figures per channel, issue, transcript presence and length, customer tenure.
     by_slice: pd.DataFrame = field(default_factory=pd.DataFrame)
+    hyperparams: dict[str, Any] = field(default_factory=dict)  # as used (load_hyperparams' output)
 
 
 SAME_ISSUE = "same issue again"
@@ -124,19 +161,9 @@ def fit(
     hyperparams: dict[str, Any] | None = None,
     stage: Callable[[str], None] = lambda _: None,
 ) -> TrainingResult:
-    """``fit_on`` validated contacts held in this process."""
-    from predictor.compute.local import LocalBackend
-
-    return fit_on(
-        LocalBackend(contacts, settings),
-        settings,
-        use_text=use_text,
-        ablation=ablation,
-        oracle=oracle,
-        plots_dir=plots_dir,
-        hyperparams=hyperparams,
-        stage=stage,
-    )
+    """``fit_on`` validated contacts held in this process (``RepeatContactEstimator(...).fit(...).result_``)."""
+    estimator = RepeatContactEstimator(settings, hyperparams=hyperparams, use_text=use_text, ablation=ablation)
+    return estimator.fit(contacts, oracle=oracle, plots_dir=plots_dir, stage=stage).result_
 
 
 def fit_on(
@@ -192,6 +219,10 @@ def fit_on(
     if use_text and not has_text:
         skipped.append(Skipped("text features", "no transcript has any text: trained on metadata and history"))
     dropped = set(hp.get("features", {}).get("drop") or [])
+    if unknown := sorted(dropped - set(feature_columns)):
+        raise TrainingDataError(
+            f"hyperparams features.drop names no feature: {unknown}; the features are {sorted(feature_columns)}"
+        )
     columns = [c for c in feature_columns if c not in dropped]
     train_rows = Rows(TRAIN)
     found = backend.level_counts(train_rows, [c for c in CATEGORICAL if c in columns])
@@ -295,7 +326,80 @@ def fit_on(
         warnings=warnings,
         next_issue_baselines=evaluation.next_issue_baselines,
         by_slice=evaluation.by_slice,
+        hyperparams=hp,
     )
+
+
+class RepeatContactEstimator(BaseEstimator):
+    """The model as a scikit-learn estimator over the one pipeline.
+
+    ``__init__`` stores configuration only (``get_params`` / ``clone`` work); ``fit`` labels, splits and
+    fits on validated contacts (in this process, or on ``backend``), returns self, and leaves what it learnt
+    in attributes ending in ``_``: ``model_`` (the ``RepeatContactModel`` that is registered and served)
+    and ``result_`` (metrics, split, baselines). Prediction takes contacts and what was known before them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        hyperparams: dict[str, Any] | None = None,
+        use_text: bool = True,
+        ablation: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.hyperparams = hyperparams
+        self.use_text = use_text
+        self.ablation = ablation
+
+    def fit(
+        self,
+        contacts: pd.DataFrame | None = None,
+        y: None = None,
+        *,
+        backend: Backend | None = None,
+        oracle: pd.DataFrame | None = None,
+        plots_dir: Path | None = None,
+        stage: Callable[[str], None] = lambda _: None,
+    ) -> RepeatContactEstimator:
+        """Fit on ``contacts`` (validated), or on the log ``backend`` holds; ``y`` is derived, never given."""
+        from predictor.compute.local import LocalBackend
+
+        settings = self.settings or Settings()
+        if backend is None:
+            if contacts is None:
+                raise ValueError("fit needs the contacts, or a backend that holds them")
+            backend = LocalBackend(contacts, settings)
+        self.result_ = fit_on(
+            backend,
+            settings,
+            use_text=self.use_text,
+            ablation=self.ablation,
+            oracle=oracle,
+            plots_dir=plots_dir,
+            hyperparams=self.hyperparams,
+            stage=stage,
+        )
+        self.model_ = self.result_.model
+        self.next_issue_classes_ = self.model_.next_issue_classes
+        return self
+
+    def predict_proba(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> np.ndarray:
+        """Probability of no repeat and of a repeat within the window, one row per contact."""
+        p = self._predict(contacts, history)["repeat_probability"].to_numpy()
+        return np.column_stack([1 - p, p])
+
+    def predict_next_issue(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The likeliest next issues and their probabilities given a repeat (top three per contact)."""
+        out = self._predict(contacts, history)
+        return out[[c for c in out.columns if c == "contact_id" or c.startswith("next_issue_")]]
+
+    def predict_hours(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Median and 90% bound of the hours from close to the repeat, if there is one."""
+        return self._predict(contacts, history)[["contact_id", "hours_to_repeat_median", "hours_to_repeat_p90"]]
+
+    def _predict(self, contacts: pd.DataFrame, history: pd.DataFrame | None) -> pd.DataFrame:
+        check_is_fitted(self, "model_")
+        return self.model_.predict(contacts, history)
 
 
 def _text_heads(
@@ -391,7 +495,7 @@ def training_params(
         "embedding_truncation": settings.embedding.truncation,
         "embedding_head_fraction": settings.embedding.head_fraction,
         "embedding_closing_turns": settings.embedding.closing_turns,
-        "text_heads": ",".join(f"{view}:C={c}" for view, c in heads.C.items()) if heads else "none",
+        "text_heads": ",".join(f"{view}:C={c}" for view, c in heads.C_.items()) if heads else "none",
         "calibration": hp["calibration"],
         "features_dropped": ",".join(sorted(hp.get("features", {}).get("drop") or [])) or "none",
         **{f"split_{k}": v for k, v in counts.items()},
@@ -583,39 +687,18 @@ def fit_text_heads(
         grids["words"] = words["C_grid"]
     # The vocabulary is learnt and every transcript turned into TF-IDF once, for C's choice and the fits.
     names = [HEAD_TARGETS[k] for k in usable]
-    heads = TextHeads(C={view: 1.0 for view in grids}, targets=names, words=words, folds=folds, seed=seed)
+    heads = TextHeads(grids, targets=names, words=words, folds=folds, seed=seed)
     try:
         matrices = heads.fit_vectorizer(text).matrices(text)
     except ValueError as exc:  # TfidfVectorizer: "After pruning, no terms remain"
         skipped.append(Skipped("text head word view", str(exc)))
         grids.pop("words", None)
-        heads = TextHeads(C={view: 1.0 for view in grids}, targets=heads.targets, words=None, folds=folds, seed=seed)
         if not grids:
             return None
+        heads = TextHeads(grids, targets=heads.targets, words=None, folds=folds, seed=seed)
         matrices = heads.fit_vectorizer(text).matrices(text)
-    chosen = targets[:, usable]
-    kept_keys = np.asarray(keys)[keep]
-    heads.C = {
-        view: _choose_c(view, matrices[view][keep], chosen[keep, 0], grids[view], kept_keys, seed) for view in grids
-    }
-    oof = heads.fit_oof(text, chosen, index, keys, matrices=matrices)
+    oof = heads.fit_oof(text, targets[:, usable], index, keys, matrices=matrices)
     return heads, oof
-
-
-def _choose_c(view: str, matrix: Any, target: np.ndarray, grid: list[float], keys: np.ndarray, seed: int) -> float:
-    """Regularisation of a text head by cross-validated AUC: little data needs more of it."""
-    from sklearn.model_selection import cross_val_score
-
-    if len(grid) == 1 or min(target.sum(), len(target) - target.sum()) < 3:
-        return float(grid[0])
-    folds = keyed_folds(keys, target, 3, seed)
-    scores = [
-        cross_val_score(logistic(c, sparse=view == "words"), matrix, target, cv=folds, scoring="roc_auc").mean()
-        for c in grid
-    ]
-    best = float(grid[int(np.argmax(scores))])
-    log.info("text head %s: C=%s (cross-validated AUC %s)", view, best, [round(s, 4) for s in scores])
-    return best
 
 
 def next_issue_classes(counts: pd.Series, min_examples: int) -> list[str]:
