@@ -413,12 +413,10 @@ def _mine_plan(  # noqa: ANN202
     labelled=None,  # noqa: ANN001 - labels.derive output, when the contacts are on a cluster
 ):
     from predictor.labels import derive
-    from predictor.plan import FollowUpPlan, mine, write_plan
+    from predictor.plan import mine_to_file
 
-    scripts = FollowUpPlan.from_yaml(settings.service.scripts_path)
     labelled = derive(contacts, settings.labels) if labelled is None else labelled
-    mined = mine(labelled, scripts, top_primaries=top, min_cell=min_cell)
-    path = write_plan(mined, out)
+    mined, path = mine_to_file(labelled, settings.service, out, top_primaries=top, min_cell=min_cell)
     if show:
         table = Table("primary", "repeats", "share", "next issue", "type", "share", "median h", "p75 h", "send in h",
                       "script", title=f"Next-issue-avoidance plan {mined['version']}")  # fmt: skip
@@ -460,7 +458,7 @@ def report(
     import yaml
 
     from predictor.labels import data_end, derive
-    from predictor.plan import FollowUpPlan
+    from predictor.plan import follow_up_plan
     from predictor.registry import load_bundle
     from predictor.report import ReportConfig, build, write
 
@@ -482,11 +480,7 @@ def report(
         progress.update(task, description="building the report")
         plan_path = settings.service.plan_path
         plan = yaml.safe_load(Path(plan_path).read_text()) if Path(plan_path).exists() else None
-        followup = FollowUpPlan.from_yaml(
-            settings.service.scripts_path, act_threshold=settings.service.follow_up_threshold
-        )
-        if plan is not None:
-            followup = followup.with_mined_plan(plan_path)
+        followup = follow_up_plan(settings.service)  # the service's own: the same channel and timing
         config = ReportConfig(cost_per_contact=cost_per_contact, prevention_rate=prevention_rate, top_share=top_share)
         end = data_end(contacts, settings.labels)
         data = build(

@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from predictor.config import ServiceConfig
+
 
 @dataclass(frozen=True)
 class FollowUp:
@@ -114,6 +116,26 @@ class FollowUpPlan:
 
 
 # -- the mined next-issue-avoidance plan ---------------------------------------------------------------
+
+
+def follow_up_plan(service: ServiceConfig) -> FollowUpPlan:
+    """The follow-up plan the service answers with: its scripts, threshold and channel, and the mined
+    plan's timing when that file exists. The report recommends from the same plan, so the two agree."""
+    plan = FollowUpPlan.from_yaml(
+        service.scripts_path, act_threshold=service.follow_up_threshold, channel=service.follow_up_channel
+    )
+    if Path(service.plan_path).exists():
+        plan = plan.with_mined_plan(service.plan_path)
+    return plan
+
+
+def mine_to_file(
+    labelled: pd.DataFrame, service: ServiceConfig, out: str | Path, top_primaries: int = 15, min_cell: int = 20
+) -> tuple[dict[str, Any], Path]:
+    """Mine the plan from labelled contacts against the configured scripts and write it (``mine``)."""
+    scripts = FollowUpPlan.from_yaml(service.scripts_path)
+    mined = mine(labelled, scripts, top_primaries=top_primaries, min_cell=min_cell)
+    return mined, write_plan(mined, out)
 
 
 def mine(

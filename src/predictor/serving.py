@@ -29,7 +29,7 @@ from predictor.api import (
 from predictor.config import Settings
 from predictor.features import LOOKBACK_DAYS
 from predictor.model import TOP_K, RepeatContactModel
-from predictor.plan import FollowUpPlan
+from predictor.plan import FollowUpPlan, follow_up_plan
 from predictor.store import ContactStore, typed_contacts
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,8 @@ class Scorer:
 
         model, version = load_bundle(settings, settings.service.model_version)
         store = ContactStore(settings.service.store_url)
-        plan = FollowUpPlan.from_yaml(
-            settings.service.scripts_path,
-            act_threshold=settings.service.follow_up_threshold,
-            channel=settings.service.follow_up_channel,
-        )
+        plan = follow_up_plan(settings.service)
         if Path(settings.service.plan_path).exists():
-            plan = plan.with_mined_plan(settings.service.plan_path)
             log.info("follow-up timing from the mined plan %s (%s)", settings.service.plan_path, plan.version)
         else:
             log.info("no mined plan at %s: follow-ups from the scripts file only", settings.service.plan_path)
