@@ -21,10 +21,10 @@ from pathlib import Path
 import results
 
 from predictor.config import EmbeddingConfig, Settings
-from predictor.embed import Embedder
-from predictor.schema import validate
-from predictor.simulate import SimulatorConfig, simulate
-from predictor.train import fit
+from predictor.contacts.schema import validate
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.features.embed import Embedder
+from predictor.training.train import fit
 
 REFERENCE = "sentence-transformers"
 BACKENDS = ("sentence-transformers", "onnx-int8", "model2vec")

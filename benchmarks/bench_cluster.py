@@ -25,10 +25,10 @@ import psutil
 import results
 
 from predictor.config import EmbeddingConfig, RegistryConfig, Settings
-from predictor.registry import log_and_register
-from predictor.schema import validate, write_table
-from predictor.simulate import SimulatorConfig, simulate
-from predictor.train import fit
+from predictor.contacts.schema import validate, write_table
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.registry.tracking import log_and_register
+from predictor.training.train import fit
 
 
 def peak_rss(process: subprocess.Popen, samples: list[int]) -> None:

@@ -63,8 +63,8 @@ def simulate_exports(n: int, folder: Path) -> Path:
     shared agents), and the simulator's truth beside them."""
     import pandas as pd
 
-    from predictor.schema import write_table
-    from predictor.simulate import SimulatorConfig, simulate
+    from predictor.contacts.schema import write_table
+    from predictor.contacts.simulate import SimulatorConfig, simulate
 
     folder.mkdir(parents=True, exist_ok=True)
     pieces = max(1, n // 100_000)
@@ -105,15 +105,15 @@ def child(mode: str, exports: Path, workers: int, work: Path, out: Path) -> None
 
     settings = Settings(embedding=EmbeddingConfig(cache_dir=work / f"cache-{mode}"))
     if mode == "in-process":
-        from predictor.schema import load_files
-        from predictor.train import fit
+        from predictor.contacts.schema import load_files
+        from predictor.training.train import fit
 
         stage("reading")
         contacts = load_files(exports).contacts
         result = fit(contacts, settings, ablation=False, stage=stage)
     else:
-        from predictor import cluster_train
-        from predictor.cluster import connect
+        from predictor.compute.cluster import connect
+        from predictor.training import cluster_train
 
         compute = ComputeConfig(local_cluster=workers)
         settings = settings.model_copy(update={"compute": compute})

@@ -4,7 +4,7 @@
 
 Trains a small model (1,500 simulated contacts, text included, embeddings from the shared cache), registers
 it in a throwaway MLflow store, then starts fresh Python processes that (a) only unpickle the model bundle
-with ``predictor.model`` — the baseline, what any scorer must pay — and (b) build the service's ``Scorer``
+with ``predictor.model.fitted`` — the baseline, what any scorer must pay — and (b) build the service's ``Scorer``
 (registry lookup, model, contact store, follow-up plan, embedder warm-up). Prints the median seconds of
 each, their ratio, and which heavy modules the scorer's process imported (training code and matplotlib
 have no business there).
@@ -21,13 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-HEAVY = ("predictor.train", "predictor.evaluate", "matplotlib", "predictor.compute", "distributed")
+HEAVY = ("predictor.training.train", "predictor.model.evaluate", "matplotlib", "predictor.compute", "distributed")
 
 BASELINE = """
 import sys, time
 t = time.perf_counter()
 import joblib
-import predictor.model
+import predictor.model.fitted
 joblib.load(sys.argv[1])
 print(time.perf_counter() - t)
 """
@@ -35,7 +35,7 @@ SCORER = """
 import json, sys, time
 t = time.perf_counter()
 from predictor.config import get_settings
-from predictor.serving import Scorer
+from predictor.serving.scorer import Scorer
 Scorer.from_settings(get_settings())
 print(json.dumps({"seconds": time.perf_counter() - t, "heavy": [m for m in HEAVY if m in sys.modules]}))
 """
@@ -52,10 +52,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from predictor.config import EmbeddingConfig, RegistryConfig, ServiceConfig, Settings
-    from predictor.registry import log_and_register
-    from predictor.schema import validate
-    from predictor.simulate import SimulatorConfig, simulate
-    from predictor.train import fit
+    from predictor.contacts.schema import validate
+    from predictor.contacts.simulate import SimulatorConfig, simulate
+    from predictor.registry.tracking import log_and_register
+    from predictor.training.train import fit
 
     folder = Path(tempfile.mkdtemp(prefix="cold-start-"))
     cache = os.environ.get("PREDICTOR_TEST_CACHE", str(Path.home() / ".cache" / "predictor-bench"))

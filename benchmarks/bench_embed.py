@@ -16,9 +16,9 @@ from pathlib import Path
 import results
 
 from predictor.config import EmbeddingConfig
-from predictor.embed import Embedder
-from predictor.schema import validate
-from predictor.simulate import SimulatorConfig, simulate
+from predictor.contacts.schema import validate
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.features.embed import Embedder
 
 BACKENDS = ("sentence-transformers", "onnx-int8", "model2vec")
 

@@ -19,15 +19,15 @@ import httpx
 import numpy as np
 import results
 
-from predictor.api import contact_json
 from predictor.config import PACKAGE_DATA, EmbeddingConfig, RegistryConfig, Settings
-from predictor.devserver import running_service
-from predictor.embed import Embedder
-from predictor.registry import log_and_register
-from predictor.schema import validate
-from predictor.simulate import SimulatorConfig, simulate
-from predictor.store import ContactStore
-from predictor.train import fit
+from predictor.contacts.schema import validate
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.contacts.store import ContactStore
+from predictor.features.embed import Embedder
+from predictor.registry.tracking import log_and_register
+from predictor.serving.api import contact_json
+from predictor.serving.devserver import running_service
+from predictor.training.train import fit
 
 LONG_FILLER = " ".join(["I have been waiting for this for quite a while and I checked the app twice already."] * 20)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import results
 
 from predictor.config import EmbeddingConfig, Settings
-from predictor.schema import validate
-from predictor.simulate import SimulatorConfig, simulate
-from predictor.train import TrainingResult, fit
+from predictor.contacts.schema import validate
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.training.train import TrainingResult, fit
 
 
 def run(n: int, seed: int, backend: str) -> dict:

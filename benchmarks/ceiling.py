@@ -17,18 +17,18 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from predictor import evaluate
 from predictor.compute.base import LABEL, Rows
 from predictor.compute.local import LocalBackend
 from predictor.config import Settings
-from predictor.embed import redact
-from predictor.features import CATEGORICAL
-from predictor.labels import data_end
-from predictor.model import TfidfBaseline, levels_from_counts
-from predictor.schema import load_contacts
-from predictor.simulate import truth_path
-from predictor.split import TEST, TRAIN, decide, split_boundaries
-from predictor.train import fit_repeat, load_hyperparams
+from predictor.contacts.labels import data_end
+from predictor.contacts.redact import redact
+from predictor.contacts.schema import load_contacts
+from predictor.contacts.simulate import truth_path
+from predictor.features.build import CATEGORICAL
+from predictor.model import evaluate
+from predictor.model.fitted import TfidfBaseline, levels_from_counts
+from predictor.model.split import TEST, TRAIN, decide, split_boundaries
+from predictor.training.train import fit_repeat, load_hyperparams
 
 LATENTS = ["clear", "resolved", "confused", "mentioned_adjacent"]
 

@@ -22,8 +22,8 @@ import pandas as pd
 import results
 
 from predictor.config import EmbeddingConfig, Settings
-from predictor.schema import validate, write_table
-from predictor.train import fit, load_hyperparams
+from predictor.contacts.schema import validate, write_table
+from predictor.training.train import fit, load_hyperparams
 
 SHAPES = {
     "default": {},
@@ -45,7 +45,7 @@ def _file(out: Path, shape: str) -> Path:
 
 
 def write_logs(out: Path, n: int, seed: int) -> None:
-    from predictor.simulate import SimulatorConfig, simulate
+    from predictor.contacts.simulate import SimulatorConfig, simulate
 
     for shape, options in SHAPES.items():
         log = simulate(SimulatorConfig(n_contacts=n, seed=seed, **options))

@@ -4,7 +4,7 @@
 
 Loads the MLflow champion (or the version pinned by PREDICTOR_SERVICE__MODEL_VERSION) once, keeps the
 embedder warm, and answers each contact with its repeat risk, likely next issues and the follow-up to send.
-The logic lives in `predictor.serving`; this file only wires it to HTTP.
+The logic lives in `predictor.serving.scorer`; this file only wires it to HTTP.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import bentoml
 from bentoml.exceptions import InvalidArgument
 
-from predictor.api import BatchRequest, BatchResponse, ContactIn, ScoreResponse
 from predictor.config import get_settings
-from predictor.http_guard import GuardMiddleware
+from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ScoreResponse
+from predictor.serving.guard import GuardMiddleware
 
 
 def _token() -> str | None:
@@ -26,7 +26,7 @@ def _token() -> str | None:
 class Predictor:
     def __init__(self) -> None:
         from predictor import logs
-        from predictor.serving import Scorer
+        from predictor.serving.scorer import Scorer
 
         logs.setup()
         self.settings = get_settings()

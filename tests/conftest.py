@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from predictor.simulate import SimulatedLog, SimulatorConfig, simulate
+from predictor.contacts.simulate import SimulatedLog, SimulatorConfig, simulate
 
 T0 = pd.Timestamp("2026-03-02 09:00", tz="UTC")
 
@@ -66,8 +66,8 @@ def default_log() -> SimulatedLog:
 
 @pytest.fixture
 def small_log_csv(tmp_path: Path, small_log: SimulatedLog) -> Path:
-    from predictor.schema import write_table
-    from predictor.simulate import truth_path
+    from predictor.contacts.schema import write_table
+    from predictor.contacts.simulate import truth_path
 
     path = tmp_path / "contacts.csv"
     write_table(small_log.contacts, path)
@@ -105,8 +105,8 @@ def settings(workdir: Path):
 @pytest.fixture(scope="session")
 def trained(train_log: SimulatedLog, settings, workdir: Path):
     """One real training run (MiniLM embeddings included), shared by the tests that need a model."""
-    from predictor.schema import validate
-    from predictor.train import fit
+    from predictor.contacts.schema import validate
+    from predictor.training.train import fit
 
     contacts = validate(train_log.contacts).contacts
     return fit(contacts, settings, ablation=False, oracle=train_log.truth, plots_dir=workdir / "plots"), contacts

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.simulate import ADJACENT, ISSUE_PHRASES, PROACTIVE
+from predictor.contacts.simulate import ADJACENT, ISSUE_PHRASES, PROACTIVE
 
 RESOLVED = (
     "Agent: To be clear: I've applied the correction to your account. It takes effect within 2 hours. "

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.cluster import (
+from predictor.compute.cluster import (
     agent_history,
     as_of,
     by_customer,
@@ -26,11 +26,11 @@ from predictor.cluster import (
     score_log,
 )
 from predictor.config import PACKAGE_DATA, ComputeConfig, LabelConfig
-from predictor.embed import Embedder
-from predictor.features import build
-from predictor.labels import data_end, derive
-from predictor.schema import read_log, validate, write_table
-from predictor.store import ContactStore
+from predictor.contacts.labels import data_end, derive
+from predictor.contacts.schema import read_log, validate, write_table
+from predictor.contacts.store import ContactStore
+from predictor.features.build import build
+from predictor.features.embed import Embedder
 
 pytestmark = pytest.mark.slow
 CLUSTER = ComputeConfig(local_cluster=2, partitions=4)
@@ -115,7 +115,7 @@ def test_batch_scores_equal_the_local_path(client, trained, exports: Path, tmp_p
 
 
 def test_score_command_on_a_local_cluster(trained, exports: Path, settings, workdir: Path, tmp_path: Path) -> None:
-    from predictor.registry import log_and_register
+    from predictor.registry.tracking import log_and_register
 
     result, contacts = trained
     registry = settings.registry.model_copy(
@@ -154,7 +154,7 @@ def test_score_in_process_counts_and_scores_the_same(trained, exports: Path, tmp
 def training_exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     """A log big enough that two fits of the same booster agree to 0.01 AUC (a 950-contact test slice),
     as three export files that customers' contacts run across."""
-    from predictor.simulate import SimulatorConfig, simulate
+    from predictor.contacts.simulate import SimulatorConfig, simulate
 
     contacts = simulate(SimulatorConfig(n_contacts=6000, seed=21, days=180)).contacts
     contacts = contacts.sort_values("opened_at", kind="stable").reset_index(drop=True)
@@ -165,9 +165,9 @@ def training_exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd
 
 
 def test_training_on_the_cluster_matches_the_local_path(client, training_exports, settings, tmp_path: Path) -> None:
-    from predictor import cluster_train
-    from predictor.registry import log_and_register
-    from predictor.train import fit
+    from predictor.registry.tracking import log_and_register
+    from predictor.training import cluster_train
+    from predictor.training.train import fit
 
     folder, contacts = training_exports
     local = fit(contacts, settings, ablation=False)

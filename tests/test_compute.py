@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 
 from predictor.compute.base import LABEL, Rows, Target, fold_of
-from predictor.model import keyed_folds
-from predictor.schema import fingerprint, validate
-from predictor.split import CALIBRATION, TEST, TRAIN
+from predictor.contacts.schema import fingerprint, validate
+from predictor.model.fitted import keyed_folds
+from predictor.model.split import CALIBRATION, TEST, TRAIN
 
 
 def _table() -> pd.DataFrame:

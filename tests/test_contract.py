@@ -1,14 +1,14 @@
-"""One contact contract: every description of a contact is derived from ``predictor.contract``."""
+"""One contact contract: every description of a contact is derived from ``predictor.contacts.contract``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from predictor import contract
-from predictor.api import ContactIn
-from predictor.schema import CONTACT_SCHEMA, REQUIRED_COLUMNS, validate
-from predictor.simulate import SimulatorConfig, simulate
-from predictor.store import contacts_table
+from predictor.contacts import contract
+from predictor.contacts.schema import CONTACT_SCHEMA, REQUIRED_COLUMNS, validate
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.contacts.store import contacts_table
+from predictor.serving.api import ContactIn
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

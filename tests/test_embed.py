@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from predictor.config import EmbeddingConfig
-from predictor.embed import SEPARATOR, Embedder, EmbeddingCache, redact
+from predictor.contacts.redact import redact
+from predictor.features.embed import SEPARATOR, Embedder, EmbeddingCache
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import T0, contact, frame
 
-from predictor.features import CLOSING_WORDS_WITHOUT_TURNS, build, closing_turns
-from predictor.schema import validate
+from predictor.contacts.schema import validate
+from predictor.features.build import CLOSING_WORDS_WITHOUT_TURNS, build, closing_turns
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_closing_turns_keeps_the_last_turns_or_the_last_words() -> None:
 
 
 def test_text_views_are_the_whole_conversation_and_its_close(settings) -> None:
-    from predictor.embed import Embedder
+    from predictor.features.embed import Embedder
 
     rows = validate(
         frame(

@@ -6,8 +6,8 @@ import pandas as pd
 from conftest import T0, contact, frame
 
 from predictor.config import LabelConfig
-from predictor.labels import derive, summarize
-from predictor.schema import validate
+from predictor.contacts.labels import derive, summarize
+from predictor.contacts.schema import validate
 
 AS_OF = T0 + pd.Timedelta(days=60)
 

@@ -10,8 +10,8 @@ import pytest
 from nbclient import NotebookClient
 
 from predictor.config import PACKAGE_DATA
-from predictor.schema import write_table
-from predictor.simulate import truth_path
+from predictor.contacts.schema import write_table
+from predictor.contacts.simulate import truth_path
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = ["01_explore_contacts", "02_train_and_compare", "03_score_and_report"]

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import contact, frame
 
-from predictor.labels import derive
-from predictor.plan import FollowUpPlan, mine, write_plan
-from predictor.schema import validate
+from predictor.contacts.labels import derive
+from predictor.contacts.schema import validate
+from predictor.reports.plan import FollowUpPlan, mine, write_plan
 
 SCRIPTS = FollowUpPlan(
     scripts={"billing_question": "Your next bill has a one-off charge."}, same_issue="Check {issue}."

@@ -18,10 +18,10 @@ import pytest
 from conftest import T0
 
 from predictor.config import LabelConfig, SplitConfig
-from predictor.labels import data_end, derive
-from predictor.schema import validate, write_table
-from predictor.simulate import SimulatorConfig, simulate
-from predictor.train import TrainingDataError, fit, metrics_summary, time_split
+from predictor.contacts.labels import data_end, derive
+from predictor.contacts.schema import validate, write_table
+from predictor.contacts.simulate import SimulatorConfig, simulate
+from predictor.training.train import TrainingDataError, fit, metrics_summary, time_split
 
 RESOLVED = ("Agent: that is sorted now.\nCustomer: thanks, that fixed it.", "Customer: great, all working, bye.")
 UNRESOLVED = ("Customer: that didn't help at all.\nAgent: sorry.", "Customer: still not working, I will call back.")
@@ -307,7 +307,7 @@ def test_a_bad_hyperparameter_file_exits_2_naming_the_key(tmp_path: Path, settin
 
     import yaml
 
-    from predictor.train import load_hyperparams
+    from predictor.training.train import load_hyperparams
 
     hp = load_hyperparams()
     hp["repeat"]["learning_rate"] = -1
@@ -331,7 +331,7 @@ def test_the_estimator_keeps_scikit_learns_contract(settings) -> None:
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
 
-    from predictor.train import RepeatContactEstimator
+    from predictor.training.train import RepeatContactEstimator
 
     contacts = thin_log(2500, seed=18, text=False)
     estimator = RepeatContactEstimator(settings, use_text=False)

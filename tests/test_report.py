@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from predictor.config import PACKAGE_DATA
-from predictor.labels import derive
-from predictor.plan import FollowUpPlan, mine
-from predictor.report import ReportConfig, build, wilson, write
+from predictor.contacts.labels import derive
+from predictor.reports.plan import FollowUpPlan, mine
+from predictor.reports.report import ReportConfig, build, wilson, write
 
 ROOT = Path(__file__).parents[1]
 

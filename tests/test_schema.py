@@ -11,7 +11,7 @@ from conftest import contact, frame
 from typer.testing import CliRunner
 
 from predictor.cli import app
-from predictor.schema import (
+from predictor.contacts.schema import (
     ColumnMapping,
     SchemaError,
     load_contacts,

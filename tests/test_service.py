@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.api import contact_json
 from predictor.config import PACKAGE_DATA
-from predictor.devserver import running_service
-from predictor.registry import log_and_register, pyfunc_input
-from predictor.store import ContactStore
+from predictor.contacts.store import ContactStore
+from predictor.registry.tracking import log_and_register, pyfunc_input
+from predictor.serving.api import contact_json
+from predictor.serving.devserver import running_service
 
 ROOT = Path(__file__).parents[1]
 TOKEN = "test-token-123"
@@ -300,7 +300,7 @@ def test_crash_mid_load_loses_no_answered_contact(served, workdir: Path) -> None
     """SIGKILL a second server on the same store while it is under load; every 200 is stored exactly once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from predictor.devserver import kill
+    from predictor.serving.devserver import kill
 
     source = [as_json(r) for _, r in served["to_score"].iloc[150:].iterrows()]
     rows = [{**source[k % len(source)], "contact_id": f"crash-{k:04d}"} for k in range(240)]

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from predictor.labels import derive, summarize
-from predictor.schema import validate
-from predictor.simulate import ISSUE_CODES, SimulatorConfig, simulate
+from predictor.contacts.labels import derive, summarize
+from predictor.contacts.schema import validate
+from predictor.contacts.simulate import ISSUE_CODES, SimulatorConfig, simulate
 
 
 def test_same_seed_same_log_and_other_seed_differs() -> None:

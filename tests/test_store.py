@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from conftest import contact, frame
 
-from predictor.devserver import free_port
-from predictor.features import LOOKBACK_DAYS, build
-from predictor.schema import validate
-from predictor.store import ContactStore
+from predictor.contacts.schema import validate
+from predictor.contacts.store import ContactStore
+from predictor.features.build import LOOKBACK_DAYS, build
+from predictor.serving.devserver import free_port
 
 
 def _postgres_bin() -> Path | None:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.labels import derive
-from predictor.registry import CHAMPION, connect, log_and_register, promote, pyfunc_input
-from predictor.train import fit, load_hyperparams, time_split
+from predictor.contacts.labels import derive
+from predictor.registry.tracking import CHAMPION, connect, log_and_register, promote, pyfunc_input
+from predictor.training.train import fit, load_hyperparams, time_split
 
 
 def test_time_split_is_ordered_embargoed_and_excludes_censored(trained, settings) -> None:
@@ -63,7 +63,7 @@ def test_predictions_have_the_promised_shape(trained) -> None:
 
 
 def test_training_without_any_transcript_drops_text_features(train_log, settings) -> None:
-    from predictor.schema import validate
+    from predictor.contacts.schema import validate
 
     contacts = validate(train_log.contacts.assign(transcript="")).contacts
     result = fit(contacts, settings, ablation=False)

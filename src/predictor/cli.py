@@ -96,8 +96,8 @@ def simulate(
     The ground truth (<name>.truth.parquet) holds the simulator's own repeat probabilities; only the
     oracle in evaluation reads it.
     """
-    from predictor.simulate import SimulatorConfig, write
-    from predictor.simulate import simulate as run
+    from predictor.contacts.simulate import SimulatorConfig, write
+    from predictor.contacts.simulate import simulate as run
 
     if export not in ("all", "closed-only"):
         _fail(f"--export must be 'all' or 'closed-only', not {export!r}")
@@ -138,7 +138,7 @@ def validate(
     Rejected rows are written to <out>.rejected.csv (or <file>.rejected.csv) with their row number,
     contact_id, field and reason. Accepted + rejected always equals the rows read.
     """
-    from predictor.schema import write_table
+    from predictor.contacts.schema import write_table
 
     result = _load(path, mapping, assume_timezone)
     console.print(
@@ -169,7 +169,7 @@ def labels(
     as_of: AsOfOption = None,
 ) -> None:
     """Derive repeat labels and print the repeat rate, explicit/implicit split and censoring."""
-    from predictor.labels import data_end, derive, summarize
+    from predictor.contacts.labels import data_end, derive, summarize
 
     result = _load(path, mapping, assume_timezone)
     config = _settings(as_of).labels
@@ -220,7 +220,7 @@ def train(
     settings = settings.model_copy(update={"compute": _compute(settings, scheduler, local_cluster, partitions)})
     truth = None
     if oracle_truth is not None:
-        from predictor.evaluate import load_truth
+        from predictor.model.evaluate import load_truth
 
         truth = load_truth(oracle_truth)
     started = time.perf_counter()
@@ -229,7 +229,7 @@ def train(
             str(path), settings, truth, text, register, plots_dir, mapping, assume_timezone, started, metrics_json
         )
         return
-    from predictor.train import TrainingDataError, fit
+    from predictor.training.train import TrainingDataError, fit
 
     result_in = _load(path, mapping, assume_timezone)
     with _progress() as progress:
@@ -253,7 +253,7 @@ def train(
     plan_file = _mine_plan(result_in.contacts, settings, settings.service.plan_path)
     registration = None
     if register:
-        from predictor.registry import log_and_register
+        from predictor.registry.tracking import log_and_register
 
         registration = log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file])
         _print_registration(registration, settings)
@@ -265,7 +265,7 @@ def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: AN
         return
     import json
 
-    from predictor.train import metrics_summary
+    from predictor.training.train import metrics_summary
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics_summary(result, registration), indent=2))
@@ -316,10 +316,10 @@ def _train_on_cluster(
     started: float,
     metrics_json: Path | None = None,
 ) -> None:
-    from predictor import cluster_train
-    from predictor.cluster import connect
-    from predictor.schema import SchemaError
-    from predictor.train import TrainingDataError
+    from predictor.compute.cluster import connect
+    from predictor.contacts.schema import SchemaError
+    from predictor.training import cluster_train
+    from predictor.training.train import TrainingDataError
 
     with connect(settings.compute) as client, _progress() as progress:
         task = progress.add_task(f"training on {_where(settings.compute)}", total=None)
@@ -348,7 +348,7 @@ def _train_on_cluster(
         )
         plan_file = _mine_plan(None, settings, settings.service.plan_path, labelled=fitted.labelled)
         if register:
-            from predictor.registry import log_and_register
+            from predictor.registry.tracking import log_and_register
 
             registration = log_and_register(
                 fitted.result, settings, fitted.example, extra_artifacts=[plan_file], score_test=fitted.score_test
@@ -412,8 +412,8 @@ def _mine_plan(  # noqa: ANN202
     show: bool = False,
     labelled=None,  # noqa: ANN001 - labels.derive output, when the contacts are on a cluster
 ):
-    from predictor.labels import derive
-    from predictor.plan import mine_to_file
+    from predictor.contacts.labels import derive
+    from predictor.reports.plan import mine_to_file
 
     labelled = derive(contacts, settings.labels) if labelled is None else labelled
     mined, path = mine_to_file(labelled, settings.service, out, top_primaries=top, min_cell=min_cell)
@@ -457,14 +457,14 @@ def report(
     """
     import yaml
 
-    from predictor.labels import data_end, derive
-    from predictor.plan import follow_up_plan
-    from predictor.registry import load_bundle
-    from predictor.report import ReportConfig, build, write
+    from predictor.contacts.labels import data_end, derive
+    from predictor.registry.tracking import load_bundle
+    from predictor.reports.plan import follow_up_plan
+    from predictor.reports.report import ReportConfig, build, write
 
     settings = _settings(as_of)
     if from_store:
-        from predictor.store import ContactStore
+        from predictor.contacts.store import ContactStore
 
         contacts = ContactStore(settings.service.store_url).all_contacts()
     elif path is not None:
@@ -516,10 +516,10 @@ def score(
     The same stage functions as everywhere; with --scheduler or --local-cluster they are mapped over
     customer partitions on Dask and the predictions are written partition by partition.
     """
-    from predictor.cluster import score_log
+    from predictor.compute.cluster import score_log
     from predictor.config import get_settings
-    from predictor.registry import load_bundle
-    from predictor.schema import SchemaError
+    from predictor.contacts.schema import SchemaError
+    from predictor.registry.tracking import load_bundle
 
     settings = get_settings()
     compute = _compute(settings, scheduler, local_cluster, partitions)
@@ -554,7 +554,7 @@ def promote(
 ) -> None:
     """Move the champion alias to VERSION by hand, bypassing the gate (recorded on the version)."""
     from predictor.config import get_settings
-    from predictor.registry import promote as move
+    from predictor.registry.tracking import promote as move
 
     settings = get_settings()
     try:
@@ -584,10 +584,10 @@ def serve_demo(
     import httpx
     import pandas as pd
 
-    from predictor.api import contact_json
     from predictor.config import get_settings
-    from predictor.devserver import running_service
-    from predictor.store import ContactStore
+    from predictor.contacts.store import ContactStore
+    from predictor.serving.api import contact_json
+    from predictor.serving.devserver import running_service
 
     settings = get_settings()
     contacts = _load(path, None, None).contacts.sort_values("closed_at")
@@ -731,7 +731,7 @@ def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - 
 
 def _load(path: Path, mapping: Path | None, assume_timezone: str | None):  # noqa: ANN202
     """A log: one file, a directory of exports or a glob (read as one log, rows numbered on across files)."""
-    from predictor.schema import SchemaError, load_files
+    from predictor.contacts.schema import SchemaError, load_files
 
     try:
         return load_files(path, mapping, assume_timezone)

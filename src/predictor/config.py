@@ -55,7 +55,7 @@ class EmbeddingConfig(BaseModel):
 
 
 class ComputeConfig(BaseModel):
-    """Where the pipeline runs: in this process (default) or on a Dask cluster (``predictor.cluster``)."""
+    """Where the pipeline runs: in this process (default) or on a Dask cluster (``predictor.compute.cluster``)."""
 
     scheduler: str | None = Field(None, description="Address of a running Dask scheduler, e.g. tcp://host:8786.")
     local_cluster: int = Field(0, ge=0, description="Start a local Dask cluster with this many worker processes.")

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from predictor.labels import epoch_us
-from predictor.model import TextHeads, TextInputs, TfidfBaseline
-from predictor.split import slice_codes
+from predictor.contacts.labels import epoch_us
+from predictor.model.fitted import TextHeads, TextInputs, TfidfBaseline
+from predictor.model.split import slice_codes
 
 LABEL = "label_"  # label columns carried beside the features (prefixed: "issue" is also a feature)
 LABEL_COLUMNS = ("is_repeat", "repeat_type", "next_issue", "hours_to_repeat", "window_complete", "censored")

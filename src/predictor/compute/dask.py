@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from predictor import split as splits
-from predictor.cluster import _agents_for, _aligned_agents, _one_contact, _workers, score, worker_embedder
 from predictor.compute.base import (
     LABEL,
     Booster,
@@ -30,12 +28,14 @@ from predictor.compute.base import (
     in_sample,
     text_scores,
 )
+from predictor.compute.cluster import _agents_for, _aligned_agents, _one_contact, _workers, score, worker_embedder
 from predictor.config import Settings
-from predictor.embed import Embedder
-from predictor.features import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
-from predictor.labels import derive
-from predictor.model import RepeatContactModel, TextHeads, TextInputs, TfidfBaseline
-from predictor.schema import fingerprint, row_hash_sum
+from predictor.contacts.labels import derive
+from predictor.contacts.schema import fingerprint, row_hash_sum
+from predictor.features.build import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
+from predictor.features.embed import Embedder
+from predictor.model import split as splits
+from predictor.model.fitted import RepeatContactModel, TextHeads, TextInputs, TfidfBaseline
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from predictor import split as splits
 from predictor.compute.base import Booster, Rows, Target, TextSample, design_rows, in_sample, text_scores
 from predictor.config import Settings
-from predictor.embed import Embedder
-from predictor.features import FeatureSet, as_model_input, build
-from predictor.labels import derive
-from predictor.model import TextHeads, TextInputs, TfidfBaseline
-from predictor.schema import fingerprint
+from predictor.contacts.labels import derive
+from predictor.contacts.schema import fingerprint
+from predictor.features.build import FeatureSet, as_model_input, build
+from predictor.features.embed import Embedder
+from predictor.model import split as splits
+from predictor.model.fitted import TextHeads, TextInputs, TfidfBaseline
 
 
 class LocalBackend:

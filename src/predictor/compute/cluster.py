@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import ComputeConfig, EmbeddingConfig, LabelConfig
-from predictor.embed import Embedder
-from predictor.features import AGENT_COLUMNS, agent_features, agent_windows, build
-from predictor.labels import derive, epoch_us
-from predictor.schema import REPEATED_IN_LATER_FILE, input_files, load_contacts, load_files, validate
+from predictor.contacts.labels import derive, epoch_us
+from predictor.contacts.schema import REPEATED_IN_LATER_FILE, input_files, load_contacts, load_files, validate
+from predictor.features.build import AGENT_COLUMNS, agent_features, agent_windows, build
+from predictor.features.embed import Embedder
 
 log = logging.getLogger(__name__)
 _QUERY, _WINDOW = "query", "window"
@@ -264,7 +264,7 @@ def score(
     ``select`` picks the rows to score in a partition (default all); the others are still their
     customers' history.
     """
-    from predictor.model import OUTPUT_COLUMNS
+    from predictor.model.fitted import OUTPUT_COLUMNS
 
     text = {"contact_id", *(c for c in OUTPUT_COLUMNS if c.startswith("next_issue_") and c[-1].isdigit())}
     meta = pd.DataFrame({c: pd.Series(dtype=str if c in text else float) for c in OUTPUT_COLUMNS})
@@ -379,7 +379,7 @@ def score_log(
 
 def _store_partition(contacts: pd.DataFrame, store_url: str, chunk: int = 5000) -> pd.Series:
     """Contacts into the store in short transactions: writers on other workers wait seconds, not minutes."""
-    from predictor.store import ContactStore
+    from predictor.contacts.store import ContactStore
 
     store = ContactStore(store_url)
     for start in range(0, len(contacts), chunk):

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
-from predictor.embed import Embedder, redact
-from predictor.labels import LabelArrays, epoch_us, label_arrays
+from predictor.contacts.labels import LabelArrays, epoch_us, label_arrays
+from predictor.contacts.redact import redact
+from predictor.features.embed import Embedder
 
 CATEGORICAL: tuple[str, ...] = ("channel", "issue", "queue", "prev_issue", "issue_transition")
 HISTORY_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
@@ -65,7 +66,7 @@ def build(
     the service); it may include ``contacts`` themselves. Only history that had closed by a contact's
     close, and labels known by then, reach its features. Pass ``embedder=None`` for no text features.
 
-    On a cluster (``predictor.cluster``) a partition holds whole customers but not whole agents: there
+    On a cluster (``predictor.compute.cluster``) a partition holds whole customers but not whole agents: there
     ``as_of`` is the end of the whole log, and the ``AGENT_COLUMNS`` of each row are passed in, computed
     by the function of that name on agent partitions of ``agent_windows``; the arithmetic is the same.
     """

@@ -19,12 +19,12 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from predictor import contract
 from predictor.config import RegistryConfig, Settings, sqlite_file
-from predictor.model import OUTPUT_COLUMNS, RepeatContactModel
+from predictor.contacts import contract
+from predictor.model.fitted import OUTPUT_COLUMNS, RepeatContactModel
 
 if TYPE_CHECKING:  # the service loads models through this module: it must not import training
-    from predictor.train import TrainingResult
+    from predictor.training.train import TrainingResult
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -129,7 +129,7 @@ def log_and_register(
         if len(result.by_slice):
             result.by_slice.to_csv(tables / "by_slice.csv", index=False)
             mlflow.log_artifact(str(tables / "by_slice.csv"), artifact_path="tables")
-        from predictor.train import metrics_summary, training_constants
+        from predictor.training.train import metrics_summary, training_constants
 
         # The whole configuration of the fit: hyperparameters as used, and the fixed numbers beside them.
         mlflow.log_dict({"hyperparams": result.hyperparams, "constants": training_constants()}, "hyperparams.json")
@@ -230,7 +230,7 @@ def pyfunc_input(contacts: pd.DataFrame, history: pd.DataFrame | None = None) ->
 def _gate_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
-    from predictor.evaluate import expected_calibration_error
+    from predictor.model.evaluate import expected_calibration_error
 
     return {"roc_auc": float(roc_auc_score(y, p)), "ece": expected_calibration_error(y.astype(int), p)}
 

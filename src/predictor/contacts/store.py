@@ -30,9 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
-from predictor import contract
 from predictor.config import sqlite_file
-from predictor.embed import redact
+from predictor.contacts import contract
+from predictor.contacts.redact import redact
 
 # How each kind of contract field is stored (lengths as the service's request model allows).
 _COLUMN_TYPES = {

@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from predictor import contract
 from predictor.config import CHANNELS
+from predictor.contacts import contract
 
 # issue -> (complexity 0..1, explicit-repeat delay median hours, adjacency strength, share of new contacts)
 ISSUES: dict[str, tuple[float, float, float, float]] = {
@@ -563,6 +563,6 @@ def truth_path(contacts_path: str | Path) -> Path:
 
 def write(result: SimulatedLog, contacts_path: str | Path) -> tuple[Path, Path]:
     """Write the log and, beside it, its ground truth."""
-    from predictor.schema import write_table
+    from predictor.contacts.schema import write_table
 
     return write_table(result.contacts, contacts_path), write_table(result.truth, truth_path(contacts_path))

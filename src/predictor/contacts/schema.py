@@ -20,8 +20,8 @@ import pandas as pd
 import pandera.pandas as pa
 import yaml
 
-from predictor import contract
 from predictor.config import CHANNELS
+from predictor.contacts import contract
 
 log = logging.getLogger(__name__)
 

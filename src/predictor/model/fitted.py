@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import EmbeddingConfig, LabelConfig
-from predictor.embed import Embedder
-from predictor.features import CATEGORICAL, FeatureSet, as_model_input, build
+from predictor.features.build import CATEGORICAL, FeatureSet, as_model_input, build
+from predictor.features.embed import Embedder
 
 TOP_K = 3
 TEXT_HEAD_PREFIX = "text_"
@@ -299,9 +299,7 @@ class TextHeads:
             matrices = self.matrices(inputs)
         keep = inputs.has_text
         kept_keys = np.asarray(keys)[keep]
-        self.C_ = {
-            view: self._choose_c(view, matrices[view][keep], labels[keep, 0], kept_keys) for view in self.grids
-        }
+        self.C_ = {view: self._choose_c(view, matrices[view][keep], labels[keep, 0], kept_keys) for view in self.grids}
         self.fit(inputs, labels, matrices)
         oof = np.full((len(keep), len(self.columns)), np.nan)
         column = 0
@@ -462,7 +460,7 @@ def predict_log(model: RepeatContactModel, rows: pd.DataFrame) -> pd.DataFrame:
     Rows are validated exactly as a log is; a row that fails validation raises with the reasons, since
     a model cannot guess what a broken contact meant.
     """
-    from predictor.schema import validate
+    from predictor.contacts.schema import validate
 
     flags = rows["is_history"].fillna(False).astype(bool) if "is_history" in rows.columns else None
     raw = rows.drop(columns=["is_history"], errors="ignore")

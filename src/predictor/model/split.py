@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from predictor import evaluate
 from predictor.config import Settings
+from predictor.model import evaluate
 
 
 class TrainingDataError(ValueError):

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, select_autoescape
 
-from predictor.evaluate import rates_differ
-from predictor.labels import DataEnd
-from predictor.plan import FollowUpPlan
+from predictor.contacts.labels import DataEnd
+from predictor.model.evaluate import rates_differ
+from predictor.reports.plan import FollowUpPlan
 
 Z95 = 1.96
 
@@ -141,7 +141,7 @@ def render(report: dict[str, Any]) -> str:
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["pct"] = lambda v, digits=1: "–" if v is None or v != v else f"{v * 100:.{digits}f}%"
     env.filters["num"] = lambda v: f"{v:,.0f}"
-    template = env.from_string(resources.files("predictor.templates").joinpath("report.html.j2").read_text())
+    template = env.from_string(resources.files("predictor.reports.templates").joinpath("report.html.j2").read_text())
     return template.render(r=report, plots=plots)
 
 

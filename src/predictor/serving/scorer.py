@@ -15,7 +15,12 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from predictor.api import (
+from predictor.config import Settings
+from predictor.contacts.store import ContactStore, typed_contacts
+from predictor.features.build import LOOKBACK_DAYS
+from predictor.model.fitted import TOP_K, RepeatContactModel
+from predictor.reports.plan import FollowUpPlan, follow_up_plan
+from predictor.serving.api import (
     BatchItem,
     BatchResponse,
     ContactIn,
@@ -26,11 +31,6 @@ from predictor.api import (
     ScoreResponse,
     item_errors,
 )
-from predictor.config import Settings
-from predictor.features import LOOKBACK_DAYS
-from predictor.model import TOP_K, RepeatContactModel
-from predictor.plan import FollowUpPlan, follow_up_plan
-from predictor.store import ContactStore, typed_contacts
 
 log = logging.getLogger(__name__)
 UNKNOWN_ISSUE = "other"
@@ -50,7 +50,7 @@ class Scorer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
-        from predictor.registry import load_bundle
+        from predictor.registry.tracking import load_bundle
 
         model, version = load_bundle(settings, settings.service.model_version)
         store = ContactStore(settings.service.store_url)

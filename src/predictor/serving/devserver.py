@@ -16,7 +16,10 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+# The checkout that holds ``service/service.py`` (the BentoML service is served from there).
+ROOT = next(
+    (p for p in Path(__file__).resolve().parents if (p / "service" / "service.py").exists()), Path.cwd()
+)
 
 
 @dataclass

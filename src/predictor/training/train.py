@@ -24,12 +24,12 @@ import yaml
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from predictor import evaluate
 from predictor.compute.base import LABEL, LABEL_COLUMNS, TFIDF, Backend, Booster, Rows, Target, TextSample, labels_of
 from predictor.config import Hyperparams, Settings
-from predictor.features import CATEGORICAL
-from predictor.labels import DataEnd, data_end
-from predictor.model import (
+from predictor.contacts.labels import DataEnd, data_end
+from predictor.features.build import CATEGORICAL
+from predictor.model import evaluate
+from predictor.model.fitted import (
     Calibrated,
     ClassNames,
     ConstantClasses,
@@ -41,7 +41,7 @@ from predictor.model import (
     booster_predict,
     levels_from_counts,
 )
-from predictor.split import (
+from predictor.model.split import (
     CALIBRATION,
     TEST,
     TRAIN,
@@ -87,7 +87,8 @@ def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
 
 def training_constants() -> dict[str, Any]:
     """The fixed numbers of the features, the model and training, recorded beside the hyperparameters."""
-    from predictor import features, model
+    from predictor.features import build as features
+    from predictor.model import fitted as model
 
     return {
         "history_windows_days": list(features.HISTORY_WINDOWS_DAYS),

@@ -1,4 +1,4 @@
-"""Transcript embeddings: PII redaction, smart truncation, batching and an on-disk cache.
+"""Transcript embeddings: smart truncation, batching and an on-disk cache (text redacted first: ``contacts.redact``).
 
 Embedding is the slow stage on a 2-core CPU, so the encoder (a) embeds each distinct text once, (b) keeps
 a cache keyed by model id + the hash of the exact text the model sees, so retraining, re-scoring and the
@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -27,25 +26,11 @@ from typing import Any
 import numpy as np
 
 from predictor.config import EmbeddingConfig
+from predictor.contacts.redact import redact
 
 log = logging.getLogger(__name__)
-
-_PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
-    (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
-    # A phone number has a leading + or separators; a bare run of digits is an account-like number.
-    (re.compile(r"(?<![\w])(?:\+\d[\d ()-]{6,}\d|\(?\d{2,5}\)?[ -]\d{3,4}[ -]?\d{3,4})\b"), "[PHONE]"),
-    (re.compile(r"\b\d{6,}\b"), "[NUMBER]"),
-)
 SEPARATOR = " ... "
 PREPARE_CHUNK = 20_000  # texts tokenized, cut and embedded at a time
-
-
-def redact(text: str) -> str:
-    """Replace e-mail addresses, card-, phone- and account-like numbers by placeholders."""
-    for pattern, placeholder in _PII_PATTERNS:
-        text = pattern.sub(placeholder, text)
-    return text
 
 
 def default_model_path() -> str:

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from predictor.cluster import agent_history, as_of, by_customer, partitions_for, read_partitioned
 from predictor.compute.base import LABEL, LABEL_COLUMNS, Rows, labels_of
+from predictor.compute.cluster import agent_history, as_of, by_customer, partitions_for, read_partitioned
 from predictor.compute.dask import DaskBackend
 from predictor.config import Settings
 from predictor.logs import quiet_lightgbm
-from predictor.model import RepeatContactModel
-from predictor.train import TrainingResult, fit_on, load_hyperparams
+from predictor.model.fitted import RepeatContactModel
+from predictor.training.train import TrainingResult, fit_on, load_hyperparams
 
 log = logging.getLogger(__name__)
 

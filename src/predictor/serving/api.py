@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from predictor import contract
 from predictor.config import CHANNELS
+from predictor.contacts import contract
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 ISSUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"

@@ -25,7 +25,7 @@ class RepeatContactPyfunc(PythonModel):
         self.model.embedder(cache_dir=str(get_settings().embedding.cache_dir))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from predictor.model import predict_log
+        from predictor.model.fitted import predict_log
 
         return predict_log(self.model, model_input)
 

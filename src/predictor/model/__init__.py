@@ -1,0 +1,1 @@
+"""The model: the fitted artefacts (``fitted``), the time split and evaluation."""

@@ -1,0 +1,1 @@
+"""MLflow: runs tracked, models registered, the promotion gate (``tracking``), and the pyfunc wrapper."""
