@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from predictor.compute.base import LABEL, Rows
+from predictor.compute.base import LABEL, Rows, Slicing
 from predictor.compute.local import LocalBackend
 from predictor.config import Settings
 from predictor.contacts.labels import data_end
@@ -46,7 +46,7 @@ def main() -> None:
     boundaries = split_boundaries(contacts["closed_at"], settings, end)
     split = decide(backend.slice_summary(boundaries, end), boundaries, settings)
     prior = split.repeats["train"] / split.counts["train"]
-    columns = backend.build(boundaries, end, split.calibration_mode, prior, use_text=False)
+    columns = backend.build(Slicing(boundaries, end, split.calibration_mode), prior, use_text=False)
     found = backend.level_counts(Rows(TRAIN), [c for c in CATEGORICAL if c in columns])
     backend.design({c: levels_from_counts(c, counts) for c, counts in found.items()})
     design = backend.frame

@@ -91,6 +91,15 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Slicing:
+    """Where the slices fall: the split points, the data end labels are judged at, the calibration mode."""
+
+    boundaries: tuple[pd.Timestamp, pd.Timestamp]
+    label_end: pd.Timestamp
+    mode: str = "slice"
+
+
+@dataclass(frozen=True)
 class Booster:
     """A LightGBM estimator to fit: classifier or regressor, and its parameters."""
 
@@ -118,8 +127,7 @@ class Backend(Protocol):
     def slice_summary(self, boundaries: tuple[pd.Timestamp, pd.Timestamp], label_end: pd.Timestamp) -> pd.DataFrame:
         """``split.slice_summary`` of the whole log (summed over partitions)."""
 
-    def build(self, boundaries: tuple[pd.Timestamp, pd.Timestamp], label_end: pd.Timestamp, mode: str,
-              prior: float, use_text: bool) -> list[str]:  # fmt: skip
+    def build(self, slicing: Slicing, prior: float, use_text: bool) -> list[str]:
         """Labels, slices and metadata + history features into the design table; the feature columns."""
 
     def has_text(self) -> bool: ...

@@ -22,6 +22,7 @@ from predictor.compute.base import (
     LABEL,
     Booster,
     Rows,
+    Slicing,
     Target,
     TextSample,
     design_rows,
@@ -75,16 +76,10 @@ class DaskBackend:
         parts = self.customers.map_partitions(_summary_partition, self.settings, boundaries, label_end, meta=meta)
         return parts.compute()
 
-    def build(
-        self,
-        boundaries: tuple[pd.Timestamp, pd.Timestamp],
-        label_end: pd.Timestamp,
-        mode: str,
-        prior: float,
-        use_text: bool,
-    ) -> list[str]:
+    def build(self, slicing: Slicing, prior: float, use_text: bool) -> list[str]:
         from distributed import wait
 
+        boundaries, label_end, mode = slicing.boundaries, slicing.label_end, slicing.mode
         self.label_end, self.boundaries, self.use_text = label_end, boundaries, use_text
         args = (self.settings, self.end, boundaries, label_end, mode, prior)
         meta = _table_partition(_one_contact(), _agents_for(_one_contact()), *args)

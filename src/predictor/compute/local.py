@@ -10,7 +10,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from predictor.compute.base import Booster, Rows, Target, TextSample, design_rows, in_sample, text_scores
+from predictor.compute.base import Booster, Rows, Slicing, Target, TextSample, design_rows, in_sample, text_scores
 from predictor.config import Settings
 from predictor.contacts.labels import derive
 from predictor.contacts.schema import fingerprint
@@ -45,14 +45,8 @@ class LocalBackend:
         self.labelled = derive(self.contacts, self.settings.labels, label_end)
         return splits.slice_summary(self.labelled, boundaries, self.settings)
 
-    def build(
-        self,
-        boundaries: tuple[pd.Timestamp, pd.Timestamp],
-        label_end: pd.Timestamp,
-        mode: str,
-        prior: float,
-        use_text: bool,
-    ) -> list[str]:
+    def build(self, slicing: Slicing, prior: float, use_text: bool) -> list[str]:
+        boundaries, label_end, mode = slicing.boundaries, slicing.label_end, slicing.mode
         if self.labelled is None:
             self.labelled = derive(self.contacts, self.settings.labels, label_end)
         if use_text and self.has_text_in_log():

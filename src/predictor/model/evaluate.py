@@ -1,4 +1,7 @@
-"""Metrics and plots for the repeat, next-issue and timing models, baselines and the oracle.
+"""Evaluation: metrics and plots for the repeat, next-issue and timing models, baselines and the oracle.
+
+``report`` is the evaluation stage of training: the model beside its baselines on the test slice, overall
+and per slice (channel, issue, transcript presence and length, customer tenure), as a typed ``Evaluation``.
 
 The oracle (the simulator's own probabilities) is the only reader of the ground-truth file: it shows the
 ceiling a model could reach on simulated data, so the gap is printed beside every figure.
@@ -6,15 +9,13 @@ ceiling a model could reach on simulated data, so the gap is printed beside ever
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:
-    import matplotlib.pyplot as plt
-
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -22,6 +23,12 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from predictor.config import Settings
+from predictor.model.fitted import OTHER, P90, RepeatContactModel, booster_predict
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 ECE_BINS = 10
 TOP_SHARES: tuple[float, ...] = (0.1, 0.2)
@@ -228,3 +235,158 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
+
+
+# -- the evaluation stage: the model beside its baselines on the test slice ---------------------------
+SAME_ISSUE = "same issue again"
+TRANSITIONS = "transition table (training slice)"
+
+
+class Baseline(StrEnum):
+    """What the model is judged beside, by the names the metrics table and MLflow carry."""
+
+    ISSUE_RATE = "issue base rate"
+    METADATA = "metadata + history (no text)"
+    TFIDF = "tf-idf + logistic regression"
+    HEAD_ONLY = "ablation: head-only cut, no closing view"
+    ORACLE = "oracle (simulator truth)"
+
+
+ABLATION = Baseline.HEAD_ONLY.value
+
+
+@dataclass
+class Evaluation:
+    metrics: pd.DataFrame
+    next_issue: dict[str, float]
+    timing: dict[str, float]
+    plots: dict[str, Path]
+    predictions: pd.DataFrame  # the model's output on the test slice, with the true ``is_repeat``
+    next_issue_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_slice: pd.DataFrame = field(default_factory=pd.DataFrame)  # slice_metrics of the model
+
+
+def report(
+    model: RepeatContactModel,
+    X_test: pd.DataFrame,
+    labelled_test: pd.DataFrame,
+    transcript_words: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    settings: Settings,
+    *,
+    oracle: pd.DataFrame | None = None,
+    plots_dir: Path | None = None,
+    next_issue_baselines: dict[str, np.ndarray] | None = None,
+) -> Evaluation:
+    """The model beside the baselines on the test slice: repeat metrics, next issue, timing, plots.
+
+    ``labelled_test`` holds the test rows' labels (``labels.derive`` columns) in the order of ``X_test``;
+    ``next_issue_baselines`` each baseline's next-issue probabilities for every test row, over the model's
+    classes.
+    """
+    y_test = labelled_test["is_repeat"].astype(int).to_numpy()
+    contact_ids = labelled_test["contact_id"].to_numpy()
+    test_pred = model.predict_from_input(X_test, contact_ids)
+    scores = {"model": test_pred["repeat_probability"].to_numpy(), **baselines}
+    if oracle is not None:
+        scores["oracle (simulator truth)"] = oracle_repeat(oracle, labelled_test["contact_id"])
+    rows = []
+    long_text = transcript_words > settings.embedding.max_tokens * 0.75
+    for name, p in scores.items():
+        row = {"model": name, **repeat_metrics(y_test, p)}
+        if long_text.sum() > 20 and len(np.unique(y_test[long_text])) == 2:
+            row["roc_auc_long_transcripts"] = roc_auc_score(y_test[long_text], p[long_text])
+        rows.append(row)
+    metrics = pd.DataFrame(rows).set_index("model")
+
+    next_classes = model.next_issue_classes
+    repeats = np.flatnonzero(y_test == 1)
+    repeated = labelled_test.iloc[repeats]
+    next_true = repeated["next_issue"].astype(str).to_numpy()
+    next_true = np.where(np.isin(next_true, next_classes), next_true, OTHER)
+    proba = model.next_issue.predict_proba(X_test.iloc[repeats])
+    next_metrics = {
+        "top1_accuracy": topk_accuracy(next_true, proba, next_classes, 1),
+        "top3_accuracy": topk_accuracy(next_true, proba, next_classes, 3),
+        "explicit_share_actual": float((repeated["repeat_type"] == "explicit").mean()),
+        "explicit_share_predicted_top1": float(
+            (np.array(next_classes)[proba.argmax(1)] == repeated["issue"].to_numpy()).mean()
+        ),
+    }
+    baseline_metrics = {
+        name: {
+            "top1_accuracy": topk_accuracy(next_true, base[repeats], next_classes, 1),
+            "top3_accuracy": topk_accuracy(next_true, base[repeats], next_classes, 3),
+        }
+        for name, base in (next_issue_baselines or {}).items()
+    }
+    if oracle is not None:
+        oracle_proba, oracle_classes = oracle_next_issue(oracle, repeated["contact_id"])
+        next_metrics["oracle_top1_accuracy"] = topk_accuracy(next_true, oracle_proba, oracle_classes, 1)
+        next_metrics["oracle_top3_accuracy"] = topk_accuracy(next_true, oracle_proba, oracle_classes, 3)
+    predicted = test_pred.iloc[repeats]
+    timing = timing_metrics(
+        repeated["hours_to_repeat"].to_numpy(),
+        predicted["hours_to_repeat_median"].to_numpy(),
+        predicted["hours_to_repeat_p90"].to_numpy(),
+    )
+    # The interval before its conformal correction: what the quantile booster alone would have promised
+    # (clamped at the median as the model's output is).
+    raw_p90 = np.expm1(booster_predict(model.hours_p90, X_test.iloc[repeats]))
+    raw_p90 = np.maximum(np.clip(raw_p90, 0.0, None), predicted["hours_to_repeat_median"].to_numpy())
+    timing["p90_coverage_uncalibrated"] = float(np.mean(repeated["hours_to_repeat"].to_numpy() <= raw_p90))
+    timing["p90_nominal"] = P90
+    plots: dict[str, Path] = {}
+    if plots_dir is not None:
+        plots["roc_pr"] = plot_roc_pr(y_test, scores, plots_dir / "roc_pr.png")
+        plots["reliability"] = plot_reliability(
+            y_test,
+            {k: v for k, v in scores.items() if k in ("model", "metadata + history (no text)")}
+            | {k: v for k, v in scores.items() if k.startswith("oracle")},
+            plots_dir / "reliability.png",
+        )
+        plots["gain"] = plot_gain(y_test, scores, plots_dir / "gain.png")
+        plots["next_issue_confusion"] = plot_confusion(
+            next_true, np.array(next_classes)[proba.argmax(1)], next_classes, plots_dir / "next_issue_confusion.png"
+        )
+    test_pred["is_repeat"] = y_test
+    groups = {
+        "issue": labelled_test["issue"].astype(str).to_numpy(),
+        "transcript_length": band_labels(transcript_words, TRANSCRIPT_WORD_BANDS, "words"),
+    }
+    if "channel" in X_test:  # a feature column: present unless hyperparams drop it
+        groups["channel"] = X_test["channel"].astype(str).to_numpy()
+    if "has_transcript" in X_test:
+        groups["has_transcript"] = np.where(X_test["has_transcript"].to_numpy() > 0, "yes", "no")
+    if "days_since_first_contact" in X_test:
+        tenure = X_test["days_since_first_contact"].to_numpy(dtype=float)
+        groups["customer_tenure"] = band_labels(tenure, TENURE_DAY_BANDS, "days")
+    by_slice = slice_metrics(y_test, scores["model"], groups)
+    return Evaluation(metrics, next_metrics, timing, plots, test_pred, baseline_metrics, by_slice)
+
+
+def next_issue_baselines(
+    labelled_train: pd.DataFrame, test_issues: np.ndarray, classes: list[str]
+) -> dict[str, np.ndarray]:
+    """What the next-issue model must beat, as scores over its classes for each test contact.
+
+    "Same issue again": the contact's own issue first, then the issues that follow most often overall.
+    "Transition table": the issues that most often followed this issue in the training slice (the mined
+    plan's view), overall frequencies where the issue was never repeated.
+    """
+    repeats = labelled_train[labelled_train["is_repeat"].fillna(False).astype(bool)]
+    index = {c: i for i, c in enumerate(classes)}
+    mapped = np.where(np.isin(repeats["next_issue"].astype(str), classes), repeats["next_issue"].astype(str), OTHER)
+    overall = np.bincount([index[c] for c in mapped if c in index], minlength=len(classes)).astype(float)
+    overall = overall / max(overall.sum(), 1.0)
+    tie_break = overall * 1e-3
+    same = np.tile(tie_break, (len(test_issues), 1))
+    own = np.array([index.get(i, -1) for i in test_issues])
+    same[own >= 0, own[own >= 0]] += 1.0
+    table = pd.crosstab(repeats["issue"].astype(str).to_numpy(), mapped)
+    table = table.reindex(columns=classes, fill_value=0)
+    shares = table.div(table.sum(axis=1), axis=0)
+    transitions = np.array(shares.reindex(test_issues).to_numpy(dtype=float))
+    missing = np.isnan(transitions).any(axis=1)
+    transitions[missing] = overall
+    return {SAME_ISSUE: same, TRANSITIONS: transitions + tie_break}

@@ -19,6 +19,8 @@ from predictor.features.build import CATEGORICAL, FeatureSet, as_model_input, bu
 from predictor.features.embed import Embedder
 
 TOP_K = 3
+OTHER = "other"  # the next-issue class of every issue too rare to tell apart
+P90 = 0.9  # the timing interval's upper quantile
 TEXT_HEAD_PREFIX = "text_"
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "contact_id",

@@ -17,9 +17,7 @@ from pathlib import Path
 import httpx
 
 # The checkout that holds ``service/service.py`` (the BentoML service is served from there).
-ROOT = next(
-    (p for p in Path(__file__).resolve().parents if (p / "service" / "service.py").exists()), Path.cwd()
-)
+ROOT = next((p for p in Path(__file__).resolve().parents if (p / "service" / "service.py").exists()), Path.cwd())
 
 
 @dataclass

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,26 @@ import yaml
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from predictor.compute.base import LABEL, LABEL_COLUMNS, TFIDF, Backend, Booster, Rows, Target, TextSample, labels_of
+from predictor.compute.base import (
+    LABEL,
+    LABEL_COLUMNS,
+    TFIDF,
+    Backend,
+    Booster,
+    Rows,
+    Slicing,
+    Target,
+    TextSample,
+    labels_of,
+)
 from predictor.config import Hyperparams, Settings
 from predictor.contacts.labels import DataEnd, data_end
 from predictor.features.build import CATEGORICAL
 from predictor.model import evaluate
+from predictor.model.evaluate import Baseline
 from predictor.model.fitted import (
+    OTHER,
+    P90,
     Calibrated,
     ClassNames,
     ConstantClasses,
@@ -65,7 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-OTHER = "other"
 
 
 def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
@@ -134,23 +146,6 @@ class TrainingResult:
     hyperparams: dict[str, Any] = field(default_factory=dict)  # as used (load_hyperparams' output)
 
 
-SAME_ISSUE = "same issue again"
-TRANSITIONS = "transition table (training slice)"
-
-
-class Baseline(StrEnum):
-    """What the model is judged beside, by the names the metrics table and MLflow carry."""
-
-    ISSUE_RATE = "issue base rate"
-    METADATA = "metadata + history (no text)"
-    TFIDF = "tf-idf + logistic regression"
-    HEAD_ONLY = "ablation: head-only cut, no closing view"
-    ORACLE = "oracle (simulator truth)"
-
-
-ABLATION = Baseline.HEAD_ONLY.value
-
-
 def fit(
     contacts: pd.DataFrame,
     settings: Settings,
@@ -214,7 +209,7 @@ def fit_on(
     lap("labels")
 
     stage("features and embeddings")
-    feature_columns = backend.build(boundaries, end.at, split.calibration_mode, prior, use_text)
+    feature_columns = backend.build(Slicing(boundaries, end.at, split.calibration_mode), prior, use_text)
     split.train, split.calibration, split.test = (backend.positions(c) for c in (TRAIN, CALIBRATION, TEST))
     has_text = use_text and backend.has_text()
     if use_text and not has_text:
@@ -291,8 +286,8 @@ def fit_on(
     lap("baselines")
 
     stage("evaluation")
-    next_baselines = next_issue_baseline_proba(train_labels, test["issue_code"].to_numpy(dtype=str), next_classes)
-    evaluation = evaluate_test(
+    next_baselines = evaluate.next_issue_baselines(train_labels, test["issue_code"].to_numpy(dtype=str), next_classes)
+    evaluation = evaluate.report(
         model,
         test[X_columns],
         labels_of(test),
@@ -504,143 +499,6 @@ def training_params(
     }
 
 
-@dataclass
-class Evaluation:
-    metrics: pd.DataFrame
-    next_issue: dict[str, float]
-    timing: dict[str, float]
-    plots: dict[str, Path]
-    predictions: pd.DataFrame  # the model's output on the test slice, with the true ``is_repeat``
-    next_issue_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
-    by_slice: pd.DataFrame = field(default_factory=pd.DataFrame)  # evaluate.slice_metrics of the model
-
-
-def evaluate_test(
-    model: RepeatContactModel,
-    X_test: pd.DataFrame,
-    labelled_test: pd.DataFrame,
-    transcript_words: np.ndarray,
-    baselines: dict[str, np.ndarray],
-    settings: Settings,
-    *,
-    oracle: pd.DataFrame | None = None,
-    plots_dir: Path | None = None,
-    next_issue_baselines: dict[str, np.ndarray] | None = None,
-) -> Evaluation:
-    """The model beside the baselines on the test slice: repeat metrics, next issue, timing, plots.
-
-    ``labelled_test`` holds the test rows' labels (``labels.derive`` columns) in the order of ``X_test``;
-    ``next_issue_baselines`` each baseline's next-issue probabilities for every test row, over the model's
-    classes.
-    """
-    y_test = labelled_test["is_repeat"].astype(int).to_numpy()
-    contact_ids = labelled_test["contact_id"].to_numpy()
-    test_pred = model.predict_from_input(X_test, contact_ids)
-    scores = {"model": test_pred["repeat_probability"].to_numpy(), **baselines}
-    if oracle is not None:
-        scores["oracle (simulator truth)"] = evaluate.oracle_repeat(oracle, labelled_test["contact_id"])
-    rows = []
-    long_text = transcript_words > settings.embedding.max_tokens * 0.75
-    for name, p in scores.items():
-        row = {"model": name, **evaluate.repeat_metrics(y_test, p)}
-        if long_text.sum() > 20 and len(np.unique(y_test[long_text])) == 2:
-            row["roc_auc_long_transcripts"] = evaluate.roc_auc_score(y_test[long_text], p[long_text])
-        rows.append(row)
-    metrics = pd.DataFrame(rows).set_index("model")
-
-    next_classes = model.next_issue_classes
-    repeats = np.flatnonzero(y_test == 1)
-    repeated = labelled_test.iloc[repeats]
-    next_true = repeated["next_issue"].astype(str).to_numpy()
-    next_true = np.where(np.isin(next_true, next_classes), next_true, OTHER)
-    proba = model.next_issue.predict_proba(X_test.iloc[repeats])
-    next_metrics = {
-        "top1_accuracy": evaluate.topk_accuracy(next_true, proba, next_classes, 1),
-        "top3_accuracy": evaluate.topk_accuracy(next_true, proba, next_classes, 3),
-        "explicit_share_actual": float((repeated["repeat_type"] == "explicit").mean()),
-        "explicit_share_predicted_top1": float(
-            (np.array(next_classes)[proba.argmax(1)] == repeated["issue"].to_numpy()).mean()
-        ),
-    }
-    baseline_metrics = {
-        name: {
-            "top1_accuracy": evaluate.topk_accuracy(next_true, base[repeats], next_classes, 1),
-            "top3_accuracy": evaluate.topk_accuracy(next_true, base[repeats], next_classes, 3),
-        }
-        for name, base in (next_issue_baselines or {}).items()
-    }
-    if oracle is not None:
-        oracle_proba, oracle_classes = evaluate.oracle_next_issue(oracle, repeated["contact_id"])
-        next_metrics["oracle_top1_accuracy"] = evaluate.topk_accuracy(next_true, oracle_proba, oracle_classes, 1)
-        next_metrics["oracle_top3_accuracy"] = evaluate.topk_accuracy(next_true, oracle_proba, oracle_classes, 3)
-    predicted = test_pred.iloc[repeats]
-    timing = evaluate.timing_metrics(
-        repeated["hours_to_repeat"].to_numpy(),
-        predicted["hours_to_repeat_median"].to_numpy(),
-        predicted["hours_to_repeat_p90"].to_numpy(),
-    )
-    # The interval before its conformal correction: what the quantile booster alone would have promised
-    # (clamped at the median as the model's output is).
-    raw_p90 = np.expm1(booster_predict(model.hours_p90, X_test.iloc[repeats]))
-    raw_p90 = np.maximum(np.clip(raw_p90, 0.0, None), predicted["hours_to_repeat_median"].to_numpy())
-    timing["p90_coverage_uncalibrated"] = float(np.mean(repeated["hours_to_repeat"].to_numpy() <= raw_p90))
-    timing["p90_nominal"] = P90
-    plots: dict[str, Path] = {}
-    if plots_dir is not None:
-        plots["roc_pr"] = evaluate.plot_roc_pr(y_test, scores, plots_dir / "roc_pr.png")
-        plots["reliability"] = evaluate.plot_reliability(
-            y_test,
-            {k: v for k, v in scores.items() if k in ("model", "metadata + history (no text)")}
-            | {k: v for k, v in scores.items() if k.startswith("oracle")},
-            plots_dir / "reliability.png",
-        )
-        plots["gain"] = evaluate.plot_gain(y_test, scores, plots_dir / "gain.png")
-        plots["next_issue_confusion"] = evaluate.plot_confusion(
-            next_true, np.array(next_classes)[proba.argmax(1)], next_classes, plots_dir / "next_issue_confusion.png"
-        )
-    test_pred["is_repeat"] = y_test
-    groups = {
-        "issue": labelled_test["issue"].astype(str).to_numpy(),
-        "transcript_length": evaluate.band_labels(transcript_words, evaluate.TRANSCRIPT_WORD_BANDS, "words"),
-    }
-    if "channel" in X_test:  # a feature column: present unless hyperparams drop it
-        groups["channel"] = X_test["channel"].astype(str).to_numpy()
-    if "has_transcript" in X_test:
-        groups["has_transcript"] = np.where(X_test["has_transcript"].to_numpy() > 0, "yes", "no")
-    if "days_since_first_contact" in X_test:
-        tenure = X_test["days_since_first_contact"].to_numpy(dtype=float)
-        groups["customer_tenure"] = evaluate.band_labels(tenure, evaluate.TENURE_DAY_BANDS, "days")
-    by_slice = evaluate.slice_metrics(y_test, scores["model"], groups)
-    return Evaluation(metrics, next_metrics, timing, plots, test_pred, baseline_metrics, by_slice)
-
-
-def next_issue_baseline_proba(
-    labelled_train: pd.DataFrame, test_issues: np.ndarray, classes: list[str]
-) -> dict[str, np.ndarray]:
-    """What the next-issue model must beat, as scores over its classes for each test contact.
-
-    "Same issue again": the contact's own issue first, then the issues that follow most often overall.
-    "Transition table": the issues that most often followed this issue in the training slice (the mined
-    plan's view), overall frequencies where the issue was never repeated.
-    """
-    repeats = labelled_train[labelled_train["is_repeat"].fillna(False).astype(bool)]
-    index = {c: i for i, c in enumerate(classes)}
-    mapped = np.where(np.isin(repeats["next_issue"].astype(str), classes), repeats["next_issue"].astype(str), OTHER)
-    overall = np.bincount([index[c] for c in mapped if c in index], minlength=len(classes)).astype(float)
-    overall = overall / max(overall.sum(), 1.0)
-    tie_break = overall * 1e-3
-    same = np.tile(tie_break, (len(test_issues), 1))
-    own = np.array([index.get(i, -1) for i in test_issues])
-    same[own >= 0, own[own >= 0]] += 1.0
-    table = pd.crosstab(repeats["issue"].astype(str).to_numpy(), mapped)
-    table = table.reindex(columns=classes, fill_value=0)
-    shares = table.div(table.sum(axis=1), axis=0)
-    transitions = np.array(shares.reindex(test_issues).to_numpy(dtype=float))
-    missing = np.isnan(transitions).any(axis=1)
-    transitions[missing] = overall
-    return {SAME_ISSUE: same, TRANSITIONS: transitions + tie_break}
-
-
 HEAD_TARGETS: tuple[str, ...] = ("repeat", "explicit", "implicit")
 
 
@@ -808,9 +666,6 @@ def _fit_next_issue(
     target = Target("next_issue", classes=tuple(classes), other=OTHER)
     model = backend.fit(_booster("classifier", params, settings), Rows(TRAIN, repeats_only=True), columns, target)
     return ClassNames(model, classes), classes
-
-
-P90 = 0.9
 
 
 def _fit_timing(
