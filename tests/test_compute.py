@@ -71,3 +71,9 @@ def test_fingerprint_ignores_row_order_and_dtypes(train_log) -> None:
     as_categories = contacts.astype({"channel": "category"})
     assert fingerprint(contacts) == fingerprint(shuffled) == fingerprint(as_categories)
     assert fingerprint(contacts) != fingerprint(contacts.iloc[1:])
+
+
+def test_the_plan_fingerprint_needs_only_the_ids(train_log) -> None:
+    contacts = validate(train_log.contacts).contacts
+    narrow = contacts[["contact_id"]].sample(frac=1, random_state=4)  # what a cluster collects for the plan
+    assert fingerprint(contacts, columns=("contact_id",)) == fingerprint(narrow, columns=("contact_id",))

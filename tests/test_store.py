@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from conftest import contact, frame
 
+from predictor.config import LabelConfig
 from predictor.contacts.schema import validate
 from predictor.contacts.store import ContactStore
-from predictor.features.build import LOOKBACK_DAYS, build
+from predictor.features.build import build, history_days
 from predictor.serving.devserver import free_port
 
 
@@ -94,7 +95,9 @@ def test_history_subset_gives_the_features_of_the_whole_store(store: ContactStor
     contacts = validate(small_log.contacts).contacts.sort_values("closed_at", ignore_index=True)
     past, new = contacts.iloc[:1200], contacts.iloc[1200:1230]
     store.load_frame(past)
-    history = store.history_for(new, lookback_days=LOOKBACK_DAYS + 8)
+    # The look-back the scorer uses: a feature reading beyond it, or a column the store drops (past
+    # transcripts), makes the two frames differ.
+    history = store.history_for(new, lookback_days=history_days(LabelConfig()))
     assert len(history) <= len(past)
     from_subset = build(new.reset_index(drop=True), history).frame
     from_everything = build(new.reset_index(drop=True), past).frame

@@ -421,12 +421,14 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def row_hash_sum(contacts: pd.DataFrame) -> int:
+def row_hash_sum(contacts: pd.DataFrame, columns: Sequence[str] | None = None) -> int:
     """The sum of the contract columns' row hashes (mod 2**64): add it up over partitions for ``fingerprint``.
 
     Times are hashed as epoch microseconds and everything else as text, so the same contacts hash alike
-    whatever their dtypes after a shuffle or a file format."""
-    present = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in contacts.columns]
+    whatever their dtypes after a shuffle or a file format. ``columns``: hash only these (default: the
+    contract's)."""
+    wanted = columns if columns is not None else (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+    present = [c for c in wanted if c in contacts.columns]
     normal = pd.DataFrame(
         {
             c: contacts[c].dt.tz_convert("UTC").dt.as_unit("us").astype("int64").to_numpy()
@@ -439,9 +441,11 @@ def row_hash_sum(contacts: pd.DataFrame) -> int:
     return int(hashed.sum(dtype=np.uint64))
 
 
-def fingerprint(contacts: pd.DataFrame | None = None, total: int | None = None) -> str:
+def fingerprint(
+    contacts: pd.DataFrame | None = None, total: int | None = None, columns: Sequence[str] | None = None
+) -> str:
     """A short hash of validated contacts that depends neither on their order nor on their partitioning:
     of a frame, or of ``row_hash_sum`` totals already added up (a cluster's partitions)."""
     if total is None:
-        total = row_hash_sum(contacts)
+        total = row_hash_sum(contacts, columns)
     return hashlib.sha256((int(total) % 2**64).to_bytes(8, "little")).hexdigest()[:16]

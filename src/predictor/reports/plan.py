@@ -6,7 +6,6 @@ next-issue-avoidance plan provides the same ``recommend`` and drops in without t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pandas as pd
 import yaml
 
 from predictor.config import ServiceConfig
+from predictor.contacts.schema import fingerprint
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,10 @@ def mine(
                 "secondaries": secondaries,
             }
         )
-    fingerprint = hashlib.sha256(pd.util.hash_pandas_object(known[["contact_id"]], index=False).to_numpy()).hexdigest()
+    # Of the contacts mined, by id alone: a cluster's narrow labels and a full log give the same version.
+    digest = fingerprint(known, columns=("contact_id",))
     return {
-        "version": f"plan-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}",
+        "version": f"plan-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{digest[:8]}",
         "generated_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "data": {
             "contacts_with_closed_window": len(known),

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from predictor.config import Settings
 from predictor.contacts.store import ContactStore, typed_contacts
-from predictor.features.build import LOOKBACK_DAYS
+from predictor.features.build import history_days
 from predictor.model.fitted import TOP_K, RepeatContactModel
 from predictor.reports.plan import FollowUpPlan, follow_up_plan
 from predictor.serving.api import (
@@ -129,8 +129,7 @@ class Scorer:
         return typed_contacts(pd.DataFrame(rows)), warnings
 
     def _score_frame(self, frame: pd.DataFrame, warnings: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-        lookback = LOOKBACK_DAYS + self.model.label_config.repeat_window_days + 1
-        history = self.store.history_for(frame, lookback_days=lookback)
+        history = self.store.history_for(frame, lookback_days=history_days(self.model.label_config))
         feature_set = self.model.features(frame.reset_index(drop=True), history)
         X = self.model.model_input(feature_set)
         predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
