@@ -639,6 +639,24 @@ def _absolute_sqlite(uri: str) -> str:
     return f"sqlite:///{database.resolve()}" if database is not None else uri
 
 
+WEAKEST_SLICES = 6  # groups shown under the metrics table; all of them are in MLflow and --metrics-json
+
+
+def _print_weakest_slices(by_slice, overall_auc: float) -> None:  # noqa: ANN001 - pandas.DataFrame
+    """The groups of the test slice where the model ranks worst (the whole table is logged, not printed)."""
+    scored = by_slice.dropna(subset=["roc_auc"]) if len(by_slice) else by_slice
+    if not len(scored):
+        return
+    table = Table("by", "group", "contacts", "repeat rate", "predicted", "ROC AUC", "ECE",
+                  title=f"Weakest groups of the test slice (overall AUC {overall_auc:.3f})")  # fmt: skip
+    for row in scored.sort_values("roc_auc").head(WEAKEST_SLICES).itertuples():
+        table.add_row(
+            row.dimension, row.value, f"{row.contacts:,}", f"{row.repeat_rate:.1%}", f"{row.predicted_rate:.1%}",
+            f"{row.roc_auc:.3f}", "-" if row.ece != row.ece else f"{row.ece:.4f}",
+        )  # fmt: skip
+    console.print(table)
+
+
 def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imported lazily
     split = result.split
     counts = split.counts
@@ -683,6 +701,7 @@ def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imp
             "-" if long_auc != long_auc else f"{long_auc:.3f}",
         )
     console.print(table)
+    _print_weakest_slices(result.by_slice, float(result.metrics.loc["model", "roc_auc"]))
     nxt = result.next_issue_metrics
     issues = Table("next issue (repeats in the test slice)", "top-1", "top-3", title="Next issue")
     issues.add_row("model", f"{nxt['top1_accuracy']:.3f}", f"{nxt['top3_accuracy']:.3f}")
