@@ -27,6 +27,16 @@ def test_redaction(text: str, placeholder: str, secret: str) -> None:
     assert secret not in out
 
 
+@pytest.mark.parametrize("run", ["a" * 20_000, "1" * 20_000, "a." * 10_000, "12-" * 6_000, "a@" * 10_000])
+def test_redaction_is_linear_on_one_long_run(run: str) -> None:
+    """A hostile transcript of one character class must not stall the scorer (it took 1.2-2.6 s a contact)."""
+    import time
+
+    started = time.perf_counter()
+    redact(run)
+    assert time.perf_counter() - started < 0.05
+
+
 def test_redaction_leaves_ordinary_text() -> None:
     text = "I was charged 25 pounds twice on 3 March, within 48 hours."
     assert redact(text) == text

@@ -198,6 +198,25 @@ def test_batch_reports_a_bad_item_and_scores_the_rest(served) -> None:
     assert all(item["ok"] for i, item in enumerate(out["results"]) if i != 1)
 
 
+def test_a_batch_mixing_utc_offsets_is_scored_and_stored(served) -> None:
+    """One zone across a DST change (+01:00 and +02:00) and another zone in one batch: a 500 before."""
+    rows = served["to_score"].iloc[40:43]
+    # Etc/GMT-1 is UTC+01:00 (POSIX signs are inverted).
+    zones = {"+01:00": "Etc/GMT-1", "+02:00": "Etc/GMT-2", "-05:00": "Etc/GMT+5"}
+    body = []
+    for (_, row), (offset, zone) in zip(rows.iterrows(), zones.items(), strict=True):
+        item = as_json(row)
+        for field in ("opened_at", "closed_at"):
+            item[field] = row[field].tz_convert(zone).isoformat()
+        assert item["closed_at"].endswith(offset)
+        body.append(item)
+    response = served["client"].post("/score_batch", json={"contacts": body})
+    assert response.status_code == 200, response.text
+    assert response.json()["scored"] == 3
+    stored = served["store"].all_contacts().set_index("contact_id").loc[rows["contact_id"], "closed_at"]
+    assert list(stored) == list(rows["closed_at"])  # the same instants, in UTC
+
+
 def test_oversized_batch_is_a_400_naming_contacts(served) -> None:
     rows = [as_json(served["to_score"].iloc[0])] * (MAX_BATCH + 1)
     response = served["client"].post("/score_batch", json={"contacts": rows})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
+    # Bounded parts, tried only where a run of address characters starts: linear time on any input (the
+    # unbounded form took seconds on one long run of letters or digits, quadratic in its length).
+    (re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}"), "[EMAIL]"),
     (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
     # A phone number has a leading + or separators; a bare run of digits is an account-like number.
     (re.compile(r"(?<![\w])(?:\+\d[\d ()-]{6,}\d|\(?\d{2,5}\)?[ -]\d{3,4}[ -]?\d{3,4})\b"), "[PHONE]"),

@@ -212,9 +212,8 @@ def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CONTACT_COLUMNS})
     out = frame.copy()
     for column in contract.names(contract.TIME):
-        values = pd.to_datetime(out[column])
-        values = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
-        out[column] = values.astype("datetime64[ns, UTC]")
+        # utc=True: a batch may mix offsets (one zone across a DST change); naive values are UTC already.
+        out[column] = pd.to_datetime(out[column], utc=True).astype("datetime64[ns, UTC]")
     for column in contract.names(contract.ID, contract.CODE, contract.CHANNEL, contract.TEXT, contract.LABEL):
         out[column] = out[column].astype(str)
     for column in contract.names(contract.SECONDS, contract.SCORE):
