@@ -152,6 +152,11 @@ def test_transcripts_are_stored_redacted(served) -> None:
         ({"contact_id": None}, "contact_id"),
         ({"transcript": "x" * 20_001}, "transcript"),
         ({"csat": 9}, "csat"),
+        # One strictness rule: numbers are JSON numbers, times are ISO-8601 text (accepted before).
+        ({"csat": True}, "csat"),
+        ({"csat": "4"}, "csat"),
+        ({"opened_at": 1767225600}, "opened_at"),
+        ({"closed_at": 1767225600.5}, "closed_at"),
     ],
 )
 def test_invalid_input_is_a_400_naming_the_field(served, change: dict, field: str) -> None:
@@ -196,6 +201,16 @@ def test_batch_reports_a_bad_item_and_scores_the_rest(served) -> None:
     bad = out["results"][1]
     assert not bad["ok"] and bad["errors"][0]["field"] == "channel"
     assert all(item["ok"] for i, item in enumerate(out["results"]) if i != 1)
+
+
+def test_a_batch_reports_a_non_object_item_on_its_own(served) -> None:
+    """An item that is not an object is one bad item, not a bad batch (the whole batch was a 400)."""
+    good = as_json(served["to_score"].iloc[44])
+    response = served["client"].post("/score_batch", json={"contacts": [good, 5, "x", None]})
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["scored"] == 1 and out["rejected"] == 3
+    assert out["results"][0]["ok"] and not any(item["ok"] for item in out["results"][1:])
 
 
 def test_a_batch_mixing_utc_offsets_is_scored_and_stored(served) -> None:

@@ -50,7 +50,7 @@ def _request_field(f: contract.ContactField) -> tuple[Any, Any]:
         return int, Field(default, ge=0, le=MAX_TRANSFERS, strict=True, **common)
     if f.kind == contract.SCORE:
         low, high = contract.CSAT_RANGE
-        return float | None, Field(None, ge=low, le=high, allow_inf_nan=False, **common)
+        return float | None, Field(None, ge=low, le=high, allow_inf_nan=False, strict=True, **common)
     raise ValueError(f"no request type for the contract kind {f.kind!r} ({f.name})")
 
 
@@ -65,6 +65,15 @@ class _ContactChecks(BaseModel):
         # The published OpenAPI schema (OpenAPI 3.0 via BentoML) has no null: say "omit it", consistently.
         if value is None:
             raise ValueError(f"{info.field_name}: omit the field when the score is unknown (null is not accepted)")
+        return value
+
+    @field_validator(*contract.names(contract.TIME), mode="before", check_fields=False)
+    @classmethod
+    def _time_is_text(cls, value: Any, info: ValidationInfo) -> Any:
+        # One rule for every field: JSON numbers for numbers, ISO-8601 text for times (pydantic would read a
+        # number as Unix seconds, a different contract from the files').
+        if not isinstance(value, str | datetime):
+            raise ValueError(f"{info.field_name} must be an ISO-8601 time with a zone, e.g. 2026-03-02T09:00:00Z")
         return value
 
     @field_validator(*contract.names(contract.TIME), check_fields=False)
@@ -138,7 +147,8 @@ class ScoreResponse(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    contacts: list[dict[str, Any]] = Field(
+    # Items are checked one by one (an item that is not even an object is reported like any bad item).
+    contacts: list[Any] = Field(
         min_length=1,
         description="Contacts at close, each shaped like the /score body. Invalid items are reported one by one.",
     )

@@ -73,7 +73,7 @@ class Scorer:
     def score(self, contact: ContactIn) -> ScoreResponse:
         return self.score_many([contact])[0]
 
-    def score_batch(self, items: list[dict[str, Any]]) -> BatchResponse:
+    def score_batch(self, items: list[Any]) -> BatchResponse:
         """Validate each item on its own: a bad one is reported, the others are scored."""
         valid: list[tuple[int, ContactIn]] = []
         results: dict[int, BatchItem] = {}
