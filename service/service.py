@@ -14,7 +14,7 @@ from bentoml.exceptions import InvalidArgument
 
 from predictor.config import get_settings
 from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ScoreResponse
-from predictor.serving.guard import GuardMiddleware
+from predictor.serving.guard import GuardMiddleware, bucket_unknown_paths
 
 
 def _token() -> str | None:
@@ -49,4 +49,8 @@ class Predictor:
         return self.scorer.score_batch(request.contacts)
 
 
-Predictor.add_asgi_middleware(GuardMiddleware, token=_token)
+ROUTES = frozenset(api.route for api in Predictor.apis.values())
+bucket_unknown_paths(ROUTES)  # before BentoML builds the app: its metrics must not label by raw path
+Predictor.add_asgi_middleware(
+    GuardMiddleware, token=_token, routes=ROUTES, protect_metrics=lambda: get_settings().service.protect_metrics
+)

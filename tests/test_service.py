@@ -92,6 +92,19 @@ def test_health_metrics_and_openapi(served) -> None:
         assert description in text
 
 
+def test_unknown_paths_share_one_metrics_label_and_leak_nothing(served) -> None:
+    """2,000 unknown paths grew /metrics from 186 KB to 10 MB, each path (PII and all) readable by anyone."""
+    client = served["client"]
+    before = len(client.get("/metrics").text)
+    for i in range(200):
+        assert client.get(f"/customers/jane.doe{i}@example.com?card=4111111111111111").status_code == 404
+        assert client.post(f"/score/{i}", json={}).status_code == 404
+    metrics = client.get("/metrics").text
+    assert len(metrics) - before < 20_000
+    assert "jane.doe" not in metrics and "4111" not in metrics and "/score/1" not in metrics
+    assert '"/{unknown}"' in metrics  # all of them in one bucket
+
+
 def test_auth_is_required_on_scoring_only(served) -> None:
     body = as_json(served["to_score"].iloc[0])
     assert httpx.post(f"{served['base']}/score", json=body).status_code == 401
@@ -370,3 +383,30 @@ def test_crash_mid_load_loses_no_answered_contact(served, workdir: Path) -> None
         again = client.post("/score", json=retry)
         assert again.status_code == 200 and again.json()["replayed"] is True
     assert store.count() == len(stored)
+
+
+def test_the_metrics_page_can_require_the_token() -> None:
+    """``PREDICTOR_SERVICE__PROTECT_METRICS``: /metrics answers only with the bearer token (the guard alone)."""
+    import asyncio
+
+    from predictor.serving.guard import GuardMiddleware
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def status(guard: GuardMiddleware, headers: list[tuple[bytes, bytes]]) -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/metrics", "method": "GET", "headers": headers}
+        asyncio.run(guard(scope, None, send))
+        return sent[0]["status"]
+
+    open_guard = GuardMiddleware(app, token=lambda: TOKEN)
+    closed = GuardMiddleware(app, token=lambda: TOKEN, protect_metrics=lambda: True)
+    assert status(open_guard, []) == 200
+    assert status(closed, []) == 401
+    assert status(closed, [(b"authorization", f"Bearer {TOKEN}".encode())]) == 200
