@@ -9,11 +9,13 @@ The logic lives in `predictor.serving.scorer`; this file only wires it to HTTP.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument
 
 from predictor.config import get_settings
-from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ScoreResponse
+from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ContentConflict, ScoreResponse
 from predictor.serving.guard import GuardMiddleware, bucket_unknown_paths
 
 
@@ -37,8 +39,12 @@ class Predictor:
 
     @bentoml.api
     def score(self, contact: ContactIn, /) -> ScoreResponse:
-        """Score one contact at close."""
-        return self.scorer.score(contact)
+        """Score one contact at close (a retry of the same contact gets the stored answer; the same
+        contact_id with other content is a 409)."""
+        try:
+            return self.scorer.score(contact)
+        except ContentConflict as conflict:
+            raise BentoMLException(str(conflict), error_code=HTTPStatus.CONFLICT) from None
 
     @bentoml.api
     def score_batch(self, request: BatchRequest, /) -> BatchResponse:
@@ -52,5 +58,9 @@ class Predictor:
 ROUTES = frozenset(api.route for api in Predictor.apis.values())
 bucket_unknown_paths(ROUTES)  # before BentoML builds the app: its metrics must not label by raw path
 Predictor.add_asgi_middleware(
-    GuardMiddleware, token=_token, routes=ROUTES, protect_metrics=lambda: get_settings().service.protect_metrics
+    GuardMiddleware,
+    token=_token,
+    routes=ROUTES,
+    protect_metrics=lambda: get_settings().service.protect_metrics,
+    responses={"/score": {409: "The contact_id was already scored with other content (named in the error)."}},
 )

@@ -90,6 +90,10 @@ def test_health_metrics_and_openapi(served) -> None:
         "Unique id of the contact",
     ):
         assert description in text
+    # What the server answers is in the spec: the guard's 401 and 415, /score's 409, the bearer scheme.
+    score = spec["paths"]["/score"]["post"]
+    assert {"401", "409", "415"} <= set(score["responses"]) and score["security"] == [{"bearer": []}]
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
 def test_unknown_paths_share_one_metrics_label_and_leak_nothing(served) -> None:
@@ -139,6 +143,47 @@ def test_score_answers_everything_and_is_idempotent(served) -> None:
         k: v for k, v in answer.items() if k != "replayed"
     }
     assert store.count() == before + 1
+
+
+def test_replays_need_the_same_content_and_other_content_is_a_409(served) -> None:
+    """A retry with other content silently got the first answer; now 409 naming the id."""
+    client, store = served["client"], served["store"]
+    row = served["to_score"].iloc[46]
+    body = as_json(row)
+    first = client.post("/score", json=body)
+    assert first.status_code == 200 and first.json()["replayed"] is False
+    # The same contact, its times written with another offset: the same content, the stored answer.
+    moved = {**body, "closed_at": row["closed_at"].tz_convert("Etc/GMT-2").isoformat()}
+    again = client.post("/score", json=moved)
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    assert again.json()["repeat_probability"] == first.json()["repeat_probability"]
+    before = store.count()
+    conflict = client.post("/score", json={**body, "channel": "email" if body["channel"] != "email" else "chat"})
+    assert conflict.status_code == 409 and body["contact_id"] in conflict.text
+    assert store.count() == before
+
+
+def test_a_batch_with_one_id_twice_replays_or_conflicts(served) -> None:
+    rows = served["to_score"].iloc[47:49]
+    a, b = (as_json(r) for _, r in rows.iterrows())
+    changed = {**b, "issue": "refund" if b["issue"] != "refund" else "roaming"}
+    out = served["client"].post("/score_batch", json={"contacts": [a, a, b, changed]}).json()
+    assert [item["ok"] for item in out["results"]] == [True, True, True, False]
+    assert out["results"][0]["result"]["replayed"] is False and out["results"][1]["result"]["replayed"] is True
+    assert out["results"][3]["errors"][0]["field"] == "contact_id" and b["contact_id"] in str(out["results"][3])
+    assert out["scored"] == 3 and out["rejected"] == 1
+
+
+def test_a_bulk_loaded_contact_is_answered_once_then_replayed(served) -> None:
+    client, store = served["client"], served["store"]
+    row = served["to_score"].iloc[[49]]
+    store.load_frame(row)  # as `predictor score --store-url` loads a log
+    body = as_json(row.iloc[0])
+    first = client.post("/score", json=body).json()
+    second = client.post("/score", json=body).json()
+    assert first["replayed"] is False and second["replayed"] is True
+    assert second["repeat_probability"] == first["repeat_probability"]
+    assert store.responses([body["contact_id"]])
 
 
 def test_transcripts_are_stored_redacted(served) -> None:

@@ -75,6 +75,34 @@ def test_save_is_idempotent_and_keeps_the_first_answer(store: ContactStore) -> N
     assert store.responses(["C1", "C9"]) == {"C1": answer("C1")}
 
 
+def test_a_bulk_loaded_contact_takes_its_first_answer(store: ContactStore) -> None:
+    rows = validate(frame(contact("C1"))).contacts
+    store.load_frame(rows)
+    assert store.stored(["C1"])["C1"].response is None
+    assert store.save(rows, {"C1": answer("C1")}, "3") == {"C1"}
+    assert store.save(rows, {"C1": {"contact_id": "C1", "repeat_probability": 0.9}}, "4") == set()
+    assert store.responses(["C1"]) == {"C1": answer("C1")} and store.count() == 1
+
+
+def test_the_content_hash_ignores_offsets_and_number_formats() -> None:
+    from predictor.contacts.store import content_hash
+
+    rows = validate(frame(contact("C1"))).contacts
+    moved = rows.assign(closed_at=rows["closed_at"].dt.tz_convert("Etc/GMT-2"), transfers=rows["transfers"] * 1.0)
+    other = rows.assign(channel="email")
+    assert content_hash(rows) == content_hash(moved) != content_hash(other)
+
+
+def test_a_store_from_before_content_hashes_gains_the_column(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, inspect
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with create_engine(url).begin() as db:
+        db.exec_driver_sql("CREATE TABLE contacts (contact_id VARCHAR(128) PRIMARY KEY, response TEXT)")
+    ContactStore(url)
+    assert "content_hash" in {c["name"] for c in inspect(create_engine(url)).get_columns("contacts")}
+
+
 def test_transcripts_are_redacted_on_the_way_in(store: ContactStore) -> None:
     rows = validate(frame(contact("C1", transcript="mail a.b@example.com or call +44 7700 900123"))).contacts
     store.save(rows, {"C1": answer("C1")}, "1")

@@ -6,8 +6,10 @@ point-in-time, through the same feature function as training. Transcripts are st
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -66,11 +68,40 @@ contacts_table = Table(
     Column("scored_at", DateTime(timezone=True), nullable=True),
     Column("model_version", String(32), nullable=True),
     Column("response", Text, nullable=True),  # the JSON answer given, returned again on a retry
+    # What was scored (``content_hash``): a retry must carry the same contact to get the stored answer.
+    Column("content_hash", String(64), nullable=True),
     # The history look-ups: a customer's or an agent's contacts since a date.
     Index("ix_contacts_customer_closed", "customer_id", "closed_at"),
     Index("ix_contacts_agent_closed", "agent_id", "closed_at"),
 )
 CONTACT_COLUMNS: tuple[str, ...] = contract.names()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A contact already in the store: the answer it got (None: bulk-loaded, never scored), and its content."""
+
+    response: dict[str, Any] | None
+    content_hash: str | None
+
+
+def content_hash(contacts: pd.DataFrame) -> list[str]:
+    """A hash of each contact's fields as the contract types them (times as UTC microseconds, numbers as
+    floats, text stripped), so a retry of the same contact matches whatever offset or number format it used."""
+    out = []
+    for record in contacts[list(CONTACT_COLUMNS)].to_dict("records"):
+        canonical = {}
+        for f in contract.CONTACT_FIELDS:
+            value = record[f.name]
+            if f.kind == contract.TIME:
+                value = int(pd.Timestamp(value).tz_convert("UTC").value // 1000)
+            elif f.kind in (contract.SECONDS, contract.SCORE, contract.COUNT):
+                value = None if pd.isna(value) else float(value)
+            else:  # text as the service reads it (it strips surrounding whitespace)
+                value = str(value).strip()
+            canonical[f.name] = value
+        out.append(hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest())
+    return out
 
 
 class ContactStore:
@@ -86,6 +117,18 @@ class ContactStore:
             # Two processes opening a new store at once (Dask workers loading partitions): both saw no table,
             # one created it first. The second pass finds it and creates nothing; a real fault raises again.
             metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store written by an earlier version gains the columns added since (all nullable)."""
+        from sqlalchemy import inspect
+
+        present = {c["name"] for c in inspect(self.engine).get_columns("contacts")}
+        for column in contacts_table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=self.engine.dialect)
+                with self.engine.begin() as db:
+                    db.exec_driver_sql(f"ALTER TABLE contacts ADD COLUMN {column.name} {kind}")
 
     @property
     def dialect(self) -> str:
@@ -93,14 +136,20 @@ class ContactStore:
 
     def responses(self, contact_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored answers for contacts already scored (a retry gets the same answer)."""
+        return {k: v.response for k, v in self.stored(contact_ids).items() if v.response is not None}
+
+    def stored(self, contact_ids: Iterable[str]) -> dict[str, Stored]:
+        """What the store holds of these contacts: their answer (if scored) and content hash."""
         ids = list(contact_ids)
         if not ids:
             return {}
-        query = select(contacts_table.c.contact_id, contacts_table.c.response).where(
-            contacts_table.c.contact_id.in_(ids), contacts_table.c.response.is_not(None)
-        )
+        c = contacts_table.c
+        query = select(c.contact_id, c.response, c.content_hash).where(c.contact_id.in_(ids))
         with self.engine.connect() as db:
-            return {row.contact_id: json.loads(row.response) for row in db.execute(query)}
+            return {
+                row.contact_id: Stored(json.loads(row.response) if row.response else None, row.content_hash)
+                for row in db.execute(query)
+            }
 
     def history_for(self, contacts: pd.DataFrame, lookback_days: float) -> pd.DataFrame:
         """Everything the features of ``contacts`` may use: their customers' contacts, their agents' recent
@@ -127,15 +176,17 @@ class ContactStore:
         return typed_contacts(frame)
 
     def save(self, contacts: pd.DataFrame, responses: dict[str, dict[str, Any]], model_version: str) -> set[str]:
-        """Insert contacts with their answers; ones already present are left as they were.
+        """Insert contacts with their answers; a contact bulk-loaded without an answer gets this one; ones
+        already answered are left as they were.
 
-        Returns the ids actually inserted.
+        Returns the ids actually written.
         """
         if contacts.empty:
             return set()
         rows = []
         now = pd.Timestamp.now(tz="UTC").to_pydatetime()
-        for record in contacts[list(CONTACT_COLUMNS)].to_dict("records"):
+        hashes = content_hash(contacts)
+        for record, digest in zip(contacts[list(CONTACT_COLUMNS)].to_dict("records"), hashes, strict=True):
             record["opened_at"] = record["opened_at"].to_pydatetime()
             record["closed_at"] = record["closed_at"].to_pydatetime()
             record["transcript"] = redact(record["transcript"])
@@ -144,10 +195,15 @@ class ContactStore:
             record["scored_at"] = now
             record["model_version"] = model_version
             record["response"] = json.dumps(responses[record["contact_id"]])
+            record["content_hash"] = digest
             rows.append(record)
-        insert = _insert(self.dialect)
-        statement = insert(contacts_table).on_conflict_do_nothing(index_elements=["contact_id"])
-        statement = statement.returning(contacts_table.c.contact_id)
+        insert = _insert(self.dialect)(contacts_table)
+        answer = ("scored_at", "model_version", "response", "content_hash")
+        statement = insert.on_conflict_do_update(
+            index_elements=["contact_id"],
+            set_={name: insert.excluded[name] for name in answer},
+            where=contacts_table.c.response.is_(None),  # only a bulk-loaded row takes the answer
+        ).returning(contacts_table.c.contact_id)
         inserted: set[str] = set()
         with self.engine.begin() as db:
             for row in rows:  # one by one: executemany cannot return what each row did
@@ -157,6 +213,7 @@ class ContactStore:
     def load_frame(self, contacts: pd.DataFrame) -> None:
         """Bulk-load a validated log (e.g. history from before the service started), without answers."""
         records = contacts[list(CONTACT_COLUMNS)].copy()
+        records["content_hash"] = content_hash(contacts)
         records["transcript"] = records["transcript"].map(redact)
         records["csat"] = records["csat"].astype(object).where(records["csat"].notna(), None)
         insert = _insert(self.dialect)

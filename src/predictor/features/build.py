@@ -33,6 +33,8 @@ def history_days(labels: LabelConfig) -> float:
     """How far back a scorer's store must reach for ``build`` to see all it reads: the longest look-back,
     plus the repeat window that the oldest of those contacts' labels needed (and a day of slack)."""
     return LOOKBACK_DAYS + labels.repeat_window_days + 1
+
+
 AGENT_COLUMNS: tuple[str, ...] = ("agent_repeat_rate", "agent_closed_windows")
 EMBEDDING_PREFIX = "emb_"  # the whole conversation, cut to head + tail
 CLOSING_PREFIX = "close_"  # the last few turns alone: whether (and how) it was resolved

@@ -101,6 +101,17 @@ ContactIn = create_model(
 )
 
 
+class ContentConflict(ValueError):
+    """A contact id already scored with other content: the stored answer is not this contact's (HTTP 409)."""
+
+    def __init__(self, contact_id: str) -> None:
+        super().__init__(
+            f"contact_id {contact_id!r} was already scored with other content (customer, times, channel, issue, "
+            "transcript, ...): a retry must send the same contact; a new contact needs a new contact_id"
+        )
+        self.contact_id = contact_id
+
+
 class NextIssue(BaseModel):
     issue: str = Field(description="Issue code the customer is likely to come back with.")
     probability: float = Field(description="Probability of this issue, given that the customer comes back.")

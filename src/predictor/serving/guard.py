@@ -66,11 +66,14 @@ class GuardMiddleware:
         token: Callable[[], str | None],
         routes: frozenset[str] = frozenset(),
         protect_metrics: Callable[[], bool] = lambda: False,
+        responses: dict[str, dict[int, str]] | None = None,
     ) -> None:
         self.app = app
         self.token = token
         self.routes = routes  # the service's API routes
         self.protect_metrics = protect_metrics
+        # Answers a route gives that BentoML's spec does not list (it knows only 200, 400, 404 and 500).
+        self.responses = responses or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,6 +90,9 @@ class GuardMiddleware:
                 return
             await self.app(scope, receive, send)
             return
+        if path == "/docs.json" and scope["method"] == "GET":
+            await self._documented_spec(scope, receive, send)
+            return
         if path in OPEN_PATHS or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -101,12 +107,61 @@ class GuardMiddleware:
             return
         await self.app(scope, receive, send)
 
+    async def _documented_spec(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """BentoML's OpenAPI spec with what this guard and the routes also answer, and the bearer scheme."""
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start.get("status") != 200:
+            await send(start)
+            await send({"type": "http.response.body", "body": b"".join(chunks)})
+            return
+        spec = document(json.loads(b"".join(chunks)), self.routes, self.responses, bool(self.token()))
+        body = json.dumps(spec).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         expected = self.token()
         if not expected:
             return True
         return hmac.compare_digest(headers.get(b"authorization", b""), f"Bearer {expected}".encode())
+
+
+ERROR_BODY = {"type": "object", "properties": {"error": {"type": "string"}}}
+
+
+def document(
+    spec: dict[str, Any], routes: frozenset[str], responses: dict[str, dict[int, str]], token: bool
+) -> dict[str, Any]:
+    """Add the guard's own answers (401 with a token set, 415) and each route's extra ones to the spec."""
+    spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "PREDICTOR_API_TOKEN (required on the scoring routes when it is set)",
+    }
+    for route in routes:
+        operation = spec.get("paths", {}).get(route, {}).get("post")
+        if operation is None:
+            continue
+        extra = {415: "The body is not JSON (Content-Type must be application/json)."}
+        if token:
+            extra[401] = "Missing or wrong bearer token."
+            operation["security"] = [{"bearer": []}]
+        extra |= responses.get(route, {})
+        for status, description in extra.items():
+            operation["responses"].setdefault(
+                str(status), {"description": description, "content": {"application/json": {"schema": ERROR_BODY}}}
+            )
+    return spec
 
 
 async def _unauthorised(send: Send) -> None:

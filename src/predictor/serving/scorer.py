@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from predictor.config import Settings
-from predictor.contacts.store import ContactStore, typed_contacts
+from predictor.contacts.store import ContactStore, content_hash, typed_contacts
 from predictor.features.build import history_days
 from predictor.model.fitted import TOP_K, RepeatContactModel
 from predictor.reports.plan import FollowUpPlan, follow_up_plan
@@ -24,8 +24,10 @@ from predictor.serving.api import (
     BatchItem,
     BatchResponse,
     ContactIn,
+    ContentConflict,
     FollowUpOut,
     HoursToRepeat,
+    ItemError,
     NextIssue,
     Reason,
     ScoreResponse,
@@ -71,7 +73,11 @@ class Scorer:
 
     # -- entry points -------------------------------------------------------------------------------------
     def score(self, contact: ContactIn) -> ScoreResponse:
-        return self.score_many([contact])[0]
+        """One contact; raises ``ContentConflict`` when its id was scored with other content."""
+        result = self._score_all([contact])[0]
+        if isinstance(result, ContentConflict):
+            raise result
+        return result
 
     def score_batch(self, items: list[Any]) -> BatchResponse:
         """Validate each item on its own: a bad one is reported, the others are scored."""
@@ -88,27 +94,64 @@ class Scorer:
                     ok=False,
                     errors=item_errors(exc),
                 )
-        scored = self.score_many([c for _, c in valid]) if valid else []
+        scored = self._score_all([c for _, c in valid]) if valid else []
         for (index, contact), response in zip(valid, scored, strict=True):
-            results[index] = BatchItem(index=index, contact_id=contact.contact_id, ok=True, result=response)
+            if isinstance(response, ContentConflict):
+                error = ItemError(field="contact_id", message=str(response))
+                results[index] = BatchItem(index=index, contact_id=contact.contact_id, ok=False, errors=[error])
+            else:
+                results[index] = BatchItem(index=index, contact_id=contact.contact_id, ok=True, result=response)
         ordered = [results[i] for i in range(len(items))]
-        return BatchResponse(results=ordered, scored=len(valid), rejected=len(items) - len(valid))
+        rejected = sum(not item.ok for item in ordered)
+        return BatchResponse(results=ordered, scored=len(ordered) - rejected, rejected=rejected)
 
     def score_many(self, contacts: list[ContactIn]) -> list[ScoreResponse]:
+        """Score contacts; raises ``ContentConflict`` for the first whose id was scored with other content."""
+        results = self._score_all(contacts)
+        for result in results:
+            if isinstance(result, ContentConflict):
+                raise result
+        return results
+
+    def _score_all(self, contacts: list[ContactIn]) -> list[ScoreResponse | ContentConflict]:
+        """Idempotent by id *and* content: a contact seen before with the same content gets the stored answer
+        (``replayed``), one with other content a ``ContentConflict``; the same id twice in one call likewise."""
         frame, warnings = self._frame(contacts)
+        # Of the contact as sent (an unknown issue code is scored as another, but is not another contact).
+        hashes = content_hash(frame.assign(issue=[c.issue.lower() for c in contacts]))
+        ids = frame["contact_id"].tolist()
         with self._lock:
-            stored = self.store.responses(frame["contact_id"].tolist())
-            fresh = frame[~frame["contact_id"].isin(stored)].drop_duplicates("contact_id")
+            stored = self.store.stored(ids)
+            scored_now: dict[str, int] = {}  # id -> the position scored in this call
+            decisions: list[str] = []
+            for position, (contact_id, digest) in enumerate(zip(ids, hashes, strict=True)):
+                known = stored.get(contact_id)
+                # A hash of None: stored before content hashes existed, taken as the same contact.
+                same_as_stored = known is not None and known.content_hash in (None, digest)
+                if known is not None and known.response is not None:
+                    decisions.append("stored" if same_as_stored else "conflict")
+                elif known is not None and not same_as_stored:
+                    decisions.append("conflict")  # bulk-loaded with other content
+                elif contact_id not in scored_now:
+                    scored_now[contact_id] = position  # new, or bulk-loaded and never answered
+                    decisions.append("fresh")
+                else:
+                    decisions.append("again" if hashes[scored_now[contact_id]] == digest else "conflict")
+            fresh = frame.iloc[sorted(scored_now.values())]
             answers: dict[str, dict[str, Any]] = {}
             if len(fresh):
                 answers = self._score_frame(fresh, warnings)
                 self.store.save(fresh, answers, self.model_version)
-        out = []
-        for contact_id in frame["contact_id"]:
-            if contact_id in stored:
-                out.append(ScoreResponse.model_validate({**stored[contact_id], "replayed": True}))
-            else:
+        out: list[ScoreResponse | ContentConflict] = []
+        for contact_id, decision in zip(ids, decisions, strict=True):
+            if decision == "fresh":
                 out.append(ScoreResponse.model_validate(answers[contact_id]))
+            elif decision == "again":
+                out.append(ScoreResponse.model_validate({**answers[contact_id], "replayed": True}))
+            elif decision == "stored":
+                out.append(ScoreResponse.model_validate({**stored[contact_id].response, "replayed": True}))
+            else:
+                out.append(ContentConflict(contact_id))
         return out
 
     # -- internals --------------------------------------------------------------------------------------
