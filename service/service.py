@@ -14,6 +14,7 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument
 
+from predictor import logs
 from predictor.config import get_settings
 from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ContentConflict, ScoreResponse
 from predictor.serving.guard import GuardMiddleware, bucket_unknown_paths
@@ -27,7 +28,6 @@ def _token() -> str | None:
 @bentoml.service(name="repeat-contact-predictor", traffic={"timeout": 120})
 class Predictor:
     def __init__(self) -> None:
-        from predictor import logs
         from predictor.serving.scorer import Scorer
 
         logs.setup()
@@ -56,6 +56,7 @@ class Predictor:
 
 
 ROUTES = frozenset(api.route for api in Predictor.apis.values())
+logs.quiet_rejections()  # a bad request: one WARNING line with field names, never the values
 bucket_unknown_paths(ROUTES)  # before BentoML builds the app: its metrics must not label by raw path
 Predictor.add_asgi_middleware(
     GuardMiddleware,

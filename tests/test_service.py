@@ -186,6 +186,15 @@ def test_a_bulk_loaded_contact_is_answered_once_then_replayed(served) -> None:
     assert store.responses([body["contact_id"]])
 
 
+def test_a_rejected_request_is_one_warning_line_without_its_values(served, workdir: Path) -> None:
+    """Every 400 was logged at ERROR with a traceback and pydantic's input_value (card digits and all)."""
+    secrets = {"contact_id": "4111 1111 1111 9876", "customer_id": "jane.secret@example.com", "channel": "pigeon"}
+    assert served["client"].post("/score", json=secrets).status_code == 400
+    log = (workdir / "bentoml.log").read_text()
+    assert "9876" not in log and "jane.secret" not in log and "input_value" not in log
+    assert "rejected /score: 7 invalid field(s): contact_id: string_pattern_mismatch" in log
+
+
 def test_transcripts_are_stored_redacted(served) -> None:
     client, store = served["client"], served["store"]
     body = as_json(served["to_score"].iloc[1])
