@@ -56,8 +56,8 @@ demo: install ## The main job: simulate, validate, label, train + register, plan
 	@echo "demo done: report $(DEMO_DIR)/report.html, high-risk list $(DEMO_DIR)/report_high_risk.csv,"
 	@echo "plan models/next_issue_plan.yaml, plots $(DEMO_DIR)/plots/, MLflow store models/mlflow.db"
 
-serve: install ## Run the scoring service on port 3000 (needs a trained champion: make demo)
-	$(BIN)/bentoml serve service.service:Predictor --port 3000
+serve: install ## Run the scoring service on 127.0.0.1:3000 (needs a trained champion: make demo)
+	$(BIN)/predictor serve --port 3000
 
 clean: ## Remove generated data and local model stores (keeps .venv)
 	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache models/contacts.db

@@ -9,6 +9,7 @@ The logic lives in `predictor.serving.scorer`; this file only wires it to HTTP.
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 import bentoml
@@ -17,6 +18,7 @@ from bentoml.exceptions import BentoMLException, InvalidArgument
 from predictor import logs
 from predictor.config import get_settings
 from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ContentConflict, ScoreResponse
+from predictor.serving.devserver import auth_notice
 from predictor.serving.guard import GuardMiddleware, bucket_unknown_paths
 
 
@@ -32,6 +34,8 @@ class Predictor:
 
         logs.setup()
         self.settings = get_settings()
+        if notice := auth_notice(self.settings.api_token):
+            logging.getLogger(__name__).warning(notice)
         self.scorer = Scorer.from_settings(self.settings)
 
     def __is_ready__(self) -> bool:

@@ -75,3 +75,55 @@ def test_promoting_a_version_that_does_not_exist_exits_2_with_one_line(folder: P
     assert done.returncode == 2
     assert "Traceback" not in done.stderr + done.stdout and "99" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_an_open_address_without_a_token(folder: Path, env: dict[str, str]) -> None:
+    open_env = {k: v for k, v in env.items() if k != "PREDICTOR_API_TOKEN"}
+    done = run(open_env, folder, "serve", "--host", "0.0.0.0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
+    assert "PREDICTOR_API_TOKEN" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_what_the_service_says_about_auth_at_start() -> None:
+    from pydantic import SecretStr
+
+    from predictor.serving.devserver import auth_notice, exposure_problem
+
+    assert "accept every caller" in auth_notice(None)
+    assert "empty" in auth_notice(SecretStr(""))
+    assert auth_notice(SecretStr("t0ken")) is None
+    assert exposure_problem("127.0.0.1", None, allow_open=False) is None
+    assert exposure_problem("0.0.0.0", "t0ken", allow_open=False) is None
+    assert exposure_problem("0.0.0.0", None, allow_open=True) is None
+    assert "refusing" in exposure_problem("0.0.0.0", "", allow_open=False)
+
+
+@pytest.mark.slow
+def test_serve_starts_the_real_service_on_loopback(folder: Path, env: dict[str, str]) -> None:
+    """`make serve` runs `predictor serve`: the champion trained above answers /readyz on 127.0.0.1."""
+    import time
+
+    import httpx
+
+    from predictor.serving.devserver import free_port, stop
+
+    port = free_port()
+    serve_env = {
+        **env,
+        "BENTOML_HOME": str(folder / "bentoml"),
+        "PREDICTOR_SERVICE__STORE_URL": f"sqlite:///{folder / 'store.db'}",
+    }
+    process = subprocess.Popen(
+        [PREDICTOR, "serve", "--port", str(port)], cwd=folder, env=serve_env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline, ready = time.monotonic() + 240, False
+        while time.monotonic() < deadline and process.poll() is None and not ready:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert ready, process.stderr.read() if process.poll() is not None else "not ready in 240 s"
+    finally:
+        stop(process)

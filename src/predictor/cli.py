@@ -564,6 +564,37 @@ def promote(
     console.print(f"champion -> {settings.registry.model_name} version {version} ({reason})")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the service on this machine.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
+) -> None:
+    """Run the scoring service (BentoML) in the foreground; needs a champion (make demo, or predictor train).
+
+    Without PREDICTOR_API_TOKEN it serves on loopback only, unless PREDICTOR_SERVICE__ALLOW_OPEN=true.
+    """
+    import os
+    import sys
+
+    from predictor.config import get_settings
+    from predictor.serving.devserver import ROOT, auth_notice, exposure_problem
+
+    settings = get_settings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    if problem := exposure_problem(host, token, settings.service.allow_open):
+        _fail(problem)
+    if not (ROOT / "service" / "service.py").exists():
+        _fail(f"no service/service.py under {ROOT}: run from the checkout that holds the service")
+    if notice := auth_notice(settings.api_token):
+        err.print(f"[yellow]{notice}[/]", soft_wrap=True)
+    # Replaced by BentoML itself, so signals (Ctrl+C, a supervisor's SIGTERM) reach the server directly.
+    os.chdir(ROOT)
+    os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor",
+                              "--host", host, "--port", str(port)])  # fmt: skip
+
+
 @app.command("serve-demo")
 def serve_demo(
     path: Annotated[Path, typer.Argument(help="Contact log; its last days are scored, the rest is history.")],

@@ -105,6 +105,7 @@ class ServiceConfig(BaseModel):
     model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
     protect_metrics: bool = Field(False, description="Require the bearer token on /metrics too.")
+    allow_open: bool = Field(False, description="Serve without a token on an address other than loopback.")
     scripts_path: Path = Field(
         default_factory=lambda: PACKAGE_DATA / "followup_scripts.yaml",
         description="Follow-up scripts per issue (YAML); default: the ones shipped in the package.",

@@ -15,9 +15,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 # The checkout that holds ``service/service.py`` (the BentoML service is served from there).
 ROOT = next((p for p in Path(__file__).resolve().parents if (p / "service" / "service.py").exists()), Path.cwd())
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def exposure_problem(host: str, token: str | None, allow_open: bool) -> str | None:
+    """Why the service must not start on ``host`` (None: it may): no token on an address others can reach."""
+    if token or host in LOOPBACK_HOSTS or allow_open:
+        return None
+    return (
+        f"refusing to serve on {host} without a token: anyone who can reach it could score and fill the contact "
+        "store. Set PREDICTOR_API_TOKEN, bind to 127.0.0.1, or set PREDICTOR_SERVICE__ALLOW_OPEN=true"
+    )
+
+
+def auth_notice(token: SecretStr | None) -> str | None:
+    """What to say at start about authentication (None: a token is set)."""
+    if token is None:
+        return "no PREDICTOR_API_TOKEN: the scoring routes accept every caller (fine on 127.0.0.1 only)"
+    if not token.get_secret_value():
+        return "PREDICTOR_API_TOKEN is set but empty, which disables authentication: the routes accept every caller"
+    return None
 
 
 @dataclass
