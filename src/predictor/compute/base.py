@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.contacts.labels import epoch_us
+from predictor.features.build import as_model_input
 from predictor.model.fitted import TextHeads, TextInputs, TfidfBaseline
 from predictor.model.split import slice_codes
 
@@ -216,6 +217,23 @@ def text_scores(
     if tfidf is not None:
         scores[TFIDF] = tfidf.predict(inputs.texts)
     return scores.reset_index(drop=True)
+
+
+def design_frame(
+    table: pd.DataFrame, scores: pd.DataFrame | None, feature_columns: list[str], categories: dict[str, list[str]]
+) -> pd.DataFrame:
+    """The boosters' input (``as_model_input``) beside the keys and labels, and the text scores if any."""
+    table = table.reset_index(drop=True)
+    X = as_model_input(table[feature_columns], categories)
+    blocks = [table.drop(columns=feature_columns), X]
+    if scores is not None:
+        blocks.append(scores.reset_index(drop=True))
+    return pd.concat(blocks, axis=1)
+
+
+def keyed(columns: list[str]) -> list[str]:
+    """``columns`` with the design table's keys first (a collection always carries them)."""
+    return [*KEYS, *[c for c in columns if c not in KEYS]]
 
 
 def labels_of(frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,21 +19,24 @@ import numpy as np
 import pandas as pd
 
 from predictor.compute.base import (
+    KEYS,
     LABEL,
     Booster,
     Rows,
     Slicing,
     Target,
     TextSample,
+    design_frame,
     design_rows,
     in_sample,
+    keyed,
     text_scores,
 )
 from predictor.compute.cluster import _agents_for, _aligned_agents, _one_contact, _workers, score, worker_embedder
 from predictor.config import Settings
 from predictor.contacts.labels import derive
 from predictor.contacts.schema import fingerprint, row_hash_sum
-from predictor.features.build import CLOSING_PREFIX, EMBEDDING_PREFIX, as_model_input, build
+from predictor.features.build import CLOSING_PREFIX, EMBEDDING_PREFIX, build
 from predictor.features.embed import Embedder
 from predictor.model import split as splits
 from predictor.model.fitted import RepeatContactModel, TextHeads, TextInputs, TfidfBaseline
@@ -58,7 +61,6 @@ class DaskBackend:
         self.feature_columns: list[str] = []
         self.label_end: pd.Timestamp | None = None
         self.boundaries: tuple[pd.Timestamp, pd.Timestamp] | None = None
-        self.use_text = True
         self.model_id: str | None = None
         self.sample_seconds = 0.0
 
@@ -80,20 +82,20 @@ class DaskBackend:
         from distributed import wait
 
         boundaries, label_end, mode = slicing.boundaries, slicing.label_end, slicing.mode
-        self.label_end, self.boundaries, self.use_text = label_end, boundaries, use_text
+        # ``use_text`` is not needed here: text is read later, by text_sample and add_text.
+        self.label_end, self.boundaries = label_end, boundaries
         args = (self.settings, self.end, boundaries, label_end, mode, prior)
         meta = _table_partition(_one_contact(), _agents_for(_one_contact()), *args)
         self.table = self.customers.map_partitions(
             _table_partition, self.agents, *args, meta=meta, align_dataframes=False
         ).persist()
         wait(self.table)
-        keys_and_labels = {"contact_id", "closed_us", "slice", "issue_code"}
-        self.feature_columns = [c for c in meta.columns if not c.startswith(LABEL) and c not in keys_and_labels]
+        self.feature_columns = [c for c in meta.columns if not c.startswith(LABEL) and c not in KEYS]
         self.frame = self.table
         return list(self.feature_columns)
 
     def has_text(self) -> bool:
-        return self.use_text and bool(self.table["has_transcript"].max().compute() > 0)
+        return bool(self.table["has_transcript"].max().compute() > 0)
 
     def embedding_model(self) -> str | None:
         return self.model_id
@@ -161,9 +163,9 @@ class DaskBackend:
         from distributed import wait
 
         args = (self.feature_columns, categories)
-        meta = _design_partition(self.table._meta, None if self.scores is None else self.scores._meta, *args)
+        meta = design_frame(self.table._meta, None if self.scores is None else self.scores._meta, *args)
         self.frame = self.table.map_partitions(
-            _design_partition, self.scores, *args, meta=meta, align_dataframes=False
+            design_frame, self.scores, *args, meta=meta, align_dataframes=False
         ).persist()
         wait(self.frame)
         self.table = self.scores = None  # the design holds what the rest needs
@@ -185,8 +187,7 @@ class DaskBackend:
     def collect(self, rows: Rows, columns: list[str] | None = None) -> pd.DataFrame:
         chosen = self.frame.map_partitions(_select, rows, meta=self.frame._meta)
         if columns is not None:
-            keep = ["contact_id", "closed_us", "slice", "issue_code"]
-            chosen = chosen[[*keep, *[c for c in columns if c not in keep]]]
+            chosen = chosen[keyed(columns)]
         local = chosen.compute()
         # One order whatever the partitioning.
         return local.sort_values(["closed_us", "contact_id"], kind="stable").reset_index(drop=True)
@@ -301,20 +302,6 @@ def _text_partition(
 
 def _empty_inputs() -> TextInputs:
     return TextInputs(embeddings={}, texts=[], has_text=np.array([], dtype=bool))
-
-
-def _design_partition(
-    table: pd.DataFrame,
-    scores: pd.DataFrame | None,
-    feature_columns: list[str],
-    categories: dict[str, list[str]],
-) -> pd.DataFrame:
-    """The boosters' input (``as_model_input``, as in-process) beside the keys and labels."""
-    table = table.reset_index(drop=True)
-    X = as_model_input(table[feature_columns], categories).reset_index(drop=True)
-    rest = table.drop(columns=feature_columns)
-    blocks = [rest, X] if scores is None else [rest, X, scores.reset_index(drop=True)]
-    return pd.concat(blocks, axis=1)
 
 
 class _TestRows:

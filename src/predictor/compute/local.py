@@ -10,11 +10,22 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from predictor.compute.base import Booster, Rows, Slicing, Target, TextSample, design_rows, in_sample, text_scores
+from predictor.compute.base import (
+    Booster,
+    Rows,
+    Slicing,
+    Target,
+    TextSample,
+    design_frame,
+    design_rows,
+    in_sample,
+    keyed,
+    text_scores,
+)
 from predictor.config import Settings
 from predictor.contacts.labels import derive
 from predictor.contacts.schema import fingerprint
-from predictor.features.build import FeatureSet, as_model_input, build
+from predictor.features.build import build
 from predictor.features.embed import Embedder
 from predictor.model import split as splits
 from predictor.model.fitted import TextHeads, TextInputs, TfidfBaseline
@@ -30,7 +41,6 @@ class LocalBackend:
         self.settings = settings
         self.labelled: pd.DataFrame | None = None
         self.embedder: Embedder | None = None
-        self.feature_set: FeatureSet | None = None
         self.table: pd.DataFrame | None = None  # keys, features, labels
         self.inputs: TextInputs | None = None  # every row's text views (the one being read)
         self.scores: pd.DataFrame | None = None  # text-head scores of every row
@@ -54,7 +64,6 @@ class LocalBackend:
         found = build(
             self.contacts, embedder=self.embedder, labels=self.settings.labels, progress=True, customer_prior=prior
         )
-        self.feature_set = found
         self.feature_columns = found.metadata_columns
         features = found.frame[self.feature_columns]
         self.table = design_rows(self.contacts, self.labelled, features, boundaries, self.settings, mode)
@@ -94,11 +103,7 @@ class LocalBackend:
         self.scores = text_scores(heads, self.inputs, self.table["contact_id"].to_numpy(), oof, tfidf)
 
     def design(self, categories: dict[str, list[str]]) -> None:
-        X = as_model_input(self.table[self.feature_columns], categories)
-        blocks = [self.table.drop(columns=self.feature_columns), X]
-        if self.scores is not None:
-            blocks.append(self.scores)
-        self.frame = pd.concat(blocks, axis=1)
+        self.frame = design_frame(self.table, self.scores, self.feature_columns, categories)
 
     @contextmanager
     def variant(self) -> Iterator[None]:
@@ -129,7 +134,7 @@ class LocalBackend:
 
     def collect(self, rows: Rows, columns: list[str] | None = None) -> pd.DataFrame:
         chosen = self.frame.loc[rows.mask(self.frame)]
-        return chosen if columns is None else chosen[[*_KEEP, *[c for c in columns if c not in _KEEP]]]
+        return chosen if columns is None else chosen[keyed(columns)]
 
     def positions(self, code: int) -> np.ndarray:
         return np.flatnonzero(self.table["slice"].to_numpy() == code)
@@ -142,6 +147,3 @@ class LocalBackend:
 
     def params(self) -> dict[str, Any]:
         return {"compute": "local"}
-
-
-_KEEP = ("contact_id", "closed_us", "slice", "issue_code")

@@ -282,7 +282,9 @@ def fit_on(
         scores[Baseline.TFIDF] = test[TFIDF].to_numpy()
     variant = getattr(backend, "variant", None)  # the truncation ablation re-embeds the log: in-process only
     if ablation and has_text and variant is not None and settings.embedding.truncation == "head_tail":
-        scores[Baseline.HEAD_ONLY] = _head_only_scores(backend, variant, columns, categories, split, hp, settings)
+        scores[Baseline.HEAD_ONLY] = _head_only_scores(
+            backend, variant, columns, categories, fraction, split, hp, settings
+        )
     lap("baselines")
 
     stage("evaluation")
@@ -411,13 +413,13 @@ def _head_only_scores(
     variant: Callable[[], Any],
     columns: list[str],
     categories: dict[str, list[str]],
+    fraction: float,
     split: Split,
     hp: dict[str, Any],
     settings: Settings,
 ) -> np.ndarray:
     """What reading the close of a conversation is worth: the repeat model with the embedding cut to the
     head of a long transcript and no closing-turns view (the word view, which reads everything, stays)."""
-    fraction = min(1.0, settings.compute.text_head_rows / max(split.counts["train"], 1))
     with variant():
         sample = backend.text_sample(Rows(TRAIN), fraction, truncation="head")
         heads, oof = _text_heads(sample, hp, [], settings.seed)
