@@ -256,6 +256,9 @@ def test_unknown_issue_is_scored_as_other_with_a_warning(served) -> None:
     response = served["client"].post("/score", json=body)
     assert response.status_code == 200, response.text
     assert any("brand_new_issue" in w for w in response.json()["warnings"])
+    # A retry of that contact is the same contact (its issue code, not the one it was scored as).
+    again = served["client"].post("/score", json=body)
+    assert again.status_code == 200 and again.json()["replayed"] is True, again.text
 
 
 def test_batch_reports_a_bad_item_and_scores_the_rest(served) -> None:

@@ -175,9 +175,16 @@ class ContactStore:
         frame["transcript"] = ""
         return typed_contacts(frame)
 
-    def save(self, contacts: pd.DataFrame, responses: dict[str, dict[str, Any]], model_version: str) -> set[str]:
+    def save(
+        self,
+        contacts: pd.DataFrame,
+        responses: dict[str, dict[str, Any]],
+        model_version: str,
+        hashes: list[str] | None = None,
+    ) -> set[str]:
         """Insert contacts with their answers; a contact bulk-loaded without an answer gets this one; ones
-        already answered are left as they were.
+        already answered are left as they were. ``hashes``: each row's ``content_hash`` as the caller took it
+        (the scorer hashes the contact as sent, before it maps an unknown issue code); default, of the rows.
 
         Returns the ids actually written.
         """
@@ -185,7 +192,7 @@ class ContactStore:
             return set()
         rows = []
         now = pd.Timestamp.now(tz="UTC").to_pydatetime()
-        hashes = content_hash(contacts)
+        hashes = content_hash(contacts) if hashes is None else hashes
         for record, digest in zip(contacts[list(CONTACT_COLUMNS)].to_dict("records"), hashes, strict=True):
             record["opened_at"] = record["opened_at"].to_pydatetime()
             record["closed_at"] = record["closed_at"].to_pydatetime()

@@ -137,11 +137,12 @@ class Scorer:
                     decisions.append("fresh")
                 else:
                     decisions.append("again" if hashes[scored_now[contact_id]] == digest else "conflict")
-            fresh = frame.iloc[sorted(scored_now.values())]
+            positions = sorted(scored_now.values())
+            fresh = frame.iloc[positions]
             answers: dict[str, dict[str, Any]] = {}
             if len(fresh):
                 answers = self._score_frame(fresh, warnings)
-                self.store.save(fresh, answers, self.model_version)
+                self.store.save(fresh, answers, self.model_version, hashes=[hashes[p] for p in positions])
         out: list[ScoreResponse | ContentConflict] = []
         for contact_id, decision in zip(ids, decisions, strict=True):
             if decision == "fresh":
