@@ -16,6 +16,8 @@ from typing import Any
 ID, CODE, TIME, CHANNEL, TEXT, LABEL, SECONDS, COUNT, SCORE = (
     "id", "code", "time", "channel", "text", "label", "seconds", "count", "score",
 )  # fmt: skip
+TEXT_KINDS = (ID, CODE, CHANNEL, TEXT, LABEL)  # held as str once validated
+FLOAT_KINDS = (SECONDS, SCORE)  # held as float (a score may be missing)
 CSAT_RANGE: tuple[float, float] = (1.0, 5.0)
 
 

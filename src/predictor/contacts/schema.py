@@ -30,9 +30,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = contract.names(required=False)
 ID_COLUMNS: tuple[str, ...] = contract.names(contract.ID, contract.CODE)
 TIMESTAMP_COLUMNS: tuple[str, ...] = contract.names(contract.TIME)
 DURATION_COLUMNS: tuple[str, ...] = contract.names(contract.SECONDS)
-TEXT_COLUMNS: tuple[str, ...] = contract.names(
-    contract.ID, contract.CODE, contract.CHANNEL, contract.TEXT, contract.LABEL
-)
+TEXT_COLUMNS: tuple[str, ...] = contract.names(*contract.TEXT_KINDS)
 CSAT_RANGE = contract.CSAT_RANGE
 
 
@@ -40,7 +38,7 @@ def _pandera_column(f: contract.ContactField) -> pa.Column:
     """A field's column in the contract of validated contacts."""
     if f.kind == contract.TIME:
         return pa.Column(pd.DatetimeTZDtype("ns", "UTC"))
-    if f.kind in (contract.SECONDS, contract.SCORE):
+    if f.kind in contract.FLOAT_KINDS:
         checks = [pa.Check.ge(0)] if f.kind == contract.SECONDS else []
         return pa.Column(float, checks=checks, nullable=f.kind == contract.SCORE)
     if f.kind == contract.COUNT:
@@ -249,7 +247,7 @@ def validate(
     contacts = out.loc[valid_mask].copy()
     for column in TEXT_COLUMNS:
         contacts[column] = contacts[column].astype(str)
-    for column in contract.names(contract.SECONDS, contract.SCORE):
+    for column in contract.names(*contract.FLOAT_KINDS):
         contacts[column] = contacts[column].astype(float)
     for column in contract.names(contract.COUNT):
         contacts[column] = contacts[column].astype("int64")

@@ -95,7 +95,7 @@ def content_hash(contacts: pd.DataFrame) -> list[str]:
             value = record[f.name]
             if f.kind == contract.TIME:
                 value = int(pd.Timestamp(value).tz_convert("UTC").value // 1000)
-            elif f.kind in (contract.SECONDS, contract.SCORE, contract.COUNT):
+            elif f.kind in (*contract.FLOAT_KINDS, contract.COUNT):
                 value = None if pd.isna(value) else float(value)
             else:  # text as the service reads it (it strips surrounding whitespace)
                 value = str(value).strip()
@@ -278,9 +278,9 @@ def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
     for column in contract.names(contract.TIME):
         # utc=True: a batch may mix offsets (one zone across a DST change); naive values are UTC already.
         out[column] = pd.to_datetime(out[column], utc=True).astype("datetime64[ns, UTC]")
-    for column in contract.names(contract.ID, contract.CODE, contract.CHANNEL, contract.TEXT, contract.LABEL):
+    for column in contract.names(*contract.TEXT_KINDS):
         out[column] = out[column].astype(str)
-    for column in contract.names(contract.SECONDS, contract.SCORE):
+    for column in contract.names(*contract.FLOAT_KINDS):
         out[column] = pd.to_numeric(out[column]).astype(float)
     for column in contract.names(contract.COUNT):
         out[column] = pd.to_numeric(out[column]).astype("int64")

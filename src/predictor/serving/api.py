@@ -200,7 +200,7 @@ def contact_json(row: dict[str, Any]) -> dict[str, Any]:
         value = row.get(f.name)
         if f.kind == contract.TIME:
             body[f.name] = value.isoformat()
-        elif f.kind in (contract.SECONDS, contract.SCORE):
+        elif f.kind in contract.FLOAT_KINDS:
             if value is not None and value == value:  # an unknown score (None or NaN) is omitted
                 body[f.name] = float(value)
         elif f.kind == contract.COUNT:
