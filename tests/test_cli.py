@@ -127,3 +127,11 @@ def test_serve_starts_the_real_service_on_loopback(folder: Path, env: dict[str, 
         assert ready, process.stderr.read() if process.poll() is not None else "not ready in 240 s"
     finally:
         stop(process)
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(folder: Path, env: dict[str, str]) -> None:
+    bad = {**env, "PREDICTOR_SERVICE__ALLOW_OPEN": "sometimes"}
+    for args in (("promote", "1"), ("serve",), ("report", "--from-store")):
+        done = run(bad, folder, *args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout, done.stderr
+        assert "PREDICTOR_SERVICE__ALLOW_OPEN" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -278,11 +278,18 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _settings(as_of: str | None):  # noqa: ANN202 - Settings, imported lazily
-    """The configuration, with --as-of over the configured data end."""
+def _settings(as_of: str | None = None):  # noqa: ANN202 - Settings, imported lazily
+    """The configuration (a bad ``PREDICTOR_`` variable: one line naming it), with --as-of over the data end."""
+    from pydantic import ValidationError
+
     from predictor.config import get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = "PREDICTOR_" + "__".join(str(part) for part in first["loc"]).upper()
+        _fail(f"{variable}: {first['msg']}")
     if as_of is None:
         return settings
     import pandas as pd
@@ -517,11 +524,10 @@ def score(
     customer partitions on Dask and the predictions are written partition by partition.
     """
     from predictor.compute.cluster import score_log
-    from predictor.config import get_settings
     from predictor.contacts.schema import SchemaError
     from predictor.registry.tracking import load_bundle
 
-    settings = get_settings()
+    settings = _settings()
     compute = _compute(settings, scheduler, local_cluster, partitions)
     started = time.perf_counter()
     with _progress() as progress:
@@ -553,10 +559,9 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual override",
 ) -> None:
     """Move the champion alias to VERSION by hand, bypassing the gate (recorded on the version)."""
-    from predictor.config import get_settings
     from predictor.registry.tracking import promote as move
 
-    settings = get_settings()
+    settings = _settings()
     try:
         move(version, settings, reason)
     except Exception as exc:  # MLflow says "not found" in its own words; give ours
@@ -578,10 +583,9 @@ def serve(
     import os
     import sys
 
-    from predictor.config import get_settings
     from predictor.serving.devserver import ROOT, auth_notice, exposure_problem
 
-    settings = get_settings()
+    settings = _settings()
     token = settings.api_token.get_secret_value() if settings.api_token else None
     if problem := exposure_problem(host, token, settings.service.allow_open):
         _fail(problem)
@@ -615,12 +619,11 @@ def serve_demo(
     import httpx
     import pandas as pd
 
-    from predictor.config import get_settings
     from predictor.contacts.store import ContactStore
     from predictor.serving.api import contact_json
     from predictor.serving.devserver import running_service
 
-    settings = get_settings()
+    settings = _settings()
     contacts = _load(path, None, None).contacts.sort_values("closed_at")
     cutoff = contacts["closed_at"].max() - pd.Timedelta(days=held_out_days)
     history, held_out = contacts[contacts["closed_at"] <= cutoff], contacts[contacts["closed_at"] > cutoff]
