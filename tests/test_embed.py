@@ -19,6 +19,21 @@ from predictor.features.embed import SEPARATOR, Embedder, EmbeddingCache
         ("call +44 7700 900123 after six", "[PHONE]", "7700 900123"),
         ("card 4111 1111 1111 1111 was charged", "[CARD]", "4111 1111 1111 1111"),
         ("account 12345678 is mine", "[NUMBER]", "12345678"),
+        # Found by a hostile client: cards in dotted or spaced groups, IBANs, national ids, spelled addresses.
+        ("card 4111.1111.1111.1111 ok", "[CARD]", "1111.1111"),
+        ("card 4111  1111  1111  1111 ok", "[CARD]", "1111  1111"),
+        ("iban DE89 3704 0044 0532 0130 00 thanks", "[IBAN]", "3704 0044"),
+        ("iban GB82WEST12345698765432 ok", "[IBAN]", "GB82WEST"),
+        ("ssn 123-45-6789 ok", "[NATIONAL_ID]", "45-6789"),
+        ("NI QQ 12 34 56 C ok", "[NATIONAL_ID]", "34 56"),
+        ("dni 12345678Z ok", "[NATIONAL_ID]", "12345678Z"),
+        ("nie X1234567L ok", "[NATIONAL_ID]", "1234567"),
+        ("cf RSSMRA85T10A562S ok", "[NATIONAL_ID]", "RSSMRA85"),
+        ("personnummer 850709-9805 ok", "[NATIONAL_ID]", "9805"),
+        ("write to jane dot doe at example dot com", "[EMAIL]", "doe"),
+        ("write to jane.doe at example.com", "[EMAIL]", "jane.doe"),
+        ("write to jane.doe (at) example (dot) com", "[EMAIL]", "jane.doe"),
+        ("write to JANE [AT] EXAMPLE [DOT] CO [DOT] UK", "[EMAIL]", "JANE"),
     ],
 )
 def test_redaction(text: str, placeholder: str, secret: str) -> None:
@@ -27,7 +42,14 @@ def test_redaction(text: str, placeholder: str, secret: str) -> None:
     assert secret not in out
 
 
-@pytest.mark.parametrize("run", ["a" * 20_000, "1" * 20_000, "a." * 10_000, "12-" * 6_000, "a@" * 10_000])
+@pytest.mark.parametrize(
+    "run",
+    [
+        "a" * 20_000, "1" * 20_000, "a." * 10_000, "12-" * 6_000, "a@" * 10_000, "a dot " * 3_400, "a at " * 4_000,
+        "1 " * 10_000, "1." * 10_000, "1  " * 7_000, "AB12" * 5_000, "DE89 " * 4_000, "x (at) " * 2_800,
+        "a.a at " * 2_800, "\x00" * 20_000,
+    ],
+)  # fmt: skip
 def test_redaction_is_linear_on_one_long_run(run: str) -> None:
     """A hostile transcript of one character class must not stall the scorer (it took 1.2-2.6 s a contact)."""
     import time
@@ -37,9 +59,21 @@ def test_redaction_is_linear_on_one_long_run(run: str) -> None:
     assert time.perf_counter() - started < 0.05
 
 
-def test_redaction_leaves_ordinary_text() -> None:
-    text = "I was charged 25 pounds twice on 3 March, within 48 hours."
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I was charged 25 pounds twice on 3 March, within 48 hours.",
+        "I looked at example.com yesterday and will see you at noon. Then bye",
+        "the order of 2026-03-02 at 10:00 cost 3.14 more",
+    ],
+)
+def test_redaction_leaves_ordinary_text(text: str) -> None:
     assert redact(text) == text
+
+
+def test_redaction_drops_nul_characters() -> None:
+    """No database keeps NUL in text (PostgreSQL refuses the whole insert), and none carries meaning."""
+    assert redact("bad\x00 nul") == "bad nul"
 
 
 @pytest.fixture(scope="module")

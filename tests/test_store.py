@@ -138,3 +138,58 @@ def test_sqlite_store_passes_its_integrity_check(tmp_path: Path) -> None:
     assert s.integrity_ok()
     with s.engine.connect() as db:
         assert db.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+
+
+def test_customer_ids_are_pseudonymised_and_queues_redacted(store: ContactStore) -> None:
+    """A customer id is often an e-mail address or a phone number: the store keeps a keyed hash of it."""
+    secret = "jane.doe@example.com"
+    first = contact("C1", customer_id=secret, queue="vip jane.doe@example.com")
+    later = contact("C2", customer_id=secret, opened_hours=30)
+    rows = validate(frame(first, later)).contacts
+    store.load_frame(rows.head(1))
+    store.save(rows.tail(1), {"C2": answer("C2")}, "1")
+    with store.engine.connect() as db:
+        dumped = " ".join(str(row) for row in db.exec_driver_sql("SELECT * FROM contacts"))
+    assert "jane" not in dumped and "[EMAIL]" in dumped
+    kept = store.all_contacts()
+    assert set(kept["customer_id"]) == {store.pseudonym(secret)}
+    # The history a scorer asks for by the raw id comes back under that id (the features link on it).
+    history = store.history_for(rows.tail(1), lookback_days=30)
+    assert set(history["customer_id"]) == {secret} and len(history) == 2
+
+
+def test_nul_characters_in_text_do_not_fail_the_insert(store: ContactStore) -> None:
+    """PostgreSQL refuses NUL in text: the whole insert failed (a 500 to the caller)."""
+    rows = validate(frame(contact("C1", transcript="a\x00b", queue="q\x00"))).contacts
+    assert store.save(rows, {"C1": answer("C1")}, "1") == {"C1"}
+    store.load_frame(validate(frame(contact("C2", transcript="\x00"))).contacts)
+    kept = store.all_contacts().set_index("contact_id")
+    assert kept.loc["C1", "transcript"] == "ab" and kept.loc["C1", "queue"] == "q"
+
+
+def test_a_store_with_raw_customer_ids_is_pseudonymised_once(tmp_path: Path) -> None:
+    from predictor.contacts.store import contacts_table, metadata
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    rows = validate(frame(contact("C1", customer_id="U1"), contact("C2", customer_id="U1", opened_hours=5))).contacts
+    old = ContactStore(url)
+    old.load_frame(rows)
+    # As an earlier version left it: raw ids and no record of pseudonyms.
+    with old.engine.begin() as db:
+        db.execute(contacts_table.update().values(customer_id="U1"))
+        db.execute(metadata.tables["store_meta"].delete().where(metadata.tables["store_meta"].c.name == "customer_ids"))
+    reopened = ContactStore(url)
+    assert set(reopened.all_contacts()["customer_id"]) == {reopened.pseudonym("U1")}
+    again = ContactStore(url)  # once: a second opening rewrites nothing
+    assert set(again.all_contacts()["customer_id"]) == {reopened.pseudonym("U1")}
+    assert len(again.history_for(rows.tail(1), lookback_days=30)) == 2
+
+
+def test_another_pseudonym_key_is_refused(tmp_path: Path) -> None:
+    from predictor.contacts.store import PseudonymKeyError
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    keyed = ContactStore(url, pseudonym_key="k1")
+    assert ContactStore(url, pseudonym_key="k1").pseudonym("U1") == keyed.pseudonym("U1")
+    with pytest.raises(PseudonymKeyError, match="PSEUDONYM_KEY"):
+        ContactStore(url, pseudonym_key="k2")

@@ -278,6 +278,11 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _pseudonym_key(settings) -> str | None:  # noqa: ANN001 - Settings, imported lazily
+    key = settings.service.pseudonym_key
+    return key.get_secret_value() if key else None
+
+
 def _settings(as_of: str | None = None):  # noqa: ANN202 - Settings, imported lazily
     """The configuration (a bad ``PREDICTOR_`` variable: one line naming it), with --as-of over the data end."""
     from pydantic import ValidationError
@@ -473,7 +478,7 @@ def report(
     if from_store:
         from predictor.contacts.store import ContactStore
 
-        contacts = ContactStore(settings.service.store_url).all_contacts()
+        contacts = ContactStore.for_service(settings.service).all_contacts()
     elif path is not None:
         contacts = _load(path, mapping, assume_timezone).contacts
     else:
@@ -536,7 +541,9 @@ def score(
         where = _where(compute)
         progress.update(task, description=f"scoring with version {version}" + (f" on {where}" if where else ""))
         try:
-            summary = score_log(log_path, model, out, compute, mapping, assume_timezone, store_url)
+            summary = score_log(
+                log_path, model, out, compute, mapping, assume_timezone, store_url, _pseudonym_key(settings)
+            )
         except SchemaError as exc:
             progress.stop()
             _fail(str(exc))
@@ -629,7 +636,7 @@ def serve_demo(
     history, held_out = contacts[contacts["closed_at"] <= cutoff], contacts[contacts["closed_at"] > cutoff]
     store.unlink(missing_ok=True)
     store_url = f"sqlite:///{store.resolve()}"
-    ContactStore(store_url).load_frame(history)
+    ContactStore(store_url, _pseudonym_key(settings)).load_frame(history)
     console.print(f"store {store}: {len(history):,} earlier contacts loaded; scoring {len(held_out):,} held-out")
     token = secrets.token_urlsafe(16)
     env = {

@@ -102,6 +102,9 @@ class RegistryConfig(BaseModel):
 
 class ServiceConfig(BaseModel):
     store_url: str = Field("sqlite:///models/contacts.db", description="SQLAlchemy URL of the contact store.")
+    pseudonym_key: SecretStr | None = Field(
+        None, description="Key of the customer-id pseudonyms in the store; default: one the store keeps itself."
+    )
     model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
     protect_metrics: bool = Field(False, description="Require the bearer token on /metrics too.")

@@ -328,6 +328,7 @@ def score_log(
     mapping_path: str | Path | None = None,
     assume_timezone: str | None = None,
     store_url: str | None = None,
+    pseudonym_key: str | None = None,
 ) -> ScoringSummary:
     """Score every contact of a log (file, directory or glob) point-in-time; predictions to Parquet.
 
@@ -344,7 +345,7 @@ def score_log(
             out.parent.mkdir(parents=True, exist_ok=True)
             predictions.to_parquet(out, index=False)
             if store_url:
-                _store_partition(contacts, store_url)
+                _store_partition(contacts, store_url, pseudonym_key)
             # As on the cluster: a contact repeated in a later file is scored once and counted, not rejected.
             repeated = (loaded.rejections["reason"] == REPEATED_IN_LATER_FILE).to_numpy(dtype=bool)
             rejections = loaded.rejections[~repeated].reset_index(drop=True)
@@ -360,7 +361,7 @@ def score_log(
         predictions = score(customers, agents, shared, end)
         predictions.to_parquet(out, write_index=False)
         if store_url:
-            customers.map_partitions(_store_partition, store_url, meta=(None, "int64")).compute()
+            customers.map_partitions(_store_partition, store_url, pseudonym_key, meta=(None, "int64")).compute()
         valid, scored, distinct = dask.compute(
             partitioned.contacts.map_partitions(len).sum(),
             customers.map_partitions(len).sum(),
@@ -377,11 +378,13 @@ def score_log(
         )
 
 
-def _store_partition(contacts: pd.DataFrame, store_url: str, chunk: int = 5000) -> pd.Series:
+def _store_partition(
+    contacts: pd.DataFrame, store_url: str, pseudonym_key: str | None = None, chunk: int = 5000
+) -> pd.Series:
     """Contacts into the store in short transactions: writers on other workers wait seconds, not minutes."""
     from predictor.contacts.store import ContactStore
 
-    store = ContactStore(store_url)
+    store = ContactStore(store_url, pseudonym_key=pseudonym_key)
     for start in range(0, len(contacts), chunk):
         store.load_frame(contacts.iloc[start : start + chunk])
     store.engine.dispose()

@@ -1,22 +1,64 @@
-"""PII redaction of contact text: applied before a transcript is stored and before it is embedded."""
+"""PII redaction of contact text: applied before a transcript is stored and before it is embedded.
+
+Every pattern has bounded parts and may start only where its first class begins a run (a look-behind), so
+redaction is linear in the length of any input: an unbounded form took seconds on one long run of letters
+or digits, quadratic in its length. The order matters: the most specific forms go first, so an IBAN is not
+read as a card and a spelled-out address not as two words.
+"""
 
 from __future__ import annotations
 
 import re
 
+_AT = r"(?:\s{0,3}[\(\[\{<]\s{0,2}at\s{0,2}[\)\]\}>]\s{0,3}|\s{1,3}at\s{1,3})"  # (at) [at] " at "
+_DOT = r"(?:\s{0,3}[\(\[\{<]\s{0,2}dot\s{0,2}[\)\]\}>]\s{0,3}|\s{1,3}dot\s{1,3})"  # (dot) [dot] " dot "
+_TLD = r"(?:com|net|org|info|biz|edu|gov|io|co|uk|us|de|fr|es|it|nl|be|ch|at|se|no|dk|fi|pl|pt|ie|eu|ca|au|in|jp|br|mx)"
+
 _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Bounded parts, tried only where a run of address characters starts: linear time on any input (the
-    # unbounded form took seconds on one long run of letters or digits, quadratic in its length).
     (re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}"), "[EMAIL]"),
-    (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
+    # An address spelled out so that filters miss it: "jane dot doe at example dot com", "jane.doe (at)
+    # example.com". The spelled form of "at" is an ordinary word, so it counts only with a dotted name or a
+    # spelled/bracketed dot in the domain, ending in a known top-level domain ("looked at example.com" stays).
+    (
+        re.compile(
+            rf"(?<![\w.+-])[\w+-]{{1,64}}(?:(?:\.|{_DOT})[\w+-]{{1,64}}){{1,4}}{_AT}[\w-]{{1,63}}"
+            rf"(?:(?:\.|{_DOT})[\w-]{{1,63}}){{0,4}}(?:\.|{_DOT}){_TLD}\b"
+            rf"|(?<![\w.+-])[\w+-]{{1,64}}{_AT}[\w-]{{1,63}}(?:(?:\.|{_DOT})[\w-]{{1,63}}){{0,4}}{_DOT}{_TLD}\b"
+            rf"|(?<![\w.+-])[\w+-]{{1,64}}\s{{0,3}}[\(\[\{{<]\s{{0,2}}at\s{{0,2}}[\)\]\}}>]\s{{0,3}}[\w-]{{1,63}}"
+            rf"(?:(?:\.|{_DOT})[\w-]{{1,63}}){{0,4}}(?:\.|{_DOT}){_TLD}\b",
+            re.IGNORECASE,
+        ),
+        "[EMAIL]",
+    ),
+    # IBAN: country, check digits, 11-30 letters or digits, in groups of four or not ("DE89 3704 0044 0532
+    # 0130 00", "GB82WEST12345698765432").
+    (re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}(?![A-Za-z0-9])"), "[IBAN]"),
+    # National ids in the common written forms: US SSN, UK National Insurance, Spanish DNI/NIE, Italian
+    # codice fiscale, Swedish/Danish/Norwegian/Finnish personal numbers (digits, a dash or +, digits).
+    (
+        re.compile(
+            r"(?<![\w-])(?:\d{3}-\d{2}-\d{4}"
+            r"|[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]"
+            r"|[XYZ]?\d{7,8}-?[A-Z]"
+            r"|[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]"
+            r"|\d{6,8}[-+A]\d{3,4}[0-9A-Z]?)(?![\w-])"
+        ),
+        "[NATIONAL_ID]",
+    ),
+    # A card: 13-19 digits, in groups split by spaces, dots or dashes (one or two of them) or by none.
+    (re.compile(r"(?<![\d.-])(?:\d[ .-]{0,2}){12,18}\d(?!\d)"), "[CARD]"),
     # A phone number has a leading + or separators; a bare run of digits is an account-like number.
     (re.compile(r"(?<![\w])(?:\+\d[\d ()-]{6,}\d|\(?\d{2,5}\)?[ -]\d{3,4}[ -]?\d{3,4})\b"), "[PHONE]"),
     (re.compile(r"\b\d{6,}\b"), "[NUMBER]"),
 )
+NUL = "\x00"
 
 
 def redact(text: str) -> str:
-    """Replace e-mail addresses, card-, phone- and account-like numbers by placeholders."""
+    """Replace e-mail addresses (also spelled out), IBANs, national ids, card-, phone- and account-like
+    numbers by placeholders; drop NUL characters (no database stores them in text, none means anything)."""
+    if NUL in text:
+        text = text.replace(NUL, "")
     for pattern, placeholder in _PII_PATTERNS:
         text = pattern.sub(placeholder, text)
     return text

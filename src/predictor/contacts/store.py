@@ -1,13 +1,19 @@
 """The service's contact store: every scored contact, idempotent by ``contact_id``.
 
 SQLite (WAL) by default, PostgreSQL by URL. Scoring reads a customer's and an agent's history from here,
-point-in-time, through the same feature function as training. Transcripts are stored redacted.
+point-in-time, through the same feature function as training. Transcripts and queues are stored redacted,
+and customer ids pseudonymised: a keyed hash (HMAC-SHA256) links a customer's contacts without keeping who
+they are (a customer id is often an e-mail address or a phone number). The key is
+``PREDICTOR_SERVICE__PSEUDONYM_KEY`` when set, otherwise one the store draws once and keeps; the methods take
+and give raw ids, so callers never see the difference.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
-from predictor.config import sqlite_file
+from predictor.config import ServiceConfig, sqlite_file
 from predictor.contacts import contract
 from predictor.contacts.redact import redact
 
@@ -74,6 +80,10 @@ contacts_table = Table(
     Index("ix_contacts_customer_closed", "customer_id", "closed_at"),
     Index("ix_contacts_agent_closed", "agent_id", "closed_at"),
 )
+# What the store is: the pseudonym key (when the store keeps its own), a check of the key, the id scheme.
+meta_table = Table("store_meta", metadata, Column("name", String(64), primary_key=True), Column("value", Text))
+PSEUDONYM_PREFIX = "p_"
+PSEUDONYMS = "hmac-sha256-v1"
 CONTACT_COLUMNS: tuple[str, ...] = contract.names()
 
 
@@ -104,8 +114,12 @@ def content_hash(contacts: pd.DataFrame) -> list[str]:
     return out
 
 
+class PseudonymKeyError(ValueError):
+    """The configured pseudonym key is not the one this store's customer ids were hashed with."""
+
+
 class ContactStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pseudonym_key: str | None = None) -> None:
         if (database := sqlite_file(url)) is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
@@ -118,6 +132,63 @@ class ContactStore:
             # one created it first. The second pass finds it and creates nothing; a real fault raises again.
             metadata.create_all(self.engine)
         self._add_missing_columns()
+        self._key = self._pseudonym_key(pseudonym_key)
+
+    @classmethod
+    def for_service(cls, service: ServiceConfig) -> ContactStore:
+        """The store the service configuration names, with its pseudonym key."""
+        key = service.pseudonym_key.get_secret_value() if service.pseudonym_key else None
+        return cls(service.store_url, pseudonym_key=key)
+
+    # -- customer pseudonyms ------------------------------------------------------------------------------
+    def pseudonym(self, customer_id: str) -> str:
+        digest = hmac.new(self._key, customer_id.encode(), hashlib.sha256).hexdigest()
+        return f"{PSEUDONYM_PREFIX}{digest[:40]}"
+
+    def pseudonymised(self, contacts: pd.DataFrame) -> pd.DataFrame:
+        """``contacts`` with customer ids as the store keeps them (to compare a log with the store's rows)."""
+        return contacts.assign(customer_id=[self.pseudonym(c) for c in contacts["customer_id"]])
+
+    def _pseudonym_key(self, configured: str | None) -> bytes:
+        """The configured key (checked against the store's record of it) or the store's own, drawn by the first
+        process to open the store; a store written before pseudonyms has its customer ids rewritten once."""
+        if not configured:
+            _insert_if_absent(self, "key", secrets.token_hex(32))
+        key = (configured or self._meta()["key"]).encode()
+        check = hmac.new(key, b"predictor-store-key-check", hashlib.sha256).hexdigest()
+        _insert_if_absent(self, "key_check", check)
+        meta = self._meta()
+        if meta["key_check"] != check:
+            raise PseudonymKeyError(
+                "the contact store's customer ids were pseudonymised with another key than the one configured "
+                "(PREDICTOR_SERVICE__PSEUDONYM_KEY): history would not link; use the store's key or a new store"
+            )
+        self._key = key
+        if meta.get("customer_ids") != PSEUDONYMS:
+            self._pseudonymise_existing()
+        return key
+
+    def _meta(self) -> dict[str, str]:
+        with self.engine.connect() as db:
+            return {row.name: row.value for row in db.execute(select(meta_table))}
+
+    def _pseudonymise_existing(self) -> None:
+        """A store from before pseudonyms: rewrite its raw customer ids, in one transaction, once."""
+        c = contacts_table.c
+        with self.engine.begin() as db:
+            if (
+                db.execute(select(meta_table.c.value).where(meta_table.c.name == "customer_ids")).scalar()
+                == PSEUDONYMS
+            ):
+                return  # another process did it first
+            from sqlalchemy import inspect
+
+            columns = {column["name"] for column in inspect(db).get_columns("contacts")}
+            raw = [row[0] for row in db.execute(select(c.customer_id).distinct())] if "customer_id" in columns else []
+            for customer in raw:
+                rename = contacts_table.update().where(c.customer_id == customer)
+                db.execute(rename.values(customer_id=self.pseudonym(customer)))
+            db.execute(meta_table.insert().values(name="customer_ids", value=PSEUDONYMS))
 
     def _add_missing_columns(self) -> None:
         """A store written by an earlier version gains the columns added since (all nullable)."""
@@ -160,7 +231,8 @@ class ContactStore:
         c = contacts_table.c
         recent = c.closed_at >= since
         agents_customers = select(c.customer_id).where(c.agent_id.in_(contacts["agent_id"].unique().tolist()), recent)
-        customers = set(contacts["customer_id"].unique().tolist())
+        raw_of = {self.pseudonym(customer): customer for customer in contacts["customer_id"].unique().tolist()}
+        customers = set(raw_of)
         # History rows never need their text (only the contact being scored is embedded): leave it behind.
         columns = [name for name in CONTACT_COLUMNS if name != "transcript"]
         # The customer's own contacts for all time (their contact count and tenure have no look-back);
@@ -172,6 +244,9 @@ class ContactStore:
             # Plain tuples: pandas probes SQLAlchemy Row objects attribute by attribute (~10x slower).
             rows = [tuple(row) for row in db.execute(query)]
         frame = pd.DataFrame.from_records(rows, columns=columns)
+        # The scored customers under the ids the caller knows them by; other customers stay pseudonyms
+        # (features only compare customer ids, never read them).
+        frame["customer_id"] = [raw_of.get(p, p) for p in frame["customer_id"]]
         frame["transcript"] = ""
         return typed_contacts(frame)
 
@@ -196,7 +271,9 @@ class ContactStore:
         for record, digest in zip(contacts[list(CONTACT_COLUMNS)].to_dict("records"), hashes, strict=True):
             record["opened_at"] = record["opened_at"].to_pydatetime()
             record["closed_at"] = record["closed_at"].to_pydatetime()
+            record["customer_id"] = self.pseudonym(record["customer_id"])
             record["transcript"] = redact(record["transcript"])
+            record["queue"] = redact(record["queue"])
             record["csat"] = None if pd.isna(record["csat"]) else float(record["csat"])
             record["transfers"] = int(record["transfers"])
             record["scored_at"] = now
@@ -221,7 +298,9 @@ class ContactStore:
         """Bulk-load a validated log (e.g. history from before the service started), without answers."""
         records = contacts[list(CONTACT_COLUMNS)].copy()
         records["content_hash"] = content_hash(contacts)
+        records["customer_id"] = records["customer_id"].map(self.pseudonym)
         records["transcript"] = records["transcript"].map(redact)
+        records["queue"] = records["queue"].map(redact)
         records["csat"] = records["csat"].astype(object).where(records["csat"].notna(), None)
         insert = _insert(self.dialect)
         statement = insert(contacts_table).on_conflict_do_nothing(index_elements=["contact_id"])
@@ -235,6 +314,7 @@ class ContactStore:
                 db.execute(statement, payload[start : start + 1000])
 
     def all_contacts(self) -> pd.DataFrame:
+        """Every stored contact as kept: redacted text, pseudonymised customer ids (``pseudonymised``)."""
         with self.engine.connect() as db:
             rows = db.execute(select(*[contacts_table.c[n] for n in CONTACT_COLUMNS])).fetchall()
         return typed_contacts(pd.DataFrame(rows, columns=list(CONTACT_COLUMNS)))
@@ -248,6 +328,12 @@ class ContactStore:
             return True
         with self.engine.connect() as db:
             return db.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def _insert_if_absent(store: ContactStore, name: str, value: str) -> None:
+    statement = _insert(store.dialect)(meta_table).on_conflict_do_nothing(index_elements=["name"])
+    with store.engine.begin() as db:
+        db.execute(statement, {"name": name, "value": value})
 
 
 def _insert(dialect: str) -> Any:

@@ -55,7 +55,7 @@ class Scorer:
         from predictor.registry.tracking import load_bundle
 
         model, version = load_bundle(settings, settings.service.model_version)
-        store = ContactStore(settings.service.store_url)
+        store = ContactStore.for_service(settings.service)
         plan = follow_up_plan(settings.service)
         if Path(settings.service.plan_path).exists():
             log.info("follow-up timing from the mined plan %s (%s)", settings.service.plan_path, plan.version)
