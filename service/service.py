@@ -13,18 +13,38 @@ import logging
 from http import HTTPStatus
 
 import bentoml
-from bentoml.exceptions import BentoMLException, InvalidArgument
+from starlette.responses import JSONResponse
 
 from predictor import logs
 from predictor.config import get_settings
-from predictor.serving.api import BatchRequest, BatchResponse, ContactIn, ContentConflict, ScoreResponse
+from predictor.serving.api import (
+    BatchRequest,
+    BatchResponse,
+    ContactIn,
+    ContentConflict,
+    OutOfTime,
+    ScoreResponse,
+    contact_example,
+    openapi,
+)
 from predictor.serving.devserver import auth_notice
-from predictor.serving.guard import GuardMiddleware, bucket_unknown_paths
+from predictor.serving.guard import BodyLimits, GuardMiddleware, bound_header_time, bucket_unknown_paths
 
 
 def _token() -> str | None:
     secret = get_settings().api_token
     return secret.get_secret_value() if secret else None
+
+
+def _error(status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer in the documented shape ({"error": ...}); BentoML's own exceptions wrap a 4xx body in
+    a list and replace any 5xx message by a generic one."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _limits() -> BodyLimits:
+    service = get_settings().service
+    return BodyLimits(max_bytes=int(service.max_body_mb * 2**20), idle_timeout_s=service.body_timeout_s)
 
 
 @bentoml.service(name="repeat-contact-predictor", traffic={"timeout": 120})
@@ -46,20 +66,25 @@ class Predictor:
         """Score one contact at close (a retry of the same contact gets the stored answer; the same
         contact_id with other content is a 409)."""
         try:
-            return self.scorer.score(contact)
+            return self.scorer.score(contact, self.scorer.deadline())
         except ContentConflict as conflict:
-            raise BentoMLException(str(conflict), error_code=HTTPStatus.CONFLICT) from None
+            return _error(HTTPStatus.CONFLICT, str(conflict))
+        except OutOfTime as late:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(late), {"Retry-After": "1"})
 
     @bentoml.api
     def score_batch(self, request: BatchRequest, /) -> BatchResponse:
         """Score many contacts in one call (one embedding batch); bad items are reported one by one."""
         limit = self.settings.service.max_batch
         if len(request.contacts) > limit:
-            raise InvalidArgument(f"contacts: at most {limit} contacts per call, got {len(request.contacts)}")
-        return self.scorer.score_batch(request.contacts)
+            return _error(
+                HTTPStatus.BAD_REQUEST, f"contacts: at most {limit} contacts per call, got {len(request.contacts)}"
+            )
+        return self.scorer.score_batch(request.contacts, self.scorer.deadline())
 
 
 ROUTES = frozenset(api.route for api in Predictor.apis.values())
+bound_header_time(get_settings().service.header_timeout_s)
 logs.quiet_rejections()  # a bad request: one WARNING line with field names, never the values
 bucket_unknown_paths(ROUTES)  # before BentoML builds the app: its metrics must not label by raw path
 Predictor.add_asgi_middleware(
@@ -67,5 +92,12 @@ Predictor.add_asgi_middleware(
     token=_token,
     routes=ROUTES,
     protect_metrics=lambda: get_settings().service.protect_metrics,
-    responses={"/score": {409: "The contact_id was already scored with other content (named in the error)."}},
+    responses={
+        "/score": {
+            409: "The contact_id was already scored with other content (named in the error).",
+            503: "The request's time budget ran out before the contact was scored (nothing stored): retry.",
+        },
+    },
+    limits=_limits,
+    spec=lambda spec: openapi(spec, {"/score": contact_example(), "/score_batch": {"contacts": [contact_example()]}}),
 )

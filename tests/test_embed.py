@@ -156,3 +156,22 @@ def test_model2vec_backend_is_distilled_offline_and_agrees_roughly(tmp_path: Pat
     np.testing.assert_allclose(np.linalg.norm(vectors[:3], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(vectors[3], 0)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # still semantic
+
+
+def test_the_tokenizer_file_reads_as_transformers_does(small_log) -> None:
+    """The service cuts transcripts with the `tokenizers` library (transformers would import PyTorch): the
+    same ids, and the same text for every cut, as transformers' fast tokenizer on the simulated log."""
+    from transformers import AutoTokenizer
+
+    from predictor.features.embed import WordPieces, default_model_path
+
+    path = Path(default_model_path())
+    reference = AutoTokenizer.from_pretrained(str(path))
+    reference.model_max_length = 1_000_000
+    ours = WordPieces(path / "tokenizer.json")
+    texts = [*small_log.contacts["transcript"].head(400), "Don't , I 'm fine ! «quoted» ünïcödé 🙏 [EMAIL] a.b\tc"]
+    ids = reference(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    assert ours(texts)["input_ids"] == ids
+    for row in ids:
+        for cut in (row[:40], row[-80:]):
+            assert ours.decode(cut) == reference.decode(cut)

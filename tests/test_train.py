@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,8 +113,22 @@ print(json.dumps(dict(zip(out.contact_id, out.repeat_probability))))
     for contact_id, p in fresh.items():
         assert p == pytest.approx(expected[contact_id], abs=1e-6)
 
+    # The scorer reads the registry file without MLflow: the same versions and files as MLflow's answer.
+    import mlflow
+
+    from predictor.registry.tracking import local_bundle
+
+    for version in (None, second.version):
+        bundle, found = local_bundle(settings.registry, version)
+        expected_version = first.version if version is None else second.version
+        via_mlflow = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{expected_version}"))
+        assert found == expected_version
+        assert bundle.read_bytes() == next(via_mlflow.rglob("model.joblib")).read_bytes()
+    assert local_bundle(settings.registry.model_copy(update={"model_name": "no-such-model"})) is None
+
     promote(second.version, settings, reason="test override")
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == second.version
+    assert local_bundle(settings.registry)[1] == second.version
 
 
 def test_gate_replaces_a_champion_this_code_cannot_score(trained, settings, workdir) -> None:

@@ -107,6 +107,17 @@ class ServiceConfig(BaseModel):
     )
     model_version: str | None = Field(None, description="Pin a registered version; default: the champion.")
     max_batch: int = Field(1000, ge=1, description="Most contacts in one /score_batch call.")
+    max_transcript_chars: int = Field(20_000, ge=1, description="Longest transcript a request may carry.")
+    # 1,000 contacts of 20,000 characters each is ~20 MB of JSON; a larger body is refused before it is read.
+    max_body_mb: float = Field(32.0, gt=0, description="Largest request body (413 beyond it).")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this (408).")
+    body_timeout_s: float = Field(10.0, gt=0, description="The body may pause at most this long (408).")
+    request_budget_s: float = Field(
+        60.0, gt=0, description="A request's time budget: batch items past it are reported, not scored (503 alone)."
+    )
+    # A batch is scored this many contacts at a time, each chunk holding only its own customers' locks: a
+    # /score of another customer never waits for a whole batch.
+    batch_chunk: int = Field(32, ge=1, description="Contacts a batch scores at a time.")
     protect_metrics: bool = Field(False, description="Require the bearer token on /metrics too.")
     allow_open: bool = Field(False, description="Serve without a token on an address other than loopback.")
     scripts_path: Path = Field(

@@ -50,7 +50,7 @@ CONTACT_FIELDS: tuple[ContactField, ...] = (
     ContactField("hold_seconds", SECONDS, True, "Hold time in seconds, ≥ 0.", 0.0, api_default=0.0),
     ContactField("transfers", COUNT, True, "Number of transfers, whole number ≥ 0.", 0, api_default=0),
     ContactField("queue", LABEL, False, "Queue or skill group.", "consumer", api_default=""),
-    ContactField("csat", SCORE, False, "Satisfaction score, 1–5 (left out when unknown).", 4.0),
+    ContactField("csat", SCORE, False, "Satisfaction score, 1–5 (null or left out when unknown).", 4.0),
 )  # fmt: skip
 
 FIELDS: dict[str, ContactField] = {f.name: f for f in CONTACT_FIELDS}

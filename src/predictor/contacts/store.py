@@ -176,10 +176,7 @@ class ContactStore:
         """A store from before pseudonyms: rewrite its raw customer ids, in one transaction, once."""
         c = contacts_table.c
         with self.engine.begin() as db:
-            if (
-                db.execute(select(meta_table.c.value).where(meta_table.c.name == "customer_ids")).scalar()
-                == PSEUDONYMS
-            ):
+            if db.execute(select(meta_table.c.value).where(meta_table.c.name == "customer_ids")).scalar() == PSEUDONYMS:
                 return  # another process did it first
             from sqlalchemy import inspect
 

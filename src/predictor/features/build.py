@@ -67,8 +67,9 @@ def build(
     as_of: pd.Timestamp | None = None,
     agent_features: pd.DataFrame | None = None,
     customer_prior: float | None = None,
+    text: TextViews | None = None,
 ) -> FeatureSet:
-    """Features of ``contacts`` as of each one's close.
+    """Features of ``contacts`` as of each one's close (``text``: their ``text_views``, if already embedded).
 
     ``history`` is every contact known to the caller (the whole log in training, the contact store in
     the service); it may include ``contacts`` themselves. Only history that had closed by a contact's
@@ -85,23 +86,43 @@ def build(
     frame = pd.concat([meta, hist], axis=1)
     if embedder is None:
         return FeatureSet(frame=frame)
-    transcripts = contacts["transcript"].tolist()
+    text = text if text is not None else text_views(contacts["transcript"].tolist(), embedder, progress=progress)
+    blocks = [frame] + [
+        pd.DataFrame(vectors, columns=text.columns[view], index=frame.index) for view, vectors in text.vectors.items()
+    ]
+    return FeatureSet(
+        frame=pd.concat(blocks, axis=1),
+        text_columns=[c for columns in text.columns.values() for c in columns],
+        views=text.columns,
+        transcripts=text.redacted,
+    )
+
+
+@dataclass
+class TextViews:
+    """The text part of the features: each embedding view's vectors, and the redacted transcripts."""
+
+    vectors: dict[str, np.ndarray]
+    redacted: list[str]
+
+    def rows(self, positions: list[int]) -> TextViews:
+        vectors = {view: matrix[positions] for view, matrix in self.vectors.items()}
+        return TextViews(vectors, [self.redacted[p] for p in positions])
+
+    @property
+    def columns(self) -> dict[str, list[str]]:
+        prefixes = {"whole": EMBEDDING_PREFIX, "closing": CLOSING_PREFIX}
+        return {view: [f"{prefixes[view]}{i:03d}" for i in range(m.shape[1])] for view, m in self.vectors.items()}
+
+
+def text_views(transcripts: list[str], embedder: Embedder, progress: bool = False) -> TextViews:
+    """Embed the transcripts' views. It reads no history, so a scorer may run it before (and outside) the
+    part that must see the store as it is."""
     texts = {"whole": transcripts}
     if embedder.config.closing_turns:
         texts["closing"] = [closing_turns(t, embedder.config.closing_turns) for t in transcripts]
-    prefixes = {"whole": EMBEDDING_PREFIX, "closing": CLOSING_PREFIX}
-    views: dict[str, list[str]] = {}
-    blocks = [frame]
-    for view, view_texts in texts.items():
-        vectors = embedder.encode(view_texts, progress=progress)
-        views[view] = [f"{prefixes[view]}{i:03d}" for i in range(vectors.shape[1])]
-        blocks.append(pd.DataFrame(vectors, columns=views[view], index=frame.index))
-    return FeatureSet(
-        frame=pd.concat(blocks, axis=1),
-        text_columns=[c for columns in views.values() for c in columns],
-        views=views,
-        transcripts=[redact(t) for t in transcripts],
-    )
+    vectors = {view: embedder.encode(view_texts, progress=progress) for view, view_texts in texts.items()}
+    return TextViews(vectors=vectors, redacted=[redact(t) for t in transcripts])
 
 
 def closing_turns(transcript: str, turns: int) -> str:

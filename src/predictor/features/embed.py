@@ -174,6 +174,15 @@ class Embedder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            if self.config.backend == "model2vec":
+                # The distilled model and the tokenizer are all it needs: no PyTorch (~5 s of a service's start)
+                # unless the model has to be distilled first (once per cache).
+                target = Path(self.config.cache_dir) / "model2vec" / self.model_id
+                if not (target / "config.json").exists():
+                    _distill(self.model_path, target)
+                self._model = _StaticEncoder(target)
+                log.info("loaded embedding model %s", self.model_id)
+                return self._model
             import torch
             import transformers
             from sentence_transformers import SentenceTransformer
@@ -185,9 +194,6 @@ class Embedder:
             if self.config.backend == "onnx-int8":
                 target = Path(self.config.cache_dir) / "onnx" / f"{self.model_id}.onnx"
                 self._model = _OnnxEncoder(model, target, self.config)
-            elif self.config.backend == "model2vec":
-                target = Path(self.config.cache_dir) / "model2vec" / self.model_id
-                self._model = _StaticEncoder(model, self.model_path, target)
             else:
                 self._model = _TorchEncoder(model)
             log.info("loaded embedding model %s", self.model_id)
@@ -195,7 +201,9 @@ class Embedder:
 
     def _load_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            if self._model is not None:
+            if (Path(self.model_path) / "tokenizer.json").exists():
+                self._tokenizer = WordPieces(Path(self.model_path) / "tokenizer.json")
+            elif self._model is not None and getattr(self._model, "tokenizer", None) is not None:
                 self._tokenizer = self._model.tokenizer
             else:
                 from transformers import AutoTokenizer
@@ -260,34 +268,57 @@ class _OnnxEncoder:
         return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
 
 
+class WordPieces:
+    """The model's own tokenizer file read by the ``tokenizers`` library: the ids and the decoded text of
+    transformers' fast tokenizer (checked equal by a test), without importing transformers, which imports
+    PyTorch (~4.7 s of a service's start)."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self.model_max_length = 1_000_000
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False, truncation: bool = False) -> dict:
+        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in encoded]}
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _distill(model_path: str, target: Path) -> None:
+    """A static model distilled from the transformer with model2vec (~10 s, offline), written once per cache."""
+    from model2vec.distill import distill
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("distilling a static embedding model from %s (once, ~10 s)", model_path)
+    # Its tqdm bar ignores TQDM_DISABLE once tqdm is imported, and would flood logs with one long line.
+    with contextlib.redirect_stderr(io.StringIO()):
+        static = distill(model_name=model_path, pca_dims=_StaticEncoder.PCA_DIMS)
+    # Written aside, then renamed: Dask workers sharing the folder may distill at the same time, and none may
+    # read a half-written model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
+    static.save_pretrained(str(staging))
+    try:
+        staging.rename(target)
+        log.info("distilled a static embedding model to %s", target)
+    except OSError:  # another process got there first: use its copy
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class _StaticEncoder:
     """A static model distilled from the same transformer with model2vec (a vector per token, averaged):
-    hundreds of times faster, at some cost in accuracy. Distilled once (~10 s, offline), cached."""
+    hundreds of times faster, at some cost in accuracy. Texts arrive cut to the transformer's token budget."""
 
     PCA_DIMS = 256
 
-    def __init__(self, model: Any, model_path: str, target: Path) -> None:
+    def __init__(self, target: Path) -> None:
         from model2vec import StaticModel
 
-        self.tokenizer = model.tokenizer  # truncation stays the same as the transformer's
-        if not (target / "config.json").exists():
-            from model2vec.distill import distill
-
-            target.parent.mkdir(parents=True, exist_ok=True)
-            log.info("distilling a static embedding model from %s (once, ~10 s)", model_path)
-            # Its tqdm bar ignores TQDM_DISABLE once tqdm is imported, and would flood logs with one long line.
-            with contextlib.redirect_stderr(io.StringIO()):
-                static = distill(model_name=model_path, pca_dims=self.PCA_DIMS)
-            # Written aside, then renamed: Dask workers sharing the folder may distill at the same time,
-            # and none may read a half-written model.
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
-            static.save_pretrained(str(staging))
-            try:
-                staging.rename(target)
-                log.info("distilled a static embedding model to %s", target)
-            except OSError:  # another process got there first: use its copy
-                shutil.rmtree(staging, ignore_errors=True)
         self.model = StaticModel.from_pretrained(str(target))
         self.dimension = int(self.model.dim)
 

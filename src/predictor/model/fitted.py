@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import EmbeddingConfig, LabelConfig
-from predictor.features.build import CATEGORICAL, FeatureSet, as_model_input, build
+from predictor.features.build import CATEGORICAL, FeatureSet, TextViews, as_model_input, build, text_views
 from predictor.features.embed import Embedder
 
 TOP_K = 3
@@ -116,10 +116,22 @@ class RepeatContactModel:
         return self._embedder
 
     # -- scoring ---------------------------------------------------------------------------------------
-    def features(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> FeatureSet:
+    def features(
+        self, contacts: pd.DataFrame, history: pd.DataFrame | None = None, text: TextViews | None = None
+    ) -> FeatureSet:
         return build(
-            contacts, history, embedder=self.embedder(), labels=self.label_config, customer_prior=self.customer_prior
+            contacts,
+            history,
+            embedder=self.embedder(),
+            labels=self.label_config,
+            customer_prior=self.customer_prior,
+            text=text,
         )
+
+    def text_views(self, contacts: pd.DataFrame) -> TextViews | None:
+        """The contacts' embedded text (None for a model without text): ``features(..., text=)`` reuses it."""
+        embedder = self.embedder()
+        return None if embedder is None else text_views(contacts["transcript"].tolist(), embedder)
 
     def model_input(self, feature_set: FeatureSet) -> pd.DataFrame:
         """What the boosters see: typed metadata + history, and the text heads' scores."""

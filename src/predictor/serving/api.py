@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -16,12 +17,25 @@ from pydantic import (
     model_validator,
 )
 
-from predictor.config import CHANNELS
+from predictor.config import CHANNELS, ServiceConfig, get_settings
 from predictor.contacts import contract
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 ISSUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
-MAX_TRANSCRIPT_CHARS = 20_000
+
+
+def _max_transcript_chars() -> int:
+    """``PREDICTOR_SERVICE__MAX_TRANSCRIPT_CHARS`` as the service process starts (the request model is built
+    once, at import); a bad environment is reported by the command that reads it, not here."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings().service.max_transcript_chars
+    except ValidationError:
+        return ServiceConfig.model_fields["max_transcript_chars"].default
+
+
+MAX_TRANSCRIPT_CHARS = _max_transcript_chars()
 MAX_LABEL_CHARS = 128
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_TRANSFERS = 100
@@ -58,14 +72,6 @@ class _ContactChecks(BaseModel):
     """The rules across fields, and those a field type cannot say; the fields come from the contract."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
-
-    @field_validator(*contract.names(contract.SCORE), mode="before", check_fields=False)
-    @classmethod
-    def _score_omitted_not_null(cls, value: Any, info: ValidationInfo) -> Any:
-        # The published OpenAPI schema (OpenAPI 3.0 via BentoML) has no null: say "omit it", consistently.
-        if value is None:
-            raise ValueError(f"{info.field_name}: omit the field when the score is unknown (null is not accepted)")
-        return value
 
     @field_validator(*contract.names(contract.TIME), mode="before", check_fields=False)
     @classmethod
@@ -110,6 +116,16 @@ class ContentConflict(ValueError):
             "transcript, ...): a retry must send the same contact; a new contact needs a new contact_id"
         )
         self.contact_id = contact_id
+
+
+class OutOfTime(RuntimeError):
+    """The request's time budget ran out before this contact was scored: nothing of it was stored (503)."""
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(
+            f"not scored: the request's time budget of {budget_s:g} s ran out first (nothing was stored for "
+            "it); send it again, or in a smaller batch"
+        )
 
 
 class NextIssue(BaseModel):
@@ -208,3 +224,76 @@ def contact_json(row: dict[str, Any]) -> dict[str, Any]:
         else:
             body[f.name] = value
     return body
+
+
+def contact_example() -> dict[str, Any]:
+    """A valid /score body, from the contract's examples (the Swagger page's "Try it out" sends it), under
+    ids no real contact has."""
+    return {**{f.name: f.example for f in contract.CONTACT_FIELDS}, "contact_id": "example-1", "customer_id": "example"}
+
+
+def openapi(spec: dict[str, Any], bodies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """BentoML's OpenAPI 3.0 document, made to say what the server does.
+
+    pydantic writes an optional field as ``anyOf [..., {"type": "null"}]``, which OpenAPI 3.0 does not know
+    (clients and fuzzers read it as "never null"): it becomes ``nullable``. The accepted time range, which a
+    schema cannot state, goes into each time field's description. Request bodies are required, with a valid
+    example each (``bodies``: route -> example), and titles name the models, not BentoML's wrappers."""
+    _normalise(spec)
+    _rename_wrappers(spec)
+    low, high = f"{EARLIEST:%Y-%m-%d}", "tomorrow (UTC)"
+    for operation in (spec.get("paths", {}).get(route, {}).get("post") for route in bodies):
+        if operation is None or "requestBody" not in operation:
+            continue
+        body = operation["requestBody"]
+        body["required"] = True
+        media = body.get("content", {}).get("application/json", {})
+        for route, example in bodies.items():
+            if spec["paths"][route].get("post") is operation:
+                media["example"] = example
+        properties = media.get("schema", {}).get("properties", {})
+        for name in contract.names(contract.TIME):
+            if name in properties:
+                properties[name]["description"] += f" Accepted from {low} to {high}, as ISO-8601 text."
+        for name in contract.names(contract.SCORE):
+            if name in properties:
+                properties[name]["nullable"] = True
+    return spec
+
+
+def _rename_wrappers(spec: dict[str, Any]) -> None:
+    """BentoML files each route's body and answer a second time as "<Model>IODescriptor": under the model's
+    name where that is free, and not at all where the model is there already (they are inlined in the route)."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    text = json.dumps(spec.get("paths", {}))
+    for key in [k for k in schemas if k.endswith("IODescriptor")]:
+        name = key.removesuffix("IODescriptor")
+        if name not in schemas:
+            schemas[name] = schemas.pop(key)
+        elif f"#/components/schemas/{key}" not in text:
+            del schemas[key]
+    encoded = json.dumps(spec).replace("IODescriptor\"", '"')
+    spec.clear()
+    spec.update(json.loads(encoded))
+
+
+def _normalise(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _normalise(item)
+        return
+    if not isinstance(node, dict):
+        return
+    options = node.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        del node["anyOf"]
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            node.update(rest[0])
+        else:
+            node["anyOf" if len(rest) > 1 else "allOf"] = rest
+        node["nullable"] = True
+    if isinstance(node.get("title"), str):
+        node["title"] = node["title"].removesuffix("IODescriptor")
+    for value in node.values():
+        _normalise(value)

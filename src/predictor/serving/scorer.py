@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from pydantic import ValidationError
 
 from predictor.config import Settings
 from predictor.contacts.store import ContactStore, content_hash, typed_contacts
-from predictor.features.build import history_days
+from predictor.features.build import TextViews, history_days
 from predictor.model.fitted import TOP_K, RepeatContactModel
 from predictor.reports.plan import FollowUpPlan, follow_up_plan
 from predictor.serving.api import (
@@ -29,6 +33,7 @@ from predictor.serving.api import (
     HoursToRepeat,
     ItemError,
     NextIssue,
+    OutOfTime,
     Reason,
     ScoreResponse,
     item_errors,
@@ -36,6 +41,37 @@ from predictor.serving.api import (
 
 log = logging.getLogger(__name__)
 UNKNOWN_ISSUE = "other"
+
+
+class KeyLocks:
+    """Locks by key (a contact id, a customer id), striped over a fixed set: scoring holds only the locks of
+    the contacts and customers at hand, so callers scoring other customers never wait for each other.
+
+    A customer's contacts are scored one after the other (the second sees the first in its history), and one
+    contact id is decided once (replay or conflict). Stripes are taken in order, so two callers never
+    deadlock; a caller gives up when its deadline passes."""
+
+    def __init__(self, stripes: int = 4096) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    @contextmanager
+    def holding(self, keys: list[str], deadline: float | None, budget_s: float) -> Iterator[None]:
+        stripes = sorted({zlib.crc32(key.encode()) % len(self._locks) for key in keys})
+        taken: list[threading.Lock] = []
+        try:
+            for stripe in stripes:
+                lock = self._locks[stripe]
+                wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not lock.acquire(timeout=wait):
+                    raise OutOfTime(budget_s)
+                taken.append(lock)
+            yield
+        finally:
+            for lock in reversed(taken):
+                lock.release()
+
+
+Outcome = ScoreResponse | ContentConflict | OutOfTime
 
 
 @dataclass
@@ -47,8 +83,7 @@ class Scorer:
     settings: Settings
 
     def __post_init__(self) -> None:
-        # One scoring at a time: the store's point-in-time history must include what was just saved.
-        self._lock = threading.Lock()
+        self._locks = KeyLocks()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
@@ -71,16 +106,22 @@ class Scorer:
         if embedder is not None:
             embedder.encode(["warm-up"])
 
+    def deadline(self) -> float:
+        """When a request that starts now must be done (``ServiceConfig.request_budget_s``)."""
+        return time.monotonic() + self.settings.service.request_budget_s
+
     # -- entry points -------------------------------------------------------------------------------------
-    def score(self, contact: ContactIn) -> ScoreResponse:
-        """One contact; raises ``ContentConflict`` when its id was scored with other content."""
-        result = self._score_all([contact])[0]
-        if isinstance(result, ContentConflict):
+    def score(self, contact: ContactIn, deadline: float | None = None) -> ScoreResponse:
+        """One contact; raises ``ContentConflict`` when its id was scored with other content, ``OutOfTime``
+        when the deadline passes first."""
+        result = self._score_all([contact], deadline)[0]
+        if isinstance(result, Exception):
             raise result
         return result
 
-    def score_batch(self, items: list[Any]) -> BatchResponse:
-        """Validate each item on its own: a bad one is reported, the others are scored."""
+    def score_batch(self, items: list[Any], deadline: float | None = None) -> BatchResponse:
+        """Validate each item on its own: a bad one is reported, the others are scored (those the deadline
+        leaves unscored are reported too, with nothing stored)."""
         valid: list[tuple[int, ContactIn]] = []
         results: dict[int, BatchItem] = {}
         for index, item in enumerate(items):
@@ -94,10 +135,11 @@ class Scorer:
                     ok=False,
                     errors=item_errors(exc),
                 )
-        scored = self._score_all([c for _, c in valid]) if valid else []
+        scored = self._score_all([c for _, c in valid], deadline) if valid else []
         for (index, contact), response in zip(valid, scored, strict=True):
-            if isinstance(response, ContentConflict):
-                error = ItemError(field="contact_id", message=str(response))
+            if isinstance(response, Exception):
+                field = "contact_id" if isinstance(response, ContentConflict) else "contacts"
+                error = ItemError(field=field, message=str(response))
                 results[index] = BatchItem(index=index, contact_id=contact.contact_id, ok=False, errors=[error])
             else:
                 results[index] = BatchItem(index=index, contact_id=contact.contact_id, ok=True, result=response)
@@ -107,24 +149,55 @@ class Scorer:
 
     def score_many(self, contacts: list[ContactIn]) -> list[ScoreResponse]:
         """Score contacts; raises ``ContentConflict`` for the first whose id was scored with other content."""
-        results = self._score_all(contacts)
+        results = self._score_all(contacts, None)
         for result in results:
-            if isinstance(result, ContentConflict):
+            if isinstance(result, Exception):
                 raise result
         return results
 
-    def _score_all(self, contacts: list[ContactIn]) -> list[ScoreResponse | ContentConflict]:
+    def _score_all(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
         """Idempotent by id *and* content: a contact seen before with the same content gets the stored answer
-        (``replayed``), one with other content a ``ContentConflict``; the same id twice in one call likewise."""
+        (``replayed``), one with other content a ``ContentConflict``; the same id twice in one call likewise.
+        Chunk by chunk, each under its own customers' locks; past the deadline the rest is ``OutOfTime``."""
         frame, warnings = self._frame(contacts)
         # Of the contact as sent (an unknown issue code is scored as another, but is not another contact).
         hashes = content_hash(frame.assign(issue=[c.issue.lower() for c in contacts]))
-        ids = frame["contact_id"].tolist()
-        with self._lock:
+        out: list[Outcome | None] = [None] * len(contacts)
+        chunk = self.settings.service.batch_chunk
+        budget = self.settings.service.request_budget_s
+        for start in range(0, len(contacts), chunk):
+            positions = list(range(start, min(start + chunk, len(contacts))))
+            try:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise OutOfTime(budget)
+                self._score_chunk(frame, hashes, positions, warnings, deadline, out)
+            except OutOfTime as late:
+                out[start:] = [late] * (len(contacts) - start)
+                break
+        return out  # type: ignore[return-value]  # every position is filled above
+
+    def _score_chunk(
+        self,
+        frame: pd.DataFrame,
+        hashes: list[str],
+        positions: list[int],
+        warnings: dict[str, list[str]],
+        deadline: float | None,
+        out: list[Outcome | None],
+    ) -> None:
+        ids = frame["contact_id"].iloc[positions].tolist()
+        # The costly part (redaction, embedding) reads no store: done before any lock is taken, for the
+        # contacts not answered yet (a replay needs no vector).
+        answered = {k for k, v in self.store.stored(ids).items() if v.response is not None}
+        embedded = [p for p, contact_id in zip(positions, ids, strict=True) if contact_id not in answered]
+        text = self.model.text_views(frame.iloc[embedded]) if embedded else None
+        keys = [f"contact\0{i}" for i in ids] + [f"customer\0{c}" for c in frame["customer_id"].iloc[positions]]
+        with self._locks.holding(keys, deadline, self.settings.service.request_budget_s):
             stored = self.store.stored(ids)
-            scored_now: dict[str, int] = {}  # id -> the position scored in this call
+            scored_now: dict[str, int] = {}  # id -> the position scored in this chunk
             decisions: list[str] = []
-            for position, (contact_id, digest) in enumerate(zip(ids, hashes, strict=True)):
+            for position, contact_id in zip(positions, ids, strict=True):
+                digest = hashes[position]
                 known = stored.get(contact_id)
                 # A hash of None: stored before content hashes existed, taken as the same contact.
                 same_as_stored = known is not None and known.content_hash in (None, digest)
@@ -137,23 +210,23 @@ class Scorer:
                     decisions.append("fresh")
                 else:
                     decisions.append("again" if hashes[scored_now[contact_id]] == digest else "conflict")
-            positions = sorted(scored_now.values())
-            fresh = frame.iloc[positions]
+            fresh = sorted(scored_now.values())
             answers: dict[str, dict[str, Any]] = {}
-            if len(fresh):
-                answers = self._score_frame(fresh, warnings)
-                self.store.save(fresh, answers, self.model_version, hashes=[hashes[p] for p in positions])
-        out: list[ScoreResponse | ContentConflict] = []
-        for contact_id, decision in zip(ids, decisions, strict=True):
+            if fresh:
+                row_of = {p: k for k, p in enumerate(embedded)}
+                # Every fresh contact was unanswered before the lock too (an answer is never taken back).
+                fresh_text = text.rows([row_of[p] for p in fresh]) if text is not None else None
+                answers = self._score_frame(frame.iloc[fresh], warnings, fresh_text)
+                self.store.save(frame.iloc[fresh], answers, self.model_version, hashes=[hashes[p] for p in fresh])
+        for position, contact_id, decision in zip(positions, ids, decisions, strict=True):
             if decision == "fresh":
-                out.append(ScoreResponse.model_validate(answers[contact_id]))
+                out[position] = ScoreResponse.model_validate(answers[contact_id])
             elif decision == "again":
-                out.append(ScoreResponse.model_validate({**answers[contact_id], "replayed": True}))
+                out[position] = ScoreResponse.model_validate({**answers[contact_id], "replayed": True})
             elif decision == "stored":
-                out.append(ScoreResponse.model_validate({**stored[contact_id].response, "replayed": True}))
+                out[position] = ScoreResponse.model_validate({**stored[contact_id].response, "replayed": True})
             else:
-                out.append(ContentConflict(contact_id))
-        return out
+                out[position] = ContentConflict(contact_id)
 
     # -- internals --------------------------------------------------------------------------------------
     def _frame(self, contacts: list[ContactIn]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
@@ -172,9 +245,11 @@ class Scorer:
             rows.append(row)
         return typed_contacts(pd.DataFrame(rows)), warnings
 
-    def _score_frame(self, frame: pd.DataFrame, warnings: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    def _score_frame(
+        self, frame: pd.DataFrame, warnings: dict[str, list[str]], text: TextViews | None
+    ) -> dict[str, dict[str, Any]]:
         history = self.store.history_for(frame, lookback_days=history_days(self.model.label_config))
-        feature_set = self.model.features(frame.reset_index(drop=True), history)
+        feature_set = self.model.features(frame.reset_index(drop=True), history, text=text)
         X = self.model.model_input(feature_set)
         predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
         reasons = self.model.reasons(X)

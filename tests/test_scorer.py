@@ -1,0 +1,96 @@
+"""The scorer without a server: what one caller's work may do to another's, and the time budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from predictor.contacts.store import ContactStore
+from predictor.reports.plan import follow_up_plan
+from predictor.serving.api import ContactIn, OutOfTime, contact_json
+from predictor.serving.scorer import KeyLocks, Scorer
+
+pytestmark = pytest.mark.slow  # needs the trained model
+
+
+@pytest.fixture
+def scorer(trained, settings, tmp_path: Path) -> Scorer:
+    result, _ = trained
+    service = settings.service.model_copy(update={"batch_chunk": 2, "store_url": f"sqlite:///{tmp_path / 's.db'}"})
+    configured = settings.model_copy(update={"service": service})
+    store = ContactStore(service.store_url)
+    return Scorer(result.model, "1", store, follow_up_plan(service), configured)
+
+
+def as_items(contacts: list[ContactIn]) -> list[dict]:
+    return [c.model_dump(mode="json", exclude_none=True) for c in contacts]
+
+
+def bodies(trained, start: int, n: int, prefix: str) -> list[ContactIn]:
+    _, contacts = trained
+    rows = contacts.sort_values("closed_at").iloc[start : start + n]
+    return [ContactIn.model_validate({**contact_json(r), "contact_id": f"{prefix}-{k}"}) for k, r in
+            enumerate(rows.to_dict("records"))]  # fmt: skip
+
+
+def test_a_slow_batch_does_not_hold_up_another_customers_score(scorer: Scorer, trained) -> None:
+    """Scoring was serialised by one lock over the whole batch: a /score waited for all of it (134 s)."""
+    batch = bodies(trained, 0, 8, "batch")
+    single = next(c for c in bodies(trained, 100, 40, "single") if c.customer_id not in {b.customer_id for b in batch})
+    slow_ids = {c.contact_id for c in batch}
+    original = scorer._score_frame
+
+    def slow_for_the_batch(frame: pd.DataFrame, *args: object) -> dict:
+        if slow_ids & set(frame["contact_id"]):
+            time.sleep(0.5)  # each chunk of the batch: 4 chunks of 2, 2 s in all
+        return original(frame, *args)
+
+    scorer._score_frame = slow_for_the_batch  # type: ignore[method-assign]
+    worker = threading.Thread(target=scorer.score_batch, args=(as_items(batch),))
+    worker.start()
+    time.sleep(0.2)  # the batch is inside its first chunk
+    started = time.perf_counter()
+    scorer.score(single)
+    waited = time.perf_counter() - started
+    worker.join()
+    assert waited < 0.4, f"/score waited {waited:.2f} s behind a batch of other customers"
+    assert scorer.store.count() == 9
+
+
+def test_a_customers_contacts_are_still_scored_one_after_the_other() -> None:
+    """The second of two concurrent contacts of one customer waits (it must see the first in its history),
+    and gives up at its deadline."""
+    locks = KeyLocks(stripes=8)
+    soon = time.monotonic() + 0.05
+    with (
+        locks.holding(["customer\0U1"], deadline=None, budget_s=1),
+        pytest.raises(OutOfTime),
+        locks.holding(["customer\0U1"], deadline=soon, budget_s=0.05),
+    ):
+        pass
+    with locks.holding(["customer\0U1"], deadline=time.monotonic() + 0.05, budget_s=0.05):
+        pass  # released
+
+
+def test_past_the_budget_the_rest_of_a_batch_is_reported_and_not_stored(scorer: Scorer, trained) -> None:
+    batch = bodies(trained, 200, 8, "late")
+    original = scorer._score_frame
+
+    def slow(frame: pd.DataFrame, *args: object) -> dict:
+        time.sleep(0.3)
+        return original(frame, *args)
+
+    scorer._score_frame = slow  # type: ignore[method-assign]
+    out = scorer.score_batch(as_items(batch), deadline=time.monotonic() + 0.45)
+    assert out.scored == 4 and out.rejected == 4  # two chunks of two in the budget
+    late = [item for item in out.results if not item.ok]
+    assert all("time budget" in item.errors[0].message for item in late)
+    assert scorer.store.count() == 4
+    with pytest.raises(OutOfTime):
+        scorer.score(batch[-1], deadline=time.monotonic() - 1)
+    # Sent again in time, the unscored ones are scored (nothing of them was kept).
+    assert scorer.score_batch(as_items(batch[4:])).scored == 4
