@@ -272,7 +272,7 @@ def _rename_wrappers(spec: dict[str, Any]) -> None:
             schemas[name] = schemas.pop(key)
         elif f"#/components/schemas/{key}" not in text:
             del schemas[key]
-    encoded = json.dumps(spec).replace("IODescriptor\"", '"')
+    encoded = json.dumps(spec).replace('IODescriptor"', '"')
     spec.clear()
     spec.update(json.loads(encoded))
 
