@@ -70,6 +70,9 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_cluster.py --n 100000
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers
+	$(BIN)/python benchmarks/bench_cold_start.py
+	# The long fuzzing run: every schemathesis check for 10 minutes (CI runs a bounded one).
+	PREDICTOR_FUZZ_SECONDS=600 $(BIN)/pytest tests/test_service.py -k schemathesis -p no:cacheprovider
 	$(BIN)/python benchmarks/real_logs.py logs && $(BIN)/python benchmarks/real_logs.py train \
 		&& $(BIN)/python benchmarks/real_logs.py ablate
 

@@ -29,6 +29,9 @@ from predictor.serving.api import contact_json
 from predictor.serving.devserver import running_service
 from predictor.training.train import fit
 
+# Issue #15's figures of this benchmark on this machine before the service work (two runs), and its targets.
+BEFORE = {"score_long_p50": "42.6 / 60.8", "score_long_p99": "75 / 144", "batch_per_s": "475 / 398", "ready_s": "~18"}
+TARGET = {"score_long_p50": "<= 20", "score_long_p99": "<= 50", "batch_per_s": ">= 1,500", "ready_s": "<= 5"}
 LONG_FILLER = " ".join(["I have been waiting for this for quite a while and I checked the app twice already."] * 20)
 
 
@@ -72,7 +75,9 @@ def main() -> None:
     report: dict = {}
     embedder = Embedder(EmbeddingConfig(cache_dir=work / "raw-cache", backend=args.backend))
     embedder.encode(["warm up"])
+    started = time.perf_counter()
     with running_service(env, work / "service.log") as service:
+        report["ready_seconds"] = round(time.perf_counter() - started, 1)
         client = httpx.Client(base_url=service.base_url, timeout=120)
         floor = []
         for _ in range(args.requests):  # what any call costs here: loopback HTTP through BentoML, no work
@@ -147,6 +152,17 @@ def main() -> None:
         f"(raw embedding alone: {b['raw_embedding_contacts_per_second']}/s; "
         f"service / raw time = {b['service_over_raw']}x)",
         f"service RSS: {report['service_rss_mb']} MB; contact store: {report['store_contacts']:,} contacts",
+    ]
+    long = report["score_long"]["http_ms"]
+    lines += [
+        "",
+        "| against issue #15 | today | target | before |",
+        "|---|---|---|---|",
+        f"| /score long p50 ms | {long['p50']} | {TARGET['score_long_p50']} | {BEFORE['score_long_p50']} |",
+        f"| /score long p99 ms | {long['p99']} | {TARGET['score_long_p99']} | {BEFORE['score_long_p99']} |",
+        f"| /score_batch contacts/s | {b['contacts_per_second']} | {TARGET['batch_per_s']} | {BEFORE['batch_per_s']} |",
+        f"| start to ready s | {report['ready_seconds']} | {TARGET['ready_s']} | {BEFORE['ready_s']} |",
+        f"(HTTP floor p50 {f['p50']} ms in this run)",
     ]
     results.write(args.out, f"service-{args.backend}", report, lines)
 

@@ -64,7 +64,7 @@ def test_a_slow_batch_does_not_hold_up_another_customers_score(scorer: Scorer, t
 def test_a_customers_contacts_are_still_scored_one_after_the_other() -> None:
     """The second of two concurrent contacts of one customer waits (it must see the first in its history),
     and gives up at its deadline."""
-    locks = KeyLocks(stripes=8)
+    locks = KeyLocks()
     soon = time.monotonic() + 0.05
     with (
         locks.holding(["customer\0U1"], deadline=None, budget_s=1),
@@ -74,6 +74,7 @@ def test_a_customers_contacts_are_still_scored_one_after_the_other() -> None:
         pass
     with locks.holding(["customer\0U1"], deadline=time.monotonic() + 0.05, budget_s=0.05):
         pass  # released
+    assert not locks._locks  # and forgotten: one lock per key in use, not per key ever seen
 
 
 def test_past_the_budget_the_rest_of_a_batch_is_reported_and_not_stored(scorer: Scorer, trained) -> None:

@@ -90,7 +90,7 @@ def wait_ready(base: str, process: subprocess.Popen, log_path: Path, timeout: fl
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"service not ready after {timeout:.0f} s; see {log_path}")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def kill(process: subprocess.Popen) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,23 +43,26 @@ UNKNOWN_ISSUE = "other"
 
 
 class KeyLocks:
-    """Locks by key (a contact id, a customer id), striped over a fixed set: scoring holds only the locks of
-    the contacts and customers at hand, so callers scoring other customers never wait for each other.
+    """A lock per key (a contact id, a customer id), held only while in use: scoring holds the locks of the
+    contacts and customers at hand, so callers scoring other customers never wait for each other.
 
     A customer's contacts are scored one after the other (the second sees the first in its history), and one
-    contact id is decided once (replay or conflict). Stripes are taken in order, so two callers never
+    contact id is decided once (replay or conflict). Keys are taken in sorted order, so two callers never
     deadlock; a caller gives up when its deadline passes."""
 
-    def __init__(self, stripes: int = 4096) -> None:
-        self._locks = [threading.Lock() for _ in range(stripes)]
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}  # key -> (lock, [users])
 
     @contextmanager
     def holding(self, keys: list[str], deadline: float | None, budget_s: float) -> Iterator[None]:
-        stripes = sorted({zlib.crc32(key.encode()) % len(self._locks) for key in keys})
+        with self._guard:
+            entries = [self._locks.setdefault(key, (threading.Lock(), [0])) for key in sorted(set(keys))]
+            for _, users in entries:
+                users[0] += 1
         taken: list[threading.Lock] = []
         try:
-            for stripe in stripes:
-                lock = self._locks[stripe]
+            for lock, _ in entries:
                 wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
                 if not lock.acquire(timeout=wait):
                     raise OutOfTime(budget_s)
@@ -69,6 +71,12 @@ class KeyLocks:
         finally:
             for lock in reversed(taken):
                 lock.release()
+            with self._guard:
+                for key in sorted(set(keys)):
+                    lock, users = self._locks[key]
+                    users[0] -= 1
+                    if users[0] == 0:
+                        del self._locks[key]
 
 
 Outcome = ScoreResponse | ContentConflict | OutOfTime
