@@ -27,7 +27,12 @@ log = logging.getLogger("predictor")
 
 MappingOption = Annotated[
     Path | None,
-    typer.Option("--mapping", "-m", help="YAML column mapping for a foreign export (see data/mappings/)."),
+    typer.Option(
+        "--mapping",
+        "-m",
+        help="YAML column mapping of a foreign export, or a shipped one by name: zendesk, freshdesk, "
+        "salesforce_case, genesys_conversations (`predictor mapping list`; `predictor mapping draft FILE`).",
+    ),
 ]
 TimezoneOption = Annotated[
     str | None,
@@ -55,9 +60,64 @@ PartitionsOption = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"predictor {version('repeat-contact-predictor')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
     logs.setup(verbose)
+
+
+mapping_app = typer.Typer(help="Column mappings of foreign exports: the shipped ones, and a draft for yours.")
+app.add_typer(mapping_app, name="mapping")
+
+
+@mapping_app.command("list")
+def mapping_list() -> None:
+    """The shipped mappings (pass one by name to --mapping)."""
+    from predictor.contacts.mapping import SHIPPED, shipped
+
+    for name in shipped():
+        first = (SHIPPED / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        console.print(f"[bold]{name}[/]: {first}")
+
+
+@mapping_app.command("draft")
+def mapping_draft(
+    path: Annotated[Path, typer.Argument(help="A CSV export (its header and a sample of rows are read).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the mapping here (default: print it).")] = None,
+    rows: Annotated[int, typer.Option(help="Rows sampled for the guesses.", min=1)] = 500,
+) -> None:
+    """Draft a column mapping for an export: best guesses for every field, and a TODO where it cannot know."""
+    from predictor.contacts.draft import draft
+    from predictor.contacts.mapping import SchemaError
+
+    try:
+        drafted = draft(path, rows)
+    except SchemaError as exc:
+        _fail(str(exc))
+    if out is None:
+        console.print(drafted.yaml, markup=False, highlight=False)
+    else:
+        _check_suffix(out, (".yaml", ".yml"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(drafted.yaml)
+        console.print(f"mapping drafted to [bold]{out}[/]: {len(drafted.fields)} fields found")
+    if drafted.todos:
+        err.print(f"{len(drafted.todos)} TODO(s) to decide:")
+        for todo in drafted.todos:
+            err.print(f"  - {todo}")
+    err.print(f"then: predictor validate {path} --mapping {out or 'MAPPING.yaml'}")
 
 
 def _progress() -> Progress:
@@ -140,11 +200,16 @@ def validate(
     """
     from predictor.contacts.schema import write_table
 
-    result = _load(path, mapping, assume_timezone)
+    result = _load(path, mapping, assume_timezone, allow_empty=True)
     console.print(
         f"[bold]{path}[/]: {result.n_input:,} rows read, {result.n_accepted:,} accepted, "
         f"{result.n_rejected_rows:,} rejected"
     )
+    if len(result.warnings):
+        table = Table("field", "reason", "rows", title="Kept with an optional field left blank")
+        for row in result.counts_by_reason(warnings=True).itertuples(index=False):
+            table.add_row(row.field, row.reason, f"{row.rows:,}")
+        console.print(table)
     if result.n_rejected_rows:
         table = Table("field", "reason", "rows", title="Rejected rows by reason")
         for row in result.counts_by_reason().itertuples(index=False):
@@ -153,7 +218,10 @@ def validate(
         target = (out or path).with_suffix(".rejected.csv")
         write_table(result.rejections, target)
         console.print(f"rejections written to {target}")
+    if not result.n_accepted:
+        _fail(_all_rejected(path, result))
     if out is not None:
+        _check_suffix(out, (".csv", ".parquet", ".jsonl"))
         write_table(result.contacts, out)
         console.print(f"valid contacts written to {out}")
     if strict and result.n_rejected_rows:
@@ -789,14 +857,52 @@ def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - 
         console.print(table)
 
 
-def _load(path: Path, mapping: Path | None, assume_timezone: str | None):  # noqa: ANN202
-    """A log: one file, a directory of exports or a glob (read as one log, rows numbered on across files)."""
+def _load(  # noqa: ANN202 - ValidationResult, imported lazily
+    path: Path, mapping: Path | None, assume_timezone: str | None, allow_empty: bool = False
+):
+    """A log: one file, a directory of exports or a glob (read as one log, rows numbered on across files).
+    A log of which no row is valid stops the command, with the top reasons and what to check."""
     from predictor.contacts.schema import SchemaError, load_files
 
+    if assume_timezone is not None:
+        _check_zone(assume_timezone)
     try:
-        return load_files(path, mapping, assume_timezone)
+        result = load_files(path, mapping, assume_timezone)
     except SchemaError as exc:
         _fail(str(exc))
+    if not allow_empty and not result.n_accepted:
+        _fail(_all_rejected(path, result))
+    return result
+
+
+def _all_rejected(path: Path, result) -> str:  # noqa: ANN001 - ValidationResult
+    if not result.n_input:
+        return f"{path}: no rows"
+    top = "; ".join(f"{r.field}: {r.reason} ({r.rows:,})" for r in result.counts_by_reason().head(3).itertuples())
+    hints = []
+    reasons = " ".join(result.counts_by_reason()["reason"].head(3))
+    if "time zone" in reasons:
+        hints.append("--assume-timezone (or timezone: in the mapping)")
+    if "not a valid timestamp" in reasons:
+        hints.append("the timestamp format (timestamp_format: in the mapping)")
+    if "missing value" in reasons or "unknown channel" in reasons:
+        hints.append("the column mapping (predictor mapping draft FILE)")
+    hint = f"; check {' and '.join(hints)}" if hints else ""
+    return f"{path}: all {result.n_input:,} rows rejected: {top}{hint}"
+
+
+def _check_zone(zone: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        _fail(f"--assume-timezone {zone!r} is not a time zone (e.g. UTC, Europe/Berlin, America/New_York)")
+
+
+def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in allowed:
+        _fail(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use {', '.join(allowed)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

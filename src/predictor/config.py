@@ -16,6 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHANNELS: tuple[str, ...] = ("phone", "chat", "email", "social")
+# What exports call the channels (lower-cased): each is read as the model's channel. A mapping's
+# ``channels:`` adds more, or overrides these.
+CHANNEL_ALIASES: dict[str, str] = {
+    "voice": "phone", "call": "phone", "callback": "phone", "telephone": "phone", "inbound call": "phone",
+    "outbound call": "phone",
+    "web chat": "chat", "webchat": "chat", "live chat": "chat", "messaging": "chat", "message": "chat",
+    "whatsapp": "chat", "sms": "chat", "messenger": "chat", "in-app": "chat", "chat widget": "chat",
+    "e-mail": "email", "mail": "email", "web": "email", "web form": "email", "webform": "email",
+    "portal": "email", "outbound email": "email", "feedback widget": "email", "contact form": "email",
+    "twitter": "social", "x": "social", "facebook": "social", "instagram": "social", "social media": "social",
+}  # fmt: skip
 PACKAGE_DATA = Path(__file__).parent / "data"  # files shipped with the package: they work from any folder
 
 

@@ -13,15 +13,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import yaml
 
-from predictor.config import CHANNELS
+from predictor.config import CHANNEL_ALIASES, CHANNELS
 from predictor.contacts import contract
+from predictor.contacts.mapping import ColumnMapping, CsvOptions, SchemaError
+
+__all__ = ["ColumnMapping", "SchemaError", "ValidationResult", "load_contacts", "load_files", "read_log", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -56,49 +57,6 @@ CONTACT_SCHEMA = pa.DataFrameSchema(
 )
 
 
-class SchemaError(ValueError):
-    """The file as a whole cannot be read as a contact log (as opposed to single bad rows)."""
-
-
-@dataclass(frozen=True)
-class ColumnMapping:
-    """How another system's export maps onto our fields (loaded from a small YAML file)."""
-
-    columns: dict[str, str] = field(default_factory=dict)  # our field -> their column
-    timestamp_format: str | None = None  # strptime format; None = ISO-8601
-    timezone: str | None = None  # zone of naive timestamps, e.g. "UTC" or "Europe/Berlin"
-    values: dict[str, dict[str, str]] = field(default_factory=dict)  # our field -> {their value: ours}
-    defaults: dict[str, Any] = field(default_factory=dict)  # our field -> constant where they have none
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ColumnMapping:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(raw) - {"columns", "timestamp_format", "timezone", "values", "defaults"}
-        if unknown:
-            raise SchemaError(f"{path}: unknown mapping keys {sorted(unknown)}")
-        return cls(
-            columns=dict(raw.get("columns") or {}),
-            timestamp_format=raw.get("timestamp_format"),
-            timezone=raw.get("timezone"),
-            values={k: {str(a): str(b) for a, b in v.items()} for k, v in (raw.get("values") or {}).items()},
-            defaults=dict(raw.get("defaults") or {}),
-        )
-
-    def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
-        missing = [theirs for theirs in self.columns.values() if theirs not in frame.columns]
-        if missing:
-            raise SchemaError(f"columns named in the mapping are not in the file: {missing}")
-        out = frame.rename(columns={theirs: ours for ours, theirs in self.columns.items()})
-        for ours, constant in self.defaults.items():
-            if ours not in out.columns:
-                out[ours] = constant
-        for ours, table in self.values.items():
-            if ours in out.columns:
-                as_text = out[ours].astype("string")
-                out[ours] = as_text.map(lambda v, t=table: t.get(v, v) if v is not pd.NA else v)
-        return out
-
-
 @dataclass
 class ValidationResult:
     """Valid contacts plus one row per (rejected row, field, reason)."""
@@ -106,6 +64,9 @@ class ValidationResult:
     contacts: pd.DataFrame
     rejections: pd.DataFrame  # columns: row, contact_id, field, reason
     n_input: int
+    # An optional field (queue, csat) that is invalid is blanked, never a reason to lose the row: one row
+    # per (row, field, reason), as for rejections.
+    warnings: pd.DataFrame = field(default_factory=lambda: _empty_issues())
 
     @property
     def n_rejected_rows(self) -> int:
@@ -115,11 +76,12 @@ class ValidationResult:
     def n_accepted(self) -> int:
         return len(self.contacts)
 
-    def counts_by_reason(self) -> pd.DataFrame:
-        if not len(self.rejections):
+    def counts_by_reason(self, warnings: bool = False) -> pd.DataFrame:
+        table = self.warnings if warnings else self.rejections
+        if not len(table):
             return pd.DataFrame({"field": [], "reason": [], "rows": []})
         return (
-            self.rejections.groupby(["field", "reason"], as_index=False)["row"]
+            table.groupby(["field", "reason"], as_index=False)["row"]
             .nunique()
             .rename(columns={"row": "rows"})
             .sort_values("rows", ascending=False, ignore_index=True)
@@ -127,29 +89,47 @@ class ValidationResult:
 
 
 def read_log(path: str | Path, mapping: ColumnMapping | None = None) -> pd.DataFrame:
-    """Read a CSV, Parquet or JSONL export as raw values (validation does all typing)."""
+    """Read a CSV, Parquet or JSONL export as raw values (validation does all typing).
+
+    A CSV line with more fields than the header is not a failed file: it is left out here and listed in
+    ``frame.attrs["malformed"]`` (its fields), for validation to count as a rejected row."""
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise SchemaError(f"{path}: the file is empty")
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    csv = mapping.csv if mapping is not None else CsvOptions()
+    malformed: list[list[str]] = []
     try:
-        if suffix in (".csv", ".csv.gz"):
+        if suffix in (".csv", ".csv.gz", ".tsv"):
             # Everything as text, and empty cells stay "" rather than NaN: typing is validation's job.
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            options = {"sep": "\t" if suffix == ".tsv" else csv.delimiter, "encoding": csv.encoding,
+                       "quotechar": csv.quotechar, "dtype": str, "keep_default_na": False}  # fmt: skip
+            try:
+                frame = pd.read_csv(path, **options)
+            except pd.errors.ParserError:
+                frame = pd.read_csv(path, **options, engine="python", on_bad_lines=malformed.append)
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
             frame = pd.read_json(path, lines=True, dtype=False)
         else:
-            raise SchemaError(f"{path}: unsupported file type {suffix!r} (use .csv, .parquet or .jsonl)")
+            raise SchemaError(f"{path}: unsupported file type {suffix!r} (use .csv, .tsv, .parquet or .jsonl)")
     except SchemaError:
         raise
+    except UnicodeDecodeError as exc:
+        raise SchemaError(
+            f"{path}: not {csv.encoding} text ({exc.reason} at byte {exc.start}); set csv.encoding in the mapping "
+            "(e.g. latin-1, cp1252)"
+        ) from None
     except Exception as exc:  # a corrupt file must give a message, not a traceback
         raise SchemaError(f"{path}: cannot be read as {suffix}: {exc}") from exc
+    header = len(frame.columns)
     if mapping is not None:
         frame = mapping.apply(frame)
+    frame.attrs["malformed"] = malformed
+    frame.attrs["header_fields"] = header
     return frame
 
 
@@ -158,8 +138,11 @@ def validate(
     *,
     assume_timezone: str | None = None,
     timestamp_format: str | None = None,
+    channels: dict[str, str] | None = None,
 ) -> ValidationResult:
     """Validate a raw contact frame row by row.
+
+    ``channels``: more channel names of the export and the channel each is (on top of ``CHANNEL_ALIASES``).
 
     Rows are numbered from 1 in input order (the data row of a CSV, not counting the header).
     A row failing several rules appears once per failure in ``rejections``; duplicates of an
@@ -169,17 +152,25 @@ def validate(
     if missing:
         raise SchemaError(
             f"missing required columns {missing}; found {list(frame.columns)}. "
-            "Rename them in the file or pass a column mapping (--mapping)."
+            "Rename them in the file or pass a column mapping (--mapping FILE or a shipped one: zendesk, "
+            "freshdesk, salesforce_case, genesys_conversations; `predictor mapping draft FILE` writes one)."
         )
     raw = frame.reset_index(drop=True)
     n = len(raw)
     row_numbers = np.arange(1, n + 1)
     failures: list[pd.DataFrame] = []
 
+    warned: list[pd.DataFrame] = []
+
     def fail(mask: pd.Series | np.ndarray, column: str, reason: str) -> None:
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
             failures.append(pd.DataFrame({"row": row_numbers[mask], "field": column, "reason": reason}))
+
+    def warn(mask: pd.Series | np.ndarray, column: str, reason: str) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            warned.append(pd.DataFrame({"row": row_numbers[mask], "field": column, "reason": reason}))
 
     out = pd.DataFrame(index=raw.index)
     for column in ID_COLUMNS:
@@ -188,7 +179,9 @@ def validate(
         out[column] = text.fillna("")
     out["issue"] = out["issue"].str.lower()
 
+    aliases = {**CHANNEL_ALIASES, **(channels or {})}
     channel = _as_text(raw["channel"]).str.lower()
+    channel = channel.map(lambda v: aliases.get(v, v) if isinstance(v, str) else v)
     fail(channel.isna() | (channel == ""), "channel", "missing value")
     fail(channel.notna() & (channel != "") & ~channel.isin(CHANNELS), "channel", "unknown channel")
     out["channel"] = channel.fillna("")
@@ -218,11 +211,12 @@ def validate(
     fail(transfers < 0, "transfers", "negative count")
     out["transfers"] = transfers
 
-    if "csat" in raw.columns:
+    if "csat" in raw.columns:  # optional: a bad score is blanked and counted, the contact kept
         csat, _, bad = _parse_number(raw["csat"])
-        fail(bad, "csat", "not a number")
-        fail(csat.notna() & ~csat.between(*CSAT_RANGE), "csat", f"outside {CSAT_RANGE[0]:g}-{CSAT_RANGE[1]:g}")
-        out["csat"] = csat
+        outside = csat.notna() & ~csat.between(*CSAT_RANGE)
+        warn(bad, "csat", "not a number: left blank")
+        warn(outside, "csat", f"outside {CSAT_RANGE[0]:g}-{CSAT_RANGE[1]:g}: left blank")
+        out["csat"] = csat.where(~outside.to_numpy(dtype=bool))
     else:
         out["csat"] = np.nan
 
@@ -244,6 +238,11 @@ def validate(
     rejections = rejections[["row", "contact_id", "field", "reason"]].sort_values(["row", "field"])
     rejections = rejections.reset_index(drop=True)
 
+    warnings = pd.concat(warned, ignore_index=True) if warned else _empty_issues()[["row", "field", "reason"]]
+    warnings["contact_id"] = out["contact_id"].to_numpy()[warnings["row"].to_numpy(dtype=int) - 1]
+    warnings = warnings[np.isin(warnings["row"], row_numbers[valid_mask])]  # of the rows kept
+    warnings = warnings[["row", "contact_id", "field", "reason"]].sort_values(["row", "field"], ignore_index=True)
+
     contacts = out.loc[valid_mask].copy()
     for column in TEXT_COLUMNS:
         contacts[column] = contacts[column].astype(str)
@@ -256,11 +255,17 @@ def validate(
     contacts = contacts.reset_index(drop=True)
     contacts = CONTACT_SCHEMA.validate(contacts)[list(contract.names())]
 
-    result = ValidationResult(contacts=contacts, rejections=rejections, n_input=n)
+    result = ValidationResult(contacts=contacts, rejections=rejections, n_input=n, warnings=warnings)
     assert result.n_accepted + result.n_rejected_rows == n, "a row was lost in validation"
     if result.n_rejected_rows:
         log.warning("rejected %d of %d rows", result.n_rejected_rows, n)
+    if len(warnings):
+        log.warning("blanked an invalid optional field in %d rows", warnings["row"].nunique())
     return result
+
+
+def _empty_issues() -> pd.DataFrame:
+    return pd.DataFrame({"row": pd.Series(dtype=int), "contact_id": [], "field": [], "reason": []})
 
 
 def load_contacts(
@@ -269,10 +274,32 @@ def load_contacts(
     """Read and validate a contact log in one call (the usual entry point of every command)."""
     mapping = ColumnMapping.from_yaml(mapping_path) if mapping_path else None
     frame = read_log(path, mapping)
-    return validate(
+    malformed = frame.attrs.get("malformed", [])
+    result = validate(
         frame,
         assume_timezone=assume_timezone or (mapping.timezone if mapping else None),
         timestamp_format=mapping.timestamp_format if mapping else None,
+        channels=mapping.channels if mapping else None,
+    )
+    if not malformed:
+        return result
+    # Lines the CSV reader could not split: each is a rejected row (numbered after the file's good rows).
+    bad = pd.DataFrame(
+        {
+            "row": np.arange(result.n_input + 1, result.n_input + len(malformed) + 1),
+            "contact_id": [fields[0] if fields else "" for fields in malformed],
+            "field": "line",
+            "reason": [
+                f"malformed line: {len(fields)} fields where the header has {frame.attrs['header_fields']}"
+                for fields in malformed
+            ],
+        }
+    )
+    return ValidationResult(
+        result.contacts,
+        pd.concat([result.rejections, bad], ignore_index=True),
+        result.n_input + len(malformed),
+        result.warnings,
     )
 
 
@@ -378,8 +405,13 @@ def _parse_timestamps(
     if timestamp_format:
         naive = pd.to_datetime(text.where(~blank, None), format=timestamp_format, errors="coerce")
         if getattr(naive.dt, "tz", None) is None:
-            zone = assume_timezone or "UTC"
-            naive = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+            if assume_timezone is None:
+                # A format without a zone and no zone declared: UTC would be a silent guess, hours off.
+                reasons[(naive.notna()).to_numpy(dtype=bool)] = "timestamp has no time zone"
+                naive = naive.where(naive.isna())
+                naive = naive.dt.tz_localize("UTC")
+            else:
+                naive = naive.dt.tz_localize(assume_timezone, ambiguous="NaT", nonexistent="NaT")
         parsed = naive.dt.tz_convert("UTC")
     else:
         has_zone = text.str.contains(_ZONE_SUFFIX, regex=True).fillna(False).astype(bool)
