@@ -135,3 +135,62 @@ def test_a_bad_setting_exits_2_naming_the_variable(folder: Path, env: dict[str, 
         done = run(bad, folder, *args)
         assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout, done.stderr
         assert "PREDICTOR_SERVICE__ALLOW_OPEN" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh folder (no registry) with the files a new user gets wrong."""
+    folder = tmp_path_factory.mktemp("mistakes")
+    sample = Path(__file__).parents[1] / "data" / "sample" / "contacts.csv"
+    lines = sample.read_text().splitlines()
+    (folder / "log.csv").write_text("\n".join(lines[:400]) + "\n")
+    (folder / "tiny.csv").write_text("\n".join(lines[:11]) + "\n")
+    (folder / "header.csv").write_text(lines[0] + "\n")
+    (folder / "empty.csv").write_text("")
+    (folder / "bad.yaml").write_text("a: [\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "says"),
+    [
+        (("train", "empty.csv"), {}, "the file is empty"),
+        (("train", "header.csv"), {}, "no rows"),
+        (("train", "tiny.csv", "--no-text"), {}, "window"),
+        (("train", "missing.csv"), {}, "no input files"),
+        (("train", "log.csv", "--assume-timezone", "Mars/Base"), {}, "not a time zone"),
+        (("train", "log.csv", "--metrics-json", "m.txt"), {}, "unsupported file type"),
+        (("train", "log.csv", "--model-name", "two words"), {}, "--model-name"),
+        (("train", "log.csv", "--no-text"), {"PREDICTOR_HYPERPARAMS_PATH": "nope.yaml"}, "no such hyperparameter"),
+        (("train", "log.csv", "--no-text"), {"PREDICTOR_HYPERPARAMS_PATH": "bad.yaml"}, "not valid YAML"),
+        (("score", "log.csv"), {}, "train a model first"),
+        (("score", "log.csv", "--out", "p.csv"), {}, "unsupported file type"),
+        (("report", "log.csv"), {}, "train a model first"),
+        (("report", "log.csv", "--out", "r.pdf"), {}, "unsupported file type"),
+        (("serve-demo", "log.csv"), {}, "train a model first"),
+        (("serve",), {}, "train a model first"),
+        (("simulate", "--n", "50", "--out", "x.xlsx"), {}, "unsupported file type"),
+        (("validate", "log.csv", "--out", "x.txt"), {}, "unsupported file type"),
+        (("validate", "log.csv", "--mapping", "no-such-mapping"), {}, "shipped mappings"),
+        (("labels", "log.csv", "--as-of", "soon"), {}, "--as-of"),
+        (("mapping", "draft", "empty.csv"), {}, "the file is empty"),
+        (("promote", "3"), {}, "cannot promote"),
+    ],
+)
+def test_every_user_mistake_is_one_line_and_exit_2(
+    mistakes: Path, args: tuple[str, ...], extra_env: dict[str, str], says: str
+) -> None:
+    """A fresh folder, no model: each mistake says what is wrong and what to do; no traceback, ever."""
+    env = {**os.environ, "PREDICTOR_HOME": str(mistakes), "COLUMNS": "300", **extra_env}
+    env.pop("PREDICTOR_REGISTRY__TRACKING_URI", None)
+    done = run(env, mistakes, *args)
+    assert done.returncode == 2, (args, done.stdout[-500:], done.stderr[-2000:])
+    assert "Traceback" not in done.stderr + done.stdout
+    assert says in " ".join(done.stderr.split()), done.stderr
+
+
+def test_version_and_info(mistakes: Path) -> None:
+    env = {**os.environ, "PREDICTOR_HOME": str(mistakes), "COLUMNS": "300"}
+    assert run(env, mistakes, "--version").stdout.startswith("predictor ")
+    shown = run(env, mistakes, "info")
+    assert shown.returncode == 0 and str(mistakes) in shown.stdout and "none yet" in shown.stdout

@@ -38,13 +38,37 @@ def test_notebooks_are_stored_without_outputs() -> None:
         assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), name
 
 
+def run(name: str) -> nbformat.NotebookNode:
+    book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    NotebookClient(
+        book, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
+    return book
+
+
+def test_training_notebook_registers_only_when_asked_and_shows_its_plots(
+    notebook_env: dict[str, str], workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each execution registered a new version, and the plots went to files nobody opened."""
+    for key, value in {
+        **notebook_env,
+        "PREDICTOR_REGISTRY__TRACKING_URI": f"sqlite:///{workdir / 'nb-dry.db'}",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PREDICTOR_NOTEBOOK_REGISTER", raising=False)
+    before = sorted(p.name for p in ROOT.iterdir())
+    book = run("02_train_and_compare")
+    outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the evaluation plots, inline
+    assert any("not registered" in o.get("text", "") for o in outputs)
+    assert not (workdir / "nb-dry.db").exists()  # no registry touched, not even created
+    assert sorted(p.name for p in ROOT.iterdir()) == before  # nothing written into the checkout's root
+
+
 def test_notebooks_execute_in_order(notebook_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in notebook_env.items():
+    for key, value in {**notebook_env, "PREDICTOR_NOTEBOOK_REGISTER": "1"}.items():
         monkeypatch.setenv(key, value)  # the kernel inherits the environment
     for name in NOTEBOOKS:  # 02 registers the champion that 03 scores with
-        book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-        NotebookClient(
-            book, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}
-        ).execute()
+        run(name)
     assert Path(notebook_env["PREDICTOR_NOTEBOOK_OUT"]).stat().st_size > 50_000
     assert os.environ["PREDICTOR_NOTEBOOK_LOG"].endswith("contacts.csv")

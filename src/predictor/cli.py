@@ -55,6 +55,14 @@ AsOfOption = Annotated[
 MetricsJsonOption = Annotated[
     Path | None, typer.Option("--metrics-json", help="Also write the run's figures to this JSON file.")
 ]
+ModelNameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name",
+        help="Registered model of this dataset or deployment: its own champion, gate and plan "
+        "(default PREDICTOR_REGISTRY__MODEL_NAME, or repeat-contact-predictor).",
+    ),
+]
 PartitionsOption = Annotated[
     int | None, typer.Option(help="Customer partitions (default: two per worker, at most 100k contacts each).")
 ]
@@ -76,6 +84,44 @@ def main(
     ] = False,
 ) -> None:
     logs.setup(verbose)
+
+
+@app.command()
+def info(model_name: ModelNameOption = None) -> None:
+    """Where everything is (the home and every path under it), the registered model and its champion, the
+    embedding backend, and the versions installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from predictor.config import sqlite_file
+    from predictor.registry.tracking import registered_versions
+
+    settings = _settings(model_name=model_name)
+    table = Table("", "", show_header=False, box=None)
+    table.add_row("home", str(settings.home))
+    table.add_row("MLflow registry", settings.registry.tracking_uri)
+    table.add_row("artifacts", str(settings.registry.artifact_root))
+    table.add_row("model name", settings.registry.model_name)
+    database = sqlite_file(settings.registry.tracking_uri)
+    if database is not None and not database.exists():
+        table.add_row("versions", "none yet (no registry file): predictor train LOG")
+    else:
+        versions = registered_versions(settings.registry)
+        champion = next((v for v, aliases in versions if "champion" in aliases), None)
+        table.add_row("champion", f"version {champion}" if champion else "none")
+        table.add_row("versions", ", ".join(v for v, _ in versions) or "none")
+    table.add_row("embedding", f"{settings.embedding.backend}, {settings.embedding.model_path or 'bundled MiniLM'}")
+    table.add_row("embedding cache", str(settings.embedding.cache_dir))
+    table.add_row("contact store", settings.service.store_url)
+    table.add_row("follow-up plan", str(settings.service.plan_path))
+    installed = []
+    for package in ("repeat-contact-predictor", "lightgbm", "scikit-learn", "mlflow", "bentoml", "torch",
+                    "sentence-transformers", "model2vec", "pandas"):  # fmt: skip
+        try:
+            installed.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            installed.append(f"{package} (not installed)")
+    table.add_row("versions installed", ", ".join(installed))
+    console.print(table)
 
 
 mapping_app = typer.Typer(help="Column mappings of foreign exports: the shipped ones, and a draft for yours.")
@@ -134,9 +180,12 @@ def _progress() -> Progress:
 
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Contact log to write (.csv, .parquet or .jsonl).")] = Path(
-        "data/contacts.csv"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Contact log to write (.csv, .parquet, .jsonl); default HOME/data/contacts.csv."
+        ),
+    ] = None,
     n_contacts: Annotated[int, typer.Option("--n", help="Number of contacts.", min=10)] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same log.")] = 7,
     days: Annotated[int, typer.Option(help="Length of the period in days.", min=14)] = 180,
@@ -163,6 +212,8 @@ def simulate(
         _fail(f"--export must be 'all' or 'closed-only', not {export!r}")
     if ticket_days < 0 or drift <= -1:
         _fail("--ticket-days must be at least 0 and --drift greater than -1")
+    out = out or _settings().path("data/contacts.csv")
+    _check_suffix(out, (".csv", ".parquet", ".jsonl"))
     config = SimulatorConfig(
         n_contacts=n_contacts,
         seed=seed,
@@ -231,7 +282,9 @@ def validate(
 @app.command()
 def labels(
     path: Annotated[Path, typer.Argument(help="Contact log (.csv, .parquet or .jsonl).")],
-    window_days: Annotated[float | None, typer.Option(help="Repeat window in days (default from config).")] = None,
+    window_days: Annotated[
+        float | None, typer.Option(help="Repeat window in days (default from config).", min=0.01)
+    ] = None,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     as_of: AsOfOption = None,
@@ -270,12 +323,15 @@ def train(
         bool, typer.Option(help="Also fit a model blind to how conversations end (in-process only).")
     ] = True,
     register: Annotated[bool, typer.Option(help="Log to MLflow, register, and apply the promotion gate.")] = True,
-    plots_dir: Annotated[Path, typer.Option(help="Where evaluation plots are written.")] = Path("models/plots"),
+    plots_dir: Annotated[
+        Path | None, typer.Option(help="Where evaluation plots are written (default HOME/models/plots).")
+    ] = None,
     scheduler: SchedulerOption = None,
     local_cluster: LocalClusterOption = 0,
     partitions: PartitionsOption = None,
     as_of: AsOfOption = None,
     metrics_json: MetricsJsonOption = None,
+    model_name: ModelNameOption = None,
 ) -> None:
     """Train the repeat, next-issue and timing models on a time split; compare with baselines; register.
 
@@ -284,8 +340,11 @@ def train(
     --scheduler or --local-cluster the same stages run on Dask partitions of the log and the boosters
     train with lightgbm.dask; the log never has to fit in this process's memory.
     """
-    settings = _settings(as_of)
+    settings = _settings(as_of, model_name)
     settings = settings.model_copy(update={"compute": _compute(settings, scheduler, local_cluster, partitions)})
+    plots_dir = plots_dir or settings.path("models/plots")
+    if metrics_json is not None:
+        _check_suffix(metrics_json, (".json",))
     truth = None
     if oracle_truth is not None:
         from predictor.model.evaluate import load_truth
@@ -318,14 +377,25 @@ def train(
         progress.update(task, description="training: done")
     print_training_result(result)
     console.print(f"trained in {time.perf_counter() - started:.1f} s; plots in {plots_dir}")
-    plan_file = _mine_plan(result_in.contacts, settings, settings.service.plan_path)
     registration = None
     if register:
-        from predictor.registry.tracking import log_and_register
+        import tempfile
 
-        registration = log_and_register(result, settings, result_in.contacts, extra_artifacts=[plan_file])
+        from predictor.registry.tracking import PLAN_FILE, log_and_register
+
+        with tempfile.TemporaryDirectory() as tmp:  # the plan lives with the model version, nowhere else
+            plan_file = _mine_plan(result_in.contacts, settings, Path(tmp) / PLAN_FILE)
+            registration = log_and_register(
+                result, settings, result_in.contacts, plan=plan_file, dataset=_dataset_name(path)
+            )
         _print_registration(registration, settings)
+    else:
+        console.print("--no-register: nothing registered, no plan written (predictor plan LOG writes one)")
     _write_metrics(metrics_json, result, registration)
+
+
+def _dataset_name(path: Path | str) -> str:
+    return str(path)
 
 
 def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: ANN001 - TrainingResult, Registration
@@ -351,8 +421,11 @@ def _pseudonym_key(settings) -> str | None:  # noqa: ANN001 - Settings, imported
     return key.get_secret_value() if key else None
 
 
-def _settings(as_of: str | None = None):  # noqa: ANN202 - Settings, imported lazily
-    """The configuration (a bad ``PREDICTOR_`` variable: one line naming it), with --as-of over the data end."""
+def _settings(as_of: str | None = None, model_name: str | None = None):  # noqa: ANN202 - Settings, lazily
+    """The configuration (a bad ``PREDICTOR_`` variable: one line naming it), with --as-of over the data end
+    and --model-name over the registered model's name."""
+    import re
+
     from pydantic import ValidationError
 
     from predictor.config import get_settings
@@ -363,6 +436,11 @@ def _settings(as_of: str | None = None):  # noqa: ANN202 - Settings, imported la
         first = exc.errors()[0]
         variable = "PREDICTOR_" + "__".join(str(part) for part in first["loc"]).upper()
         _fail(f"{variable}: {first['msg']}")
+    if model_name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", model_name):
+            _fail(f"--model-name {model_name!r}: letters, digits, '.', '_' and '-' only (at most 100)")
+        registry = settings.registry.model_copy(update={"model_name": model_name})
+        settings = settings.model_copy(update={"registry": registry})
     if as_of is None:
         return settings
     import pandas as pd
@@ -426,13 +504,17 @@ def _train_on_cluster(
             f"trained on {fitted.result.params['dask_workers']} Dask workers in {time.perf_counter() - started:.1f} s;"
             f" plots in {plots_dir}"
         )
-        plan_file = _mine_plan(None, settings, settings.service.plan_path, labelled=fitted.labelled)
         if register:
-            from predictor.registry.tracking import log_and_register
+            import tempfile
 
-            registration = log_and_register(
-                fitted.result, settings, fitted.example, extra_artifacts=[plan_file], score_test=fitted.score_test
-            )
+            from predictor.registry.tracking import PLAN_FILE, log_and_register
+
+            with tempfile.TemporaryDirectory() as tmp:  # the plan lives with the model version, nowhere else
+                plan_file = _mine_plan(None, settings, Path(tmp) / PLAN_FILE, labelled=fitted.labelled)
+                registration = log_and_register(
+                    fitted.result, settings, fitted.example, score_test=fitted.score_test, plan=plan_file,
+                    dataset=_dataset_name(log_path),
+                )  # fmt: skip
             _print_registration(registration, settings)
         _write_metrics(metrics_json, fitted.result, registration if register else None)
 
@@ -475,8 +557,9 @@ def plan(
 ) -> None:
     """Mine the next-issue-avoidance plan: which issues follow which, when, and the script for each.
 
-    Writes a versioned YAML file that the service reads for its follow-ups; issues without a script in the
-    scripts file are listed as gaps to fill.
+    Writes a versioned YAML file for people to read and edit; issues without a script in the scripts file
+    are listed as gaps to fill. The service reads the plan stored with its model version (`predictor train`
+    mines and registers one with every version); this file only for versions registered without one.
     """
     settings = _settings(as_of)
     result = _load(path, mapping, assume_timezone)
@@ -521,13 +604,16 @@ def _mine_plan(  # noqa: ANN202
 def report(
     path: Annotated[Path | None, typer.Argument(help="Contact log to report on (omit with --from-store).")] = None,
     from_store: Annotated[bool, typer.Option(help="Report on the service's contact store instead of a log.")] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("models/report.html"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write (default HOME/models/report.html).")
+    ] = None,
     cost_per_contact: Annotated[float, typer.Option(help="Handling cost of one repeat contact.")] = 6.0,
     prevention_rate: Annotated[float, typer.Option(help="Share of reached repeats a follow-up prevents.")] = 0.3,
     top_share: Annotated[float, typer.Option(help="Share of contacts to follow up, highest risk first.")] = 0.1,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     as_of: AsOfOption = None,
+    model_name: ModelNameOption = None,
 ) -> None:
     """Write the predicted-repeat report for managers (one HTML file, plots inside) and the high-risk CSV.
 
@@ -538,11 +624,12 @@ def report(
     import yaml
 
     from predictor.contacts.labels import data_end, derive
-    from predictor.registry.tracking import load_bundle
     from predictor.reports.plan import follow_up_plan
     from predictor.reports.report import ReportConfig, build, write
 
-    settings = _settings(as_of)
+    settings = _settings(as_of, model_name)
+    out = out or settings.path("models/report.html")
+    _check_suffix(out, (".html", ".htm"))
     if from_store:
         from predictor.contacts.store import ContactStore
 
@@ -555,12 +642,12 @@ def report(
         _fail("no contacts to report on")
     with _progress() as progress:
         task = progress.add_task("scoring contacts with the champion", total=None)
-        model, version = load_bundle(settings)
+        model, version, mined = _bundle(settings, settings.service.model_version, progress, with_plan=True)
         predictions = model.predict(contacts.reset_index(drop=True), history=contacts)
         progress.update(task, description="building the report")
-        plan_path = settings.service.plan_path
+        plan_path = mined or settings.service.plan_path  # the plan of the version used, as the service reads it
         plan = yaml.safe_load(Path(plan_path).read_text()) if Path(plan_path).exists() else None
-        followup = follow_up_plan(settings.service)  # the service's own: the same channel and timing
+        followup = follow_up_plan(settings.service, mined)  # the service's own: the same channel and timing
         config = ReportConfig(cost_per_contact=cost_per_contact, prevention_rate=prevention_rate, top_share=top_share)
         end = data_end(contacts, settings.labels)
         data = build(
@@ -578,8 +665,13 @@ def score(
         str, typer.Argument(metavar="LOG", help="Contact log: a file, a directory of exports, or a quoted glob.")
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Predictions (Parquet; a directory of parts on a cluster).")
-    ] = Path("predictions.parquet"),
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Predictions (Parquet; parts in a directory on a cluster); default HOME/predictions.parquet.",
+        ),
+    ] = None,
     scheduler: SchedulerOption = None,
     local_cluster: LocalClusterOption = 0,
     partitions: PartitionsOption = None,
@@ -590,6 +682,7 @@ def score(
     ] = None,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
+    model_name: ModelNameOption = None,
 ) -> None:
     """Score every contact of a log with the champion, point-in-time, and write the predictions.
 
@@ -598,14 +691,15 @@ def score(
     """
     from predictor.compute.cluster import score_log
     from predictor.contacts.schema import SchemaError
-    from predictor.registry.tracking import load_bundle
 
-    settings = _settings()
+    settings = _settings(model_name=model_name)
+    out = out or settings.path("predictions.parquet")
+    _check_suffix(out, (".parquet",))
     compute = _compute(settings, scheduler, local_cluster, partitions)
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("loading the model", total=None)
-        model, version = load_bundle(settings, model_version)
+        model, version = _bundle(settings, model_version, progress)
         where = _where(compute)
         progress.update(task, description=f"scoring with version {version}" + (f" on {where}" if where else ""))
         try:
@@ -632,11 +726,12 @@ def score(
 def promote(
     version: Annotated[str, typer.Argument(help="Registered model version to make the champion.")],
     reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual override",
+    model_name: ModelNameOption = None,
 ) -> None:
     """Move the champion alias to VERSION by hand, bypassing the gate (recorded on the version)."""
     from predictor.registry.tracking import promote as move
 
-    settings = _settings()
+    settings = _settings(model_name=model_name)
     try:
         move(version, settings, reason)
     except Exception as exc:  # MLflow says "not found" in its own words; give ours
@@ -650,6 +745,7 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
+    model_name: ModelNameOption = None,
 ) -> None:
     """Run the scoring service (BentoML) in the foreground; needs a champion (make demo, or predictor train).
 
@@ -660,7 +756,8 @@ def serve(
 
     from predictor.serving.devserver import ROOT, auth_notice, exposure_problem
 
-    settings = _settings()
+    settings = _settings(model_name=model_name)
+    _require_model(settings)  # no model: say so here, not in the server's log
     token = settings.api_token.get_secret_value() if settings.api_token else None
     if problem := exposure_problem(host, token, settings.service.allow_open):
         _fail(problem)
@@ -668,6 +765,9 @@ def serve(
         _fail(f"no service/service.py under {ROOT}: run from the checkout that holds the service")
     if notice := auth_notice(settings.api_token):
         err.print(f"[yellow]{notice}[/]", soft_wrap=True)
+    # The service runs from the checkout: it is told the home (and the model) this command resolved.
+    os.environ["PREDICTOR_HOME"] = str(settings.home)
+    os.environ["PREDICTOR_REGISTRY__MODEL_NAME"] = settings.registry.model_name
     # Replaced by BentoML itself, so signals (Ctrl+C, a supervisor's SIGTERM) reach the server directly.
     os.chdir(ROOT)
     os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor",
@@ -678,10 +778,12 @@ def serve(
 def serve_demo(
     path: Annotated[Path, typer.Argument(help="Contact log; its last days are scored, the rest is history.")],
     held_out_days: Annotated[float, typer.Option(help="Score the contacts closed in the last N days.")] = 2.0,
-    store: Annotated[Path, typer.Option(help="SQLite file for the demo's contact store (recreated).")] = Path(
-        "data/demo/store.db"
-    ),
+    store: Annotated[
+        Path | None,
+        typer.Option(help="SQLite file for the demo's contact store, recreated (default HOME/data/demo/store.db)."),
+    ] = None,
     show: Annotated[int, typer.Option(help="How many answers to print in full.")] = 3,
+    model_name: ModelNameOption = None,
 ) -> None:
     """Start the real BentoML service, score the held-out contacts over HTTP, print answers, stop it.
 
@@ -698,7 +800,9 @@ def serve_demo(
     from predictor.serving.api import contact_json
     from predictor.serving.devserver import running_service
 
-    settings = _settings()
+    settings = _settings(model_name=model_name)
+    store = store or settings.path("data/demo/store.db")
+    _require_model(settings)  # no champion: say so now, not after the server's timeout
     contacts = _load(path, None, None).contacts.sort_values("closed_at")
     cutoff = contacts["closed_at"].max() - pd.Timedelta(days=held_out_days)
     history, held_out = contacts[contacts["closed_at"] <= cutoff], contacts[contacts["closed_at"] > cutoff]
@@ -714,6 +818,8 @@ def serve_demo(
         "PREDICTOR_SERVICE__STORE_URL": store_url,
         "PREDICTOR_API_TOKEN": token,
         "PREDICTOR_SERVICE__SCRIPTS_PATH": str(Path(settings.service.scripts_path).resolve()),
+        "PREDICTOR_HOME": str(settings.home),
+        "PREDICTOR_REGISTRY__MODEL_NAME": settings.registry.model_name,
     }
     started = time.perf_counter()
     with running_service(env, store.parent / "service.log") as service:
@@ -889,6 +995,32 @@ def _all_rejected(path: Path, result) -> str:  # noqa: ANN001 - ValidationResult
         hints.append("the column mapping (predictor mapping draft FILE)")
     hint = f"; check {' and '.join(hints)}" if hints else ""
     return f"{path}: all {result.n_input:,} rows rejected: {top}{hint}"
+
+
+def _bundle(  # noqa: ANN202 - (model, version[, plan])
+    settings,  # noqa: ANN001 - Settings
+    version: str | None,
+    progress: Progress | None = None,
+    with_plan: bool = False,
+):
+    """The registered model (the champion by default), or one line saying there is none and what to do."""
+    from predictor.registry.tracking import RegistryError, load_version
+
+    try:
+        model, number, plan = load_version(settings, version)
+        return (model, number, plan) if with_plan else (model, number)
+    except RegistryError as exc:
+        if progress is not None:
+            progress.stop()
+        _fail(str(exc))
+
+
+def _require_model(settings) -> None:  # noqa: ANN001 - Settings
+    """Stop here when the service would find no model (read from the registry file, without loading it)."""
+    from predictor.registry.tracking import local_bundle
+
+    if local_bundle(settings.registry, settings.service.model_version) is None:
+        _bundle(settings, settings.service.model_version)  # says what is missing (or finds it another way)
 
 
 def _check_zone(zone: str) -> None:

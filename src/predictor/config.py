@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHANNELS: tuple[str, ...] = ("phone", "chat", "email", "social")
@@ -104,8 +104,18 @@ class SplitConfig(BaseModel):
 class RegistryConfig(BaseModel):
     tracking_uri: str = "sqlite:///models/mlflow.db"
     artifact_root: Path = Path("models/mlartifacts")
-    experiment: str = "repeat-contact-predictor"
-    model_name: str = "repeat-contact-predictor"
+    # One registered model per dataset or deployment (``--model-name``): its own champion, gate and plan.
+    model_name: str = Field(
+        "repeat-contact-predictor", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$", description="Registered model."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment of the runs; default: the model's name.")
+    # The gate compares a challenger only with a champion of the same dataset: issue codes in common (Jaccard).
+    taxonomy_overlap: float = Field(0.8, ge=0, le=1)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.model_name
+
     # Gate: the challenger may lose at most this much AUC and have at most this much more ECE.
     auc_tolerance: float = 0.005
     ece_tolerance: float = 0.01
@@ -215,6 +225,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PREDICTOR_", env_nested_delimiter="__", extra="ignore")
 
+    home: Path = Field(
+        Path("."),
+        description="The project home (PREDICTOR_HOME; default: the current folder): every relative path of the "
+        "configuration, and every command's default output, lies under it.",
+    )
     seed: int = Field(0, description="Seed of every random choice in training (boosters, folds, text heads).")
     data_dir: Path = Path("data")
     models_dir: Path = Path("models")
@@ -227,6 +242,34 @@ class Settings(BaseSettings):
     hyperparams_path: Path | None = None
     # PREDICTOR_API_TOKEN: when set, every scoring call needs "Authorization: Bearer <token>".
     api_token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _under_home(self) -> Settings:
+        """Relative paths and SQLite URLs resolved under the home, once: every command, run from any folder,
+        agrees on where the registry, the caches, the contact store and the plan are."""
+        home = self.home.expanduser().resolve()
+        self.home = home
+        self.data_dir, self.models_dir = home / self.data_dir, home / self.models_dir
+        self.embedding.cache_dir = home / self.embedding.cache_dir
+        self.registry.tracking_uri = under(home, self.registry.tracking_uri)
+        self.registry.artifact_root = home / self.registry.artifact_root
+        self.service.store_url = under(home, self.service.store_url)
+        self.service.plan_path = home / self.service.plan_path
+        if self.hyperparams_path is not None:
+            self.hyperparams_path = home / self.hyperparams_path
+        return self
+
+    def path(self, relative: str | Path) -> Path:
+        """A default output of a command (``models/report.html``) under the home."""
+        return self.home / relative
+
+
+def under(home: Path, url: str) -> str:
+    """A ``sqlite:///`` URL with a relative file, made absolute under ``home``; any other URL as it is."""
+    database = sqlite_file(url)
+    if database is None or database.is_absolute():
+        return url
+    return f"sqlite:///{home / database}"
 
 
 def sqlite_file(url: str) -> Path | None:

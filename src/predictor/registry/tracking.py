@@ -67,11 +67,11 @@ def connect(config: RegistryConfig) -> Any:
         database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(config.experiment) is None:
+    if mlflow.get_experiment_by_name(config.experiment_name) is None:
         root = Path(config.artifact_root).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(config.experiment, artifact_location=root.as_uri())
-    mlflow.set_experiment(config.experiment)
+        mlflow.create_experiment(config.experiment_name, artifact_location=root.as_uri())
+    mlflow.set_experiment(config.experiment_name)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -90,12 +90,16 @@ def log_and_register(
     contacts: pd.DataFrame,
     extra_artifacts: list[Path] | None = None,
     score_test: Callable[[RepeatContactModel], np.ndarray] | None = None,
+    plan: Path | None = None,
+    dataset: str | None = None,
 ) -> Registration:
     """Log the run (params, data fingerprint, metrics, plots, model), register it, and apply the gate.
 
     ``contacts`` is the log the champion is scored on for the gate (its test rows, with their history);
     on a cluster the log stays there: pass a few rows for the input example, and ``score_test``, which
-    scores any model on the test slice where the log lives.
+    scores any model on the test slice where the log lives. ``plan``: the follow-up plan mined on the same
+    log, stored with the model version (the service and the report read the plan of the version they use).
+    ``dataset``: the log's name (its file), for the run's name and the MLflow dataset of its input.
     """
     import mlflow
     from mlflow.models import ModelSignature
@@ -103,7 +107,15 @@ def log_and_register(
 
     config = settings.registry
     client = connect(config)
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    name = dataset or "contacts"
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%d-%H%M%S")
+    auc = result.metrics["roc_auc"].get("model") if "roc_auc" in result.metrics else None
+    description = f"{config.model_name} trained on {name}: {len(result.test_contacts):,} test contacts" + (
+        f", AUC {auc:.4f}" if auc is not None and pd.notna(auc) else ""
+    )
+    with mlflow.start_run(run_name=f"{_slug(Path(name).stem)}-{stamp}", description=description) as run, \
+            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+        _log_dataset(contacts, name, result.data_fingerprint)
         mlflow.log_params(result.params)
         mlflow.set_tags({"data_fingerprint": result.data_fingerprint, "uses_text": str(result.model.uses_text)})
         for name, row in result.metrics.iterrows():
@@ -158,10 +170,13 @@ def log_and_register(
                 ]
             ),
         )
+        artifacts = {"bundle": str(bundle)}
+        if plan is not None:
+            artifacts["plan"] = str(plan)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_FILE),
-            artifacts={"bundle": str(bundle)},
+            artifacts=artifacts,
             signature=signature,
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
@@ -184,6 +199,9 @@ def log_and_register(
 def promote(version: str, settings: Settings, reason: str = "manual override") -> None:
     """Move ``champion`` to a version by hand (recorded on the version)."""
     config = settings.registry
+    database = sqlite_file(config.tracking_uri)
+    if database is not None and not database.exists():  # MLflow would create an empty registry to say so
+        raise RegistryError(f"no registry at {database} (version {version} cannot exist): train a model first")
     client = connect(config)
     client.get_model_version(config.model_name, version)  # raises if absent
     client.set_registered_model_alias(config.model_name, CHAMPION, version)
@@ -191,8 +209,39 @@ def promote(version: str, settings: Settings, reason: str = "manual override") -
     client.set_model_version_tag(config.model_name, version, "gate_reason", reason)
 
 
+class RegistryError(LookupError):
+    """No such registered model or version: one line for the user, with what to do."""
+
+
+PLAN_FILE = "next_issue_plan.yaml"
+
+
+def _log_dataset(contacts: pd.DataFrame, name: str, fingerprint: str) -> None:
+    """The training log as the run's MLflow dataset input (its schema, size and digest, not its rows)."""
+    import mlflow
+
+    try:
+        sample = contacts.head(1000)
+        dataset = mlflow.data.from_pandas(sample, source=name, name=Path(name).name, digest=fingerprint[:32])
+        mlflow.log_input(dataset, context="training", tags={"rows": str(len(contacts))})
+    except Exception as exc:  # the record of the input must never stop a training run
+        log.warning("could not log the dataset input: %s", exc)
+
+
+def version_plan(bundle: Path) -> Path | None:
+    """The follow-up plan stored with a model version, beside its bundle (None: a version without one)."""
+    candidates = list(bundle.parent.rglob(PLAN_FILE))
+    return candidates[0] if candidates else None
+
+
 def load_bundle(settings: Settings, version: str | None = None) -> tuple[RepeatContactModel, str]:
     """The fitted RepeatContactModel behind a registered version, without the pyfunc wrapper."""
+    model, version, _ = load_version(settings, version)
+    return model, version
+
+
+def load_version(settings: Settings, version: str | None = None) -> tuple[RepeatContactModel, str, Path | None]:
+    """A registered version (the champion by default): its model, its number, and its follow-up plan."""
     config = settings.registry
     found = local_bundle(config, version)
     if found is None:
@@ -202,17 +251,52 @@ def load_bundle(settings: Settings, version: str | None = None) -> tuple[RepeatC
         log.info("model version %s read from the registry file %s", version, config.tracking_uri)
     model: RepeatContactModel = joblib.load(bundle)
     model.embedder(cache_dir=str(settings.embedding.cache_dir))
-    return model, str(version)
+    return model, str(version), version_plan(bundle)
 
 
 def _downloaded_bundle(config: RegistryConfig, version: str | None) -> tuple[Path, str]:
     import mlflow
+    from mlflow.exceptions import MlflowException
+
+    where = f"model {config.model_name!r} in {config.tracking_uri}"
+    database = sqlite_file(config.tracking_uri)
+    if database is not None and not database.exists():
+        # MLflow would create an empty store here (a stray mlflow.db wherever the command ran).
+        raise RegistryError(
+            f"no registry at {database}: train a model first (predictor train LOG), or set PREDICTOR_HOME"
+        )
+    client = connect(config)
+    try:
+        if version is None:
+            version = str(client.get_model_version_by_alias(config.model_name, CHAMPION).version)
+        local = mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{version}")
+    except MlflowException as exc:
+        what = f"version {version} of" if version is not None else "no champion for"
+        raise RegistryError(
+            f"{what} {where}: {str(exc).splitlines()[0]}; train one (predictor train LOG) or pick a registered "
+            "version (predictor info lists them)"
+        ) from None
+    bundles = list(Path(local).rglob("model.joblib"))
+    if not bundles:
+        raise RegistryError(f"version {version} of {where} has no model bundle (registered by other code?)")
+    return bundles[0], str(version)
+
+
+def registered_versions(config: RegistryConfig) -> list[tuple[str, list[str]]]:
+    """Every registered version of the model with its aliases, oldest first (empty: none registered)."""
+    from mlflow.exceptions import MlflowException
 
     client = connect(config)
-    if version is None:
-        version = str(client.get_model_version_by_alias(config.model_name, CHAMPION).version)
-    local = mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{version}")
-    return next(Path(local).rglob("model.joblib")), str(version)
+    try:
+        found = client.search_model_versions(f"name = '{config.model_name}'")
+    except MlflowException:
+        return []
+    try:  # a search does not carry aliases
+        champion = str(client.get_model_version_by_alias(config.model_name, CHAMPION).version)
+    except MlflowException:
+        champion = None
+    versions = [(str(v.version), [CHAMPION] if str(v.version) == champion else []) for v in found]
+    return sorted(versions, key=lambda item: int(item[0]))
 
 
 def local_bundle(config: RegistryConfig, version: str | None = None) -> tuple[Path, str] | None:
@@ -299,6 +383,14 @@ def _gate(
         return True, f"promoted: first champion (AUC {challenger['roc_auc']:.4f}, ECE {challenger['ece']:.4f})", None
     import mlflow
 
+    foreign = _foreign(settings, current.version, result.model)
+    if foreign is not None:
+        return (
+            False,
+            f"not promoted: champion v{current.version} {foreign}: a model of another dataset is no yardstick. "
+            f"Give each dataset its own --model-name, or promote by hand: predictor promote VERSION",
+            None,
+        )
     test = result.test_contacts
     try:
         if score_test is not None:
@@ -334,6 +426,27 @@ def _gate(
     if not ece_ok:
         why.append(f"ECE higher by more than {config.ece_tolerance}")
     return False, f"not promoted ({'; '.join(why)}): {summary}", incumbent
+
+
+def _foreign(settings: Settings, version: str, challenger: RepeatContactModel) -> str | None:
+    """Why the champion is of another dataset (its issue codes, its repeat window), or None."""
+    try:
+        champion, _ = load_bundle(settings, version)
+    except Exception:  # not loadable: the gate's own path handles it
+        return None
+    ours, theirs = set(challenger.issue_codes), set(champion.issue_codes)
+    overlap = len(ours & theirs) / max(len(ours | theirs), 1)
+    if overlap < settings.registry.taxonomy_overlap:
+        return (
+            f"knows another issue taxonomy ({len(ours & theirs)} of {len(ours | theirs)} codes in common, "
+            f"overlap {overlap:.0%} < {settings.registry.taxonomy_overlap:.0%})"
+        )
+    if champion.label_config.repeat_window_days != challenger.label_config.repeat_window_days:
+        return (
+            f"has another repeat window ({champion.label_config.repeat_window_days:g} days, the challenger "
+            f"{challenger.label_config.repeat_window_days:g})"
+        )
+    return None
 
 
 def _slug(name: str) -> str:

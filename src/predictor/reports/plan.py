@@ -118,14 +118,16 @@ class FollowUpPlan:
 # -- the mined next-issue-avoidance plan ---------------------------------------------------------------
 
 
-def follow_up_plan(service: ServiceConfig) -> FollowUpPlan:
-    """The follow-up plan the service answers with: its scripts, threshold and channel, and the mined
-    plan's timing when that file exists. The report recommends from the same plan, so the two agree."""
+def follow_up_plan(service: ServiceConfig, mined: Path | None = None) -> FollowUpPlan:
+    """The follow-up plan the service answers with: its scripts, threshold and channel, and the mined plan's
+    timing: ``mined``, the plan stored with the model version in use, or (a version registered without one)
+    the file at ``plan_path`` when it exists. The report recommends from the same plan, so the two agree."""
     plan = FollowUpPlan.from_yaml(
         service.scripts_path, act_threshold=service.follow_up_threshold, channel=service.follow_up_channel
     )
-    if Path(service.plan_path).exists():
-        plan = plan.with_mined_plan(service.plan_path)
+    source = mined if mined is not None else Path(service.plan_path)
+    if source.exists():
+        plan = plan.with_mined_plan(source)
     return plan
 
 

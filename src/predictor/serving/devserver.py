@@ -62,7 +62,9 @@ def running_service(
 ) -> Iterator[RunningService]:
     """Start `bentoml serve service.service:Predictor`, wait for /readyz, stop it on exit."""
     port = port or free_port()
-    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", **env}
+    # The service runs from the checkout; its home stays the caller's (relative paths resolve there).
+    home = os.environ.get("PREDICTOR_HOME", str(Path.cwd()))
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "PREDICTOR_HOME": home, **env}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         process = subprocess.Popen(

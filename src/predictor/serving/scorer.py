@@ -95,15 +95,16 @@ class Scorer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
-        from predictor.registry.tracking import load_bundle
+        from predictor.registry.tracking import load_version
 
-        model, version = load_bundle(settings, settings.service.model_version)
+        model, version, mined = load_version(settings, settings.service.model_version)
         store = ContactStore.for_service(settings.service)
-        plan = follow_up_plan(settings.service)
-        if Path(settings.service.plan_path).exists():
-            log.info("follow-up timing from the mined plan %s (%s)", settings.service.plan_path, plan.version)
+        plan = follow_up_plan(settings.service, mined)
+        source = mined or settings.service.plan_path
+        if Path(source).exists():
+            log.info("model version %s; follow-up timing from its plan %s (%s)", version, source, plan.version)
         else:
-            log.info("no mined plan at %s: follow-ups from the scripts file only", settings.service.plan_path)
+            log.info("model version %s has no mined plan: follow-ups from the scripts file only", version)
         scorer = cls(model, version, store, plan, settings)
         scorer.warm_up()
         return scorer

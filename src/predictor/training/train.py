@@ -88,7 +88,16 @@ def load_hyperparams(path: Path | None = None) -> dict[str, Any]:
     from pydantic import ValidationError
 
     source = Path(path) if path else resources.files("predictor.data").joinpath("hyperparams.yaml")
-    raw = yaml.safe_load(source.read_text()) or {}
+    if path and not Path(path).is_file():
+        raise TrainingDataError(f"{source}: no such hyperparameter file (PREDICTOR_HYPERPARAMS_PATH)")
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TrainingDataError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise TrainingDataError(
+            f"{source}: a hyperparameter file is a YAML mapping (see predictor/data/hyperparams.yaml)"
+        )
     try:
         return Hyperparams.model_validate(raw).model_dump(exclude_unset=True)
     except ValidationError as exc:
