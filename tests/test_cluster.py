@@ -220,4 +220,13 @@ def test_train_command_on_a_local_cluster(exports: Path, settings, tmp_path: Pat
     out = " ".join(done.stdout.split())  # rich wraps long lines
     assert "trained on 2 Dask workers" in out and "promoted: first champion" in out
     assert "rows rejected" in out and "customer_id" in out  # the broken row is reported, not dropped silently
-    assert (tmp_path / "plan.yaml").exists() and (tmp_path / "plots" / "roc_pr.png").exists()
+    assert (tmp_path / "plots" / "roc_pr.png").exists()
+    # The plan is stored with the registered version (issue #16), not written where the service reads files.
+    from predictor.config import RegistryConfig
+    from predictor.registry.tracking import local_bundle, version_plan
+
+    registry = RegistryConfig(
+        tracking_uri=env["PREDICTOR_REGISTRY__TRACKING_URI"], artifact_root=tmp_path / "artifacts"
+    )
+    bundle, _ = local_bundle(registry)
+    assert version_plan(bundle) is not None and not (tmp_path / "plan.yaml").exists()

@@ -694,8 +694,9 @@ def score(
 
     settings = _settings(model_name=model_name)
     out = out or settings.path("predictions.parquet")
-    _check_suffix(out, (".parquet",))
     compute = _compute(settings, scheduler, local_cluster, partitions)
+    if not (compute.scheduler or compute.local_cluster):  # on a cluster: a directory of parts
+        _check_suffix(out, (".parquet",))
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("loading the model", total=None)

@@ -110,7 +110,9 @@ def log_and_register(
     name = dataset or "contacts"
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%d-%H%M%S")
     auc = result.metrics["roc_auc"].get("model") if "roc_auc" in result.metrics else None
-    description = f"{config.model_name} trained on {name}: {len(result.test_contacts):,} test contacts" + (
+    # On a cluster the test contacts stay there: their count comes from the split.
+    n_test = len(result.test_contacts) if result.test_contacts is not None else result.split.counts.get("test", 0)
+    description = f"{config.model_name} trained on {name}: {n_test:,} test contacts" + (
         f", AUC {auc:.4f}" if auc is not None and pd.notna(auc) else ""
     )
     with mlflow.start_run(run_name=f"{_slug(Path(name).stem)}-{stamp}", description=description) as run, \
