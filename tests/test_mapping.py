@@ -171,3 +171,15 @@ def test_mapping_draft_from_outside_the_checkout(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "TODO(s) to decide" in done.stderr and (tmp_path / "fresh.yaml").exists()
     assert load_contacts(EXPORTS / "freshdesk.csv", tmp_path / "fresh.yaml").n_accepted == 5
+
+
+def test_many_rejected_rows_are_said_to_skew_the_rest(tmp_path: Path) -> None:
+    """The rows a real export kept had a repeat rate of 8.6% instead of 30%, and nothing said so."""
+    text = (EXPORTS / "zendesk.csv").read_text().replace("2026-02-16 18:52:00", "later")
+    (tmp_path / "export.csv").write_text(text)
+    done = subprocess.run([*PREDICTOR, "labels", "export.csv", "-m", "zendesk"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "17% of the rows were rejected" in said and "closed_at: not a valid timestamp (1)" in said
+    assert "skewed" in said

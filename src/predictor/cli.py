@@ -63,6 +63,7 @@ ModelNameOption = Annotated[
         "(default PREDICTOR_REGISTRY__MODEL_NAME, or repeat-contact-predictor).",
     ),
 ]
+REJECTED_SHARE_WARNING = 0.05  # more rejected rows than this: say the labels of the rest may be skewed
 PartitionsOption = Annotated[
     int | None, typer.Option(help="Customer partitions (default: two per worker, at most 100k contacts each).")
 ]
@@ -979,13 +980,21 @@ def _load(  # noqa: ANN202 - ValidationResult, imported lazily
         _fail(str(exc))
     if not allow_empty and not result.n_accepted:
         _fail(_all_rejected(path, result))
+    share = result.n_rejected_rows / max(result.n_input, 1)
+    if result.n_accepted and share > REJECTED_SHARE_WARNING:
+        # The rest is not a random sample: a customer's missing contacts change the labels of the ones kept.
+        err.print(
+            f"[yellow]warning:[/] {share:.0%} of the rows were rejected ({_top_reasons(result)}); the labels of the "
+            "rest may be skewed: fix the export or the mapping first (predictor validate)",
+            soft_wrap=True,
+        )
     return result
 
 
 def _all_rejected(path: Path, result) -> str:  # noqa: ANN001 - ValidationResult
     if not result.n_input:
         return f"{path}: no rows"
-    top = "; ".join(f"{r.field}: {r.reason} ({r.rows:,})" for r in result.counts_by_reason().head(3).itertuples())
+    top = _top_reasons(result)
     hints = []
     reasons = " ".join(result.counts_by_reason()["reason"].head(3))
     if "time zone" in reasons:
@@ -1022,6 +1031,10 @@ def _require_model(settings) -> None:  # noqa: ANN001 - Settings
 
     if local_bundle(settings.registry, settings.service.model_version) is None:
         _bundle(settings, settings.service.model_version)  # says what is missing (or finds it another way)
+
+
+def _top_reasons(result) -> str:  # noqa: ANN001 - ValidationResult
+    return "; ".join(f"{r.field}: {r.reason} ({r.rows:,})" for r in result.counts_by_reason().head(3).itertuples())
 
 
 def _check_zone(zone: str) -> None:

@@ -192,6 +192,7 @@ def log_and_register(
         client.set_model_version_tag(config.model_name, version, "gate_reason", reason)
         client.set_model_version_tag(config.model_name, version, "run_id", run.info.run_id)
         mlflow.set_tag("gate", reason)
+        mlflow.set_tag("mlflow.note.content", f"{description}. Version {version}, {reason}")
         if promoted:
             client.set_registered_model_alias(config.model_name, CHAMPION, version)
         log.info("model version %s: %s", version, reason)
