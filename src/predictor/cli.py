@@ -770,6 +770,7 @@ def serve(
     # The service runs from the checkout: it is told the home (and the model) this command resolved.
     os.environ["PREDICTOR_HOME"] = str(settings.home)
     os.environ["PREDICTOR_REGISTRY__MODEL_NAME"] = settings.registry.model_name
+    os.environ.setdefault("BENTOML_HOME", str(settings.path("models/bentoml")))  # not ~/bentoml
     # Replaced by BentoML itself, so signals (Ctrl+C, a supervisor's SIGTERM) reach the server directly.
     os.chdir(ROOT)
     os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", "service.service:Predictor",

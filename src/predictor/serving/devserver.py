@@ -63,8 +63,11 @@ def running_service(
     """Start `bentoml serve service.service:Predictor`, wait for /readyz, stop it on exit."""
     port = port or free_port()
     # The service runs from the checkout; its home stays the caller's (relative paths resolve there).
-    home = os.environ.get("PREDICTOR_HOME", str(Path.cwd()))
-    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "PREDICTOR_HOME": home, **env}
+    home = env.get("PREDICTOR_HOME") or os.environ.get("PREDICTOR_HOME") or str(Path.cwd())
+    # BentoML's own files (its home defaults to ~/bentoml) stay under the project home too.
+    bentoml_home = os.environ.get("BENTOML_HOME") or str(Path(home) / "models" / "bentoml")
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "PREDICTOR_HOME": home,
+                "BENTOML_HOME": bentoml_home, **env}  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         process = subprocess.Popen(
