@@ -31,6 +31,7 @@ from predictor.contacts.redact import redact
 log = logging.getLogger(__name__)
 SEPARATOR = " ... "
 PREPARE_CHUNK = 20_000  # texts tokenized, cut and embedded at a time
+LOG_TEXTS_AT_INFO = 1000
 
 
 def default_model_path() -> str:
@@ -113,7 +114,11 @@ class Embedder:
         found = cache.get_many(list(raw_keys.values())) if cache is not None else {}
         by_raw = {t: found[k] for t, k in raw_keys.items() if k in found}
         missing = [t for t in unique_raw if t not in by_raw]
-        log.info("embedding %d distinct texts: %d cached, %d to encode", len(unique_raw), len(by_raw), len(missing))
+        # At INFO for a log's worth of texts; a scorer's call per contact would write two lines per request.
+        log.log(
+            logging.INFO if len(unique_raw) >= LOG_TEXTS_AT_INFO else logging.DEBUG,
+            "embedding %d distinct texts: %d cached, %d to encode", len(unique_raw), len(by_raw), len(missing),
+        )  # fmt: skip
         with _progress_bar(progress, len(missing)) as bar:
             task = bar.add_task("embedding transcripts", total=len(missing)) if bar else None
             # In chunks: the tokenizer's ids for every text of a large log at once (Python lists of ints)
