@@ -67,6 +67,15 @@ def test_each_dataset_keeps_its_own_champion_and_plan(home: dict) -> None:
         assert primaries and all(issue.startswith("shop_") == (log == "retail") for issue in primaries)
     shown = cli(home, "info", "--model-name", "retail")
     assert "champion" in shown.stdout and "version 1" in shown.stdout
+    # MLflow: an experiment per model, runs named by their data and time, a description, the input dataset.
+    from predictor.registry.tracking import connect
+
+    settings = settings_for(home, "retail")
+    client = connect(settings.registry)
+    run = client.search_runs([client.get_experiment_by_name("retail").experiment_id])[0]
+    assert run.info.run_name.startswith("retail-") and "trained on" in run.data.tags["mlflow.note.content"]
+    assert "promoted" in run.data.tags["mlflow.note.content"]
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["retail.csv"]
 
 
 def test_the_gate_refuses_a_champion_of_another_dataset(home: dict) -> None:
