@@ -7,6 +7,7 @@ labels whose window had ended or whose repeat had been seen by then), and its tr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -333,6 +334,12 @@ def as_model_input(features: pd.DataFrame, categories: dict[str, Sequence[str]])
     """Categorical columns with the training categories (unseen values become missing)."""
     out = features.copy()
     for column, values in categories.items():
-        text = out[column].astype(str)
-        out[column] = pd.Categorical(text.where(text.isin(values)), categories=list(values))
+        # A value outside the dtype's categories becomes missing, as an unseen one must.
+        out[column] = pd.Categorical(out[column].astype(str).to_numpy(dtype=object), dtype=_categories(tuple(values)))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _categories(values: tuple[str, ...]) -> pd.CategoricalDtype:
+    # Built once per set of training categories: a scorer converts one contact at a time.
+    return pd.CategoricalDtype(list(values))
