@@ -334,8 +334,9 @@ def as_model_input(features: pd.DataFrame, categories: dict[str, Sequence[str]])
     """Categorical columns with the training categories (unseen values become missing)."""
     out = features.copy()
     for column, values in categories.items():
-        # A value outside the dtype's categories becomes missing, as an unseen one must.
-        out[column] = pd.Categorical(out[column].astype(str).to_numpy(dtype=object), dtype=_categories(tuple(values)))
+        dtype = _categories(tuple(values))
+        text = out[column].astype(str)
+        out[column] = pd.Categorical(text.where(text.isin(dtype.categories)), dtype=dtype)  # unseen: missing
     return out
 
 
