@@ -386,17 +386,11 @@ def train(
 
         with tempfile.TemporaryDirectory() as tmp:  # the plan lives with the model version, nowhere else
             plan_file = _mine_plan(result_in.contacts, settings, Path(tmp) / PLAN_FILE)
-            registration = log_and_register(
-                result, settings, result_in.contacts, plan=plan_file, dataset=_dataset_name(path)
-            )
+            registration = log_and_register(result, settings, result_in.contacts, plan=plan_file, dataset=str(path))
         _print_registration(registration, settings)
     else:
         console.print("--no-register: nothing registered, no plan written (predictor plan LOG writes one)")
     _write_metrics(metrics_json, result, registration)
-
-
-def _dataset_name(path: Path | str) -> str:
-    return str(path)
 
 
 def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: ANN001 - TrainingResult, Registration
@@ -514,7 +508,7 @@ def _train_on_cluster(
                 plan_file = _mine_plan(None, settings, Path(tmp) / PLAN_FILE, labelled=fitted.labelled)
                 registration = log_and_register(
                     fitted.result, settings, fitted.example, score_test=fitted.score_test, plan=plan_file,
-                    dataset=_dataset_name(log_path),
+                    dataset=log_path,
                 )  # fmt: skip
             _print_registration(registration, settings)
         _write_metrics(metrics_json, fitted.result, registration if register else None)

@@ -242,15 +242,14 @@ def openapi(spec: dict[str, Any], bodies: dict[str, dict[str, Any]]) -> dict[str
     _normalise(spec)
     _rename_wrappers(spec)
     low, high = f"{EARLIEST:%Y-%m-%d}", "tomorrow (UTC)"
-    for operation in (spec.get("paths", {}).get(route, {}).get("post") for route in bodies):
+    for route, example in bodies.items():
+        operation = spec.get("paths", {}).get(route, {}).get("post")
         if operation is None or "requestBody" not in operation:
             continue
         body = operation["requestBody"]
         body["required"] = True
         media = body.get("content", {}).get("application/json", {})
-        for route, example in bodies.items():
-            if spec["paths"][route].get("post") is operation:
-                media["example"] = example
+        media["example"] = example
         properties = media.get("schema", {}).get("properties", {})
         for name in contract.names(contract.TIME):
             if name in properties:

@@ -156,14 +156,6 @@ class Scorer:
         rejected = sum(not item.ok for item in ordered)
         return BatchResponse(results=ordered, scored=len(ordered) - rejected, rejected=rejected)
 
-    def score_many(self, contacts: list[ContactIn]) -> list[ScoreResponse]:
-        """Score contacts; raises ``ContentConflict`` for the first whose id was scored with other content."""
-        results = self._score_all(contacts, None)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
-
     def _score_all(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
         """Idempotent by id *and* content: a contact seen before with the same content gets the stored answer
         (``replayed``), one with other content a ``ContentConflict``; the same id twice in one call likewise.
