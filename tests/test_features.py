@@ -8,6 +8,7 @@ import pytest
 from conftest import T0, contact, frame
 
 from predictor.contacts.schema import validate
+from predictor.contacts.contract import HISTORY_FIELDS
 from predictor.features.build import CLOSING_WORDS_WITHOUT_TURNS, build, closing_turns
 
 
@@ -35,6 +36,17 @@ def test_scoring_one_contact_matches_scoring_the_whole_log(contacts: pd.DataFram
     picks = [10, 500, 1200]
     subset = build(contacts.iloc[picks], contacts).frame
     assert_same(full.iloc[picks], subset)
+
+
+def test_history_is_read_only_through_its_history_fields(contacts: pd.DataFrame) -> None:
+    """The store fetches only ``HISTORY_FIELDS`` of history rows (from a covering index): every other field
+    of history must leave the features as they are."""
+    picks = [10, 500, 1200]
+    scrambled = contacts.copy()
+    for column in scrambled.columns.difference(HISTORY_FIELDS):
+        scrambled[column] = scrambled[column].sample(frac=1, random_state=1).to_numpy()
+    asked = contacts.iloc[picks]
+    assert_same(build(asked, contacts).frame, build(asked, scrambled).frame)
 
 
 def test_history_counts_by_hand() -> None:

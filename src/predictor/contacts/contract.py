@@ -54,6 +54,11 @@ CONTACT_FIELDS: tuple[ContactField, ...] = (
 )  # fmt: skip
 
 FIELDS: dict[str, ContactField] = {f.name: f for f in CONTACT_FIELDS}
+# What the feature function reads of a contact's history (the contacts it describes it reads whole): the
+# store fetches only these, from an index holding them all, never the rows and their transcripts.
+HISTORY_FIELDS: tuple[str, ...] = (
+    "contact_id", "customer_id", "opened_at", "closed_at", "issue", "agent_id", "transfers",
+)  # fmt: skip
 
 
 def names(*kinds: str, required: bool | None = None) -> tuple[str, ...]:

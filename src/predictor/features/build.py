@@ -37,6 +37,7 @@ def history_days(labels: LabelConfig) -> float:
 
 
 AGENT_COLUMNS: tuple[str, ...] = ("agent_repeat_rate", "agent_closed_windows")
+
 EMBEDDING_PREFIX = "emb_"  # the whole conversation, cut to head + tail
 CLOSING_PREFIX = "close_"  # the last few turns alone: whether (and how) it was resolved
 CLOSING_WORDS_WITHOUT_TURNS = 48  # a transcript on one line has no turns: its last words stand in
@@ -73,7 +74,8 @@ def build(
     """Features of ``contacts`` as of each one's close (``text``: their ``text_views``, if already embedded).
 
     ``history`` is every contact known to the caller (the whole log in training, the contact store in
-    the service); it may include ``contacts`` themselves. Only history that had closed by a contact's
+    the service); it may include ``contacts`` themselves, and needs only the ``contract.HISTORY_FIELDS`` (the others
+    are never read of it). Only history that had closed by a contact's
     close, and labels known by then, reach its features. Pass ``embedder=None`` for no text features.
 
     On a cluster (``predictor.compute.cluster``) a partition holds whole customers but not whole agents: there
@@ -112,8 +114,18 @@ class TextViews:
 
     @property
     def columns(self) -> dict[str, list[str]]:
-        prefixes = {"whole": EMBEDDING_PREFIX, "closing": CLOSING_PREFIX}
-        return {view: [f"{prefixes[view]}{i:03d}" for i in range(m.shape[1])] for view, m in self.vectors.items()}
+        return {view: _view_columns(view, m.shape[1]) for view, m in self.vectors.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _view_columns_cached(view: str, width: int) -> tuple[str, ...]:
+    prefixes = {"whole": EMBEDDING_PREFIX, "closing": CLOSING_PREFIX}
+    return tuple(f"{prefixes[view]}{i:03d}" for i in range(width))
+
+
+def _view_columns(view: str, width: int) -> list[str]:
+    # Named once per width: a scorer asks four times per contact, for 512 names.
+    return list(_view_columns_cached(view, width))
 
 
 def text_views(transcripts: list[str], embedder: Embedder, progress: bool = False) -> TextViews:
@@ -335,8 +347,8 @@ def as_model_input(features: pd.DataFrame, categories: dict[str, Sequence[str]])
     out = features.copy()
     for column, values in categories.items():
         dtype = _categories(tuple(values))
-        text = out[column].astype(str)
-        out[column] = pd.Categorical(text.where(text.isin(dtype.categories)), dtype=dtype)  # unseen: missing
+        codes = dtype.categories.get_indexer(out[column].astype(str).to_numpy(dtype=object))
+        out[column] = pd.Categorical.from_codes(codes, dtype=dtype)  # unseen: code -1, missing
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from predictor.config import EmbeddingConfig, LabelConfig
 from predictor.features.build import CATEGORICAL, FeatureSet, TextViews, as_model_input, build, text_views
@@ -147,10 +148,8 @@ class RepeatContactModel:
         return self.predict_from_input(X, contacts["contact_id"].to_numpy())
 
     def predict_from_input(self, X: pd.DataFrame, contact_ids: np.ndarray) -> pd.DataFrame:
-        out = pd.DataFrame({"contact_id": contact_ids})
         n_classes = len(self.next_issue_classes)
         if not len(X):
-            matrix = np.zeros((0, X.shape[1]))
             p, proba, median, p90 = np.array([]), np.zeros((0, n_classes)), np.array([]), np.array([])
         else:
             matrix = as_matrix(X)  # once: LightGBM would convert the frame again for each of five models
@@ -158,17 +157,18 @@ class RepeatContactModel:
             proba = self.next_issue.predict_proba(matrix)
             median = np.expm1(booster_predict(self.hours_median, matrix))
             p90 = np.expm1(booster_predict(self.hours_p90, matrix) + self.hours_p90_log_offset)
-        out["repeat_probability"] = p
         if proba.shape[1] < TOP_K:  # fewer next issues than places: the rest stay empty, probability 0
             proba = np.column_stack([proba, np.zeros((len(proba), TOP_K - proba.shape[1]))])
         top = np.argsort(-proba, axis=1, kind="stable")[:, :TOP_K]
         classes = np.array([*self.next_issue_classes, *[None] * TOP_K], dtype=object)[: proba.shape[1]]
+        # Columns gathered first and framed once: a frame grown column by column cost 4 ms per contact.
+        out: dict[str, Any] = {"contact_id": contact_ids, "repeat_probability": p}
         for k in range(TOP_K):
-            out[f"next_issue_{k + 1}"] = classes[top[:, k]] if len(X) else []
+            out[f"next_issue_{k + 1}"] = classes[top[:, k]] if len(X) else np.array([], dtype=object)
             out[f"next_issue_{k + 1}_probability"] = np.take_along_axis(proba, top[:, k : k + 1], 1)[:, 0]
         out["hours_to_repeat_median"] = np.clip(median, 0.0, None)
         out["hours_to_repeat_p90"] = np.maximum(np.clip(p90, 0.0, None), out["hours_to_repeat_median"])
-        return out[list(OUTPUT_COLUMNS)]
+        return pd.DataFrame({name: out[name] for name in OUTPUT_COLUMNS})
 
     def reasons(self, X: pd.DataFrame, top: int = 3) -> list[list[dict[str, Any]]]:
         """The features that pushed each score up or down most (SHAP values of the booster), in words."""
@@ -290,6 +290,7 @@ class TextHeads:
             view: [self._logistic(view).fit(matrix[keep], labels[keep, k]) for k in range(labels.shape[1])]
             for view, matrix in matrices.items()
         }
+        self.__dict__.pop("_stacked", None)  # the heads' weights as one matrix, of the models just replaced
         return self
 
     def fit_oof(
@@ -331,10 +332,18 @@ class TextHeads:
         keep = inputs.has_text  # no transcript: missing, not "a transcript that says nothing"
         if keep.any():
             matrices = self.matrices(inputs.rows(np.flatnonzero(keep)))
-            scores[keep] = np.column_stack(
-                [m.predict_proba(matrices[view])[:, 1] for view, models in self.models_.items() for m in models]
-            )
+            scores[keep] = np.column_stack([self._scores(view, matrices[view]) for view in self.models_])
         return pd.DataFrame(scores, columns=self.columns, index=index)
+
+    def _scores(self, view: str, matrix: Any) -> np.ndarray:
+        """Every head of a view at once: the logistic regressions' probability of class 1, as their
+        ``predict_proba`` computes it, in one product (nine sklearn calls cost ~3 ms per scored contact)."""
+        stacked = self.__dict__.setdefault("_stacked", {})  # derived from models_, built on first use
+        if view not in stacked:
+            models = self.models_[view]
+            stacked[view] = (np.column_stack([m.coef_[0] for m in models]), np.array([m.intercept_[0] for m in models]))
+        weights, intercepts = stacked[view]
+        return expit(np.asarray(matrix @ weights) + intercepts)
 
     def _logistic(self, view: str) -> Any:
         return logistic(self.C_[view], sparse=view == "words")
