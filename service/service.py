@@ -22,9 +22,15 @@ from predictor.serving.api import (
     BatchResponse,
     ContactIn,
     ContentConflict,
+    FollowUpConflict,
+    FollowUpIn,
+    FollowUpReceipt,
+    FollowUpTooEarly,
     OutOfTime,
     ScoreResponse,
+    UnknownContact,
     contact_example,
+    follow_up_example,
     openapi,
 )
 from predictor.serving.devserver import auth_notice
@@ -82,6 +88,28 @@ class Predictor:
             )
         return self.scorer.score_batch(request.contacts, self.scorer.deadline())
 
+    @bentoml.api(route="/follow_ups")
+    def follow_ups(self, report: FollowUpIn, /) -> FollowUpReceipt:
+        """Report a follow-up sent for a scored contact: the experiment's as-treated arm and the outcomes
+        report read it. Once per contact: the same report again is a replay, another one a 409."""
+        try:
+            return self.scorer.record_follow_up(report, self.scorer.deadline())
+        except UnknownContact as unknown:
+            return _error(HTTPStatus.NOT_FOUND, str(unknown))
+        except FollowUpConflict as conflict:
+            return _error(HTTPStatus.CONFLICT, str(conflict))
+        except FollowUpTooEarly as early:
+            message = str(early).removeprefix("sent_at: ")
+            return JSONResponse(
+                {
+                    "error": f"1 invalid field(s): sent_at ({message})",
+                    "detail": [{"field": "sent_at", "message": message, "type": "value_error"}],
+                },
+                status_code=HTTPStatus.BAD_REQUEST,
+            )
+        except OutOfTime as late:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(late), {"Retry-After": "1"})
+
 
 ROUTES = frozenset(api.route for api in Predictor.apis.values())
 bound_header_time(get_settings().service.header_timeout_s)
@@ -97,7 +125,19 @@ Predictor.add_asgi_middleware(
             409: "The contact_id was already scored with other content (named in the error).",
             503: "The request's time budget ran out before the contact was scored (nothing stored): retry.",
         },
+        "/follow_ups": {
+            404: "The contact_id is not in the contact store (score it first).",
+            409: "A follow-up with another sent_at, channel or template was already reported for this contact.",
+            503: "The request's time budget ran out first (nothing stored): retry.",
+        },
     },
     limits=_limits,
-    spec=lambda spec: openapi(spec, {"/score": contact_example(), "/score_batch": {"contacts": [contact_example()]}}),
+    spec=lambda spec: openapi(
+        spec,
+        {
+            "/score": contact_example(),
+            "/score_batch": {"contacts": [contact_example()]},
+            "/follow_ups": follow_up_example(),
+        },
+    ),
 )

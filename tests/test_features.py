@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import T0, contact, frame
 
-from predictor.contacts.schema import validate
 from predictor.contacts.contract import HISTORY_FIELDS
+from predictor.contacts.schema import validate
 from predictor.features.build import CLOSING_WORDS_WITHOUT_TURNS, build, closing_turns
 
 

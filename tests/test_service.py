@@ -65,6 +65,8 @@ def served(trained, settings, workdir: Path) -> Iterator[dict]:
         "PREDICTOR_SERVICE__HEADER_TIMEOUT_S": str(STALL_S),
         "PREDICTOR_SERVICE__BODY_TIMEOUT_S": str(STALL_S),
         "PREDICTOR_SERVICE__SCRIPTS_PATH": str(PACKAGE_DATA / "followup_scripts.yaml"),
+        "PREDICTOR_SERVICE__HOLDOUT_SHARE": "0.3",  # not the default: the setting is honoured
+        "PREDICTOR_SERVICE__FOLLOW_UP_THRESHOLD": "0.2",
         "BENTOML_HOME": str(workdir / "bentoml"),
     }
     with running_service(env, workdir / "bentoml.log") as service:
@@ -580,6 +582,92 @@ def test_the_spec_says_what_the_server_does(served) -> None:
     error = refused.json()
     assert refused.status_code == 400 and "IODescriptor" not in refused.text
     assert error["detail"][0]["field"] == "channel" and "channel" in error["error"]
+
+
+def test_follow_ups_come_back_once_per_contact_over_http(served) -> None:
+    """POST /follow_ups: recorded, replayed, 409 on other content, 404 for an unknown contact, 400 naming the
+    field for a bad or early report; a held-out contact's answer says act: false, and a follow-up sent for it
+    anyway is kept with a warning."""
+    client = served["client"]
+    rows = served["to_score"].iloc[60:100]
+    out = client.post("/score_batch", json={"contacts": [as_json(r) for _, r in rows.iterrows()]}).json()
+    answers = {item["contact_id"]: item["result"] for item in out["results"] if item["ok"]}
+    closed = {r["contact_id"]: r["closed_at"] for _, r in rows.iterrows()}
+    due = {cid: a["follow_up"] for cid, a in answers.items() if a["follow_up"]["experiment"]}
+    held = [cid for cid, f in due.items() if f["held_out"]]
+    treated = [cid for cid, f in due.items() if not f["held_out"]]
+    assert held and treated, "a 30% hold-out among the follow-ups due in 40 contacts"
+    assert all(not due[cid]["act"] and "held out" in due[cid]["reason"] for cid in held)
+    assert all(due[cid]["act"] for cid in treated)
+    for cid, answer in answers.items():
+        send_by = pd.Timestamp(answer["follow_up"]["send_by"])
+        hours = (send_by - closed[cid]) / pd.Timedelta(hours=1)
+        assert abs(hours - answer["follow_up"]["send_within_hours"]) < 1 / 60
+
+    cid = treated[0]
+    report = {"contact_id": cid, "sent_at": (closed[cid] + pd.Timedelta(hours=1)).isoformat(), "channel": "chat"}
+    first = client.post("/follow_ups", json=report)
+    assert first.status_code == 200, first.text
+    assert first.json()["recorded"] is True and first.json()["held_out"] is False
+    again = client.post("/follow_ups", json=report).json()
+    assert again["recorded"] is False and again["replayed"] is True
+    conflict = client.post("/follow_ups", json={**report, "channel": "email"})
+    assert conflict.status_code == 409 and cid in conflict.text
+    assert client.post("/follow_ups", json={**report, "contact_id": "never-scored"}).status_code == 404
+    early = client.post("/follow_ups", json={**report, "contact_id": treated[1] if len(treated) > 1 else held[0],
+                                              "sent_at": "2001-01-01T00:00:00Z"})  # fmt: skip
+    assert early.status_code == 400 and early.json()["detail"][0]["field"] == "sent_at"
+    for change, field in (({"channel": "pigeon"}, "channel"), ({"sent_at": "2026-03-02T10:00:00"}, "sent_at"),
+                          ({"sent_at": 1700000000}, "sent_at")):  # fmt: skip
+        refused = client.post("/follow_ups", json={**report, **change})
+        assert refused.status_code == 400 and refused.json()["detail"][0]["field"] == field, refused.text
+    assert httpx.post(f"{served['base']}/follow_ups", json=report).status_code == 401
+    anyway = client.post(
+        "/follow_ups",
+        json={**report, "contact_id": held[0], "sent_at": (closed[held[0]] + pd.Timedelta(hours=1)).isoformat()},
+    ).json()
+    assert anyway["recorded"] is True and anyway["held_out"] is True and "held out" in anyway["warnings"][0]
+    kept = served["store"].follow_ups()
+    assert set(kept["contact_id"]) >= {cid, held[0]}
+    spec = httpx.get(f"{served['base']}/docs.json").json()["paths"]["/follow_ups"]["post"]
+    assert {"404", "409", "401"} <= set(spec["responses"]) and spec["requestBody"]["required"]
+
+
+def test_outcomes_and_follow_ups_import_read_the_service_store(served, tmp_path: Path) -> None:
+    """The CLI on the store the service writes: every row of a follow-up export recorded or rejected with its
+    reason, and the outcomes report of what the service scored."""
+    from typer.testing import CliRunner
+
+    from predictor.cli import app
+
+    store_url = served["env"]["PREDICTOR_SERVICE__STORE_URL"]
+    scored = served["store"].scored()
+    scored = scored[scored["scored"]]
+    first = scored.iloc[0]
+    sent = (first["closed_at"] + pd.Timedelta(hours=2)).isoformat()
+    export = tmp_path / "sent.csv"
+    pd.DataFrame(
+        {
+            "contact_id": [first["contact_id"], "nobody", first["contact_id"], scored.iloc[1]["contact_id"], ""],
+            "sent_at": [sent, "2026-03-02T10:00:00Z", sent, "2026-03-02 10:00", "2026-03-02T10:00:00Z"],
+            "channel": ["SMS", "chat", "SMS", "chat", "chat"],
+            "template": ["a", "b", "a", "c", "d"],
+        }
+    ).to_csv(export, index=False)  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(app, ["follow-ups", "import", str(export), "--store-url", store_url])
+    assert result.exit_code == 0, result.output
+    assert "5 rows" in result.output and "rejected" in result.output
+    text = result.output
+    assert "not in the contact store" in text and "no time zone" in text and "contact_id: missing value" in text
+    out = tmp_path / "outcomes.json"
+    result = runner.invoke(app, ["outcomes", "--store-url", store_url, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert figures["scored"] >= 40 and figures["experiment"] == "follow-ups-1"
+    assert figures["sent"] >= 1
+    missing = runner.invoke(app, ["outcomes", "--store-url", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert missing.exit_code == 2 and "no contact store" in missing.output
 
 
 def test_crash_mid_load_loses_no_answered_contact(served, workdir: Path) -> None:

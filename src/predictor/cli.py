@@ -167,6 +167,234 @@ def mapping_draft(
     err.print(f"then: predictor validate {path} --mapping {out or 'MAPPING.yaml'}")
 
 
+follow_ups_app = typer.Typer(help="Follow-ups the ticketing system sent, reported back (the experiment's treated arm).")
+app.add_typer(follow_ups_app, name="follow-ups")
+StoreUrlOption = Annotated[
+    str | None,
+    typer.Option("--store-url", help="SQLAlchemy URL of the contact store (default PREDICTOR_SERVICE__STORE_URL)."),
+]
+
+
+def _store(settings, store_url: str | None):  # noqa: ANN001, ANN202 - Settings, ContactStore (lazily)
+    """The contact store named (or the service's), which must exist already: reading one creates nothing."""
+    from predictor.config import sqlite_file
+    from predictor.contacts.store import ContactStore, PseudonymKeyError
+
+    url = store_url or settings.service.store_url
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        _fail(f"no contact store at {database}: the service creates it when it scores (or give --store-url)")
+    try:
+        return ContactStore(url, pseudonym_key=_pseudonym_key(settings))
+    except PseudonymKeyError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # a wrong URL, a database that is down: one line, not a traceback
+        _fail(f"cannot open the contact store {url}: {str(exc).splitlines()[0]}")
+
+
+@follow_ups_app.command("import")
+def follow_ups_import(
+    path: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL: contact_id, sent_at, channel[, template].")],
+    store_url: StoreUrlOption = None,
+    assume_timezone: TimezoneOption = None,
+    rejected_out: Annotated[
+        Path | None, typer.Option("--rejected-out", help="Write the rejected rows, with their reasons, here (CSV).")
+    ] = None,
+) -> None:
+    """Record follow-ups sent for scored contacts, from a ticketing system's export: each once, each row
+    recorded or rejected with its reason."""
+    from predictor.contacts.mapping import SchemaError
+    from predictor.loop.followups import FollowUpFileError, import_file
+
+    if assume_timezone:
+        _check_zone(assume_timezone)
+    if rejected_out is not None:
+        _check_suffix(rejected_out, (".csv",))
+    settings = _settings()
+    store = _store(settings, store_url)
+    try:
+        result = import_file(path, store, assume_timezone)
+    except (SchemaError, FollowUpFileError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"{result.rows:,} rows: {result.recorded:,} follow-ups recorded, {result.replayed:,} already recorded, "
+        f"{len(result.rejected):,} rejected"
+    )
+    if result.held_out:
+        err.print(
+            f"[yellow]warning:[/] {result.held_out:,} recorded follow-ups went to held-out customers (told act: "
+            "false): they are counted as sent, and weaken the measured effect",
+            soft_wrap=True,
+        )
+    if len(result.rejected):
+        counts = result.rejected["reason"].value_counts()
+        for reason, n in counts.items():
+            err.print(f"  {n:,} x {reason}", soft_wrap=True, markup=False)
+        for row in result.rejected.head(5).itertuples(index=False):
+            err.print(f"  row {row.row}: {row.reason}", soft_wrap=True, markup=False)
+        if rejected_out is not None:
+            rejected_out.parent.mkdir(parents=True, exist_ok=True)
+            result.rejected.to_csv(rejected_out, index=False)
+            err.print(f"rejected rows written to {rejected_out}")
+    if result.rejected is not None and len(result.rejected) == result.rows:
+        _fail(f"no row of {path} was recorded: see the reasons above")
+
+
+@app.command()
+def outcomes(
+    store_url: StoreUrlOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
+) -> None:
+    """Is it working? Live model quality on scored contacts whose window has closed, and what the follow-ups
+    prevented: held-out vs treated repeat rates with 95% intervals (intention to treat and as treated)."""
+    import json
+
+    from predictor.loop.outcomes import outcomes as measure
+
+    if json_out is not None:
+        _check_suffix(json_out, (".json",))
+    settings = _settings()
+    store = _store(settings, store_url)
+    with _progress() as progress:
+        progress.add_task("deriving outcomes from the contact store", total=None)
+        result = measure(store, settings.labels)
+    _print_outcomes(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.as_dict(), indent=2))
+        console.print(f"figures written to {json_out}")
+
+
+@app.command("simulate-deployment")
+def simulate_deployment(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the run: registry, store, service log, JSON.")
+    ] = (Path("data/deployment")),
+    n: Annotated[int, typer.Option(help="Contacts simulated in all.", min=500)] = 6000,
+    seed: Annotated[int, typer.Option(help="Seed of the world and of its draws.")] = 7,
+    days: Annotated[int, typer.Option(help="Days simulated.", min=30)] = 120,
+    train_days: Annotated[int, typer.Option(help="The model learns from the first N days; the rest is deployed.")] = 60,
+    holdout_share: Annotated[float, typer.Option(help="Share of customers held out.", min=0.01, max=0.99)] = 0.5,
+    prevent_implicit: Annotated[float, typer.Option(help="Chance a follow-up prevents an implicit repeat.")] = 0.5,
+    prevent_explicit: Annotated[float, typer.Option(help="Chance a follow-up prevents an explicit repeat.")] = 0.3,
+    prompt: Annotated[float, typer.Option(help="Chance a follow-up prompts a contact of its own.")] = 0.05,
+    compliance: Annotated[float, typer.Option(help="Share of due follow-ups the ticketing system sends.")] = 0.9,
+) -> None:
+    """Deploy a model on a simulated world with a known follow-up effect: the real service scores every close
+    over HTTP, follow-ups go back through /follow_ups, the world reacts; then `outcomes` measures the store
+    and the estimate is set against the truth (written to OUT/deployment.json)."""
+    import json
+
+    from predictor.loop.deployment import DeploymentConfig, Effect, deploy, prepare
+
+    for name, value in (("prevent-implicit", prevent_implicit), ("prevent-explicit", prevent_explicit),
+                        ("prompt", prompt), ("compliance", compliance)):  # fmt: skip
+        if not 0 <= value <= 1:
+            _fail(f"--{name} must lie between 0 and 1, not {value}")
+    if not 0 < train_days < days - 14:
+        _fail(f"--train-days must leave at least 14 of the {days} days to deploy on")
+    config = DeploymentConfig(n_contacts=n, seed=seed, days=days, train_days=train_days, holdout_share=holdout_share)
+    effect = Effect(prevent_implicit, prevent_explicit, prompt, compliance)
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress() as progress:
+        task = progress.add_task("simulating and training the deployed model", total=None)
+        prepared = prepare(config, out)
+        progress.update(task, description="scoring the deployment over HTTP", total=len(prepared.live), completed=0)
+        result = deploy(prepared, effect, out / "run", lambda done, _: progress.update(task, completed=done))
+    _print_outcomes(result.outcomes)
+    summary = result.as_dict()
+    estimate = summary["estimated_itt"]
+    if estimate is not None:
+        console.print(
+            f"true effect (held out minus treated): {result.true_itt * 100:+.1f} pts over {result.counted:,} "
+            f"contacts; measured {estimate['estimate'] * 100:+.1f} pts ({estimate['low'] * 100:+.1f} to "
+            f"{estimate['high'] * 100:+.1f}): {'covered' if summary['covered'] else 'NOT covered'}"
+        )
+    console.print(
+        f"{result.scored:,} contacts scored, {result.sent:,} follow-ups sent, {result.prevented:,} repeats prevented "
+        f"in the world, {result.prompted:,} contacts prompted"
+    )
+    (out / "deployment.json").write_text(json.dumps({**summary, "outcomes": result.outcomes.as_dict()}, indent=2))
+    console.print(f"figures written to {out / 'deployment.json'}")
+
+
+def _percent(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}%}"
+
+
+def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
+    console.print(result.data_end.describe(), soft_wrap=True)
+    q = result.quality
+    console.print(
+        f"scored {result.scored:,} contacts; {result.closed:,} with a closed window"
+        + (
+            f": AUC {q['roc_auc']:.3f}, ECE {q['ece']:.3f}, predicted {_percent(q['predicted_rate'])} "
+            f"vs realised {_percent(q['realised_rate'])}"
+            if result.closed and q.get("roc_auc") == q.get("roc_auc")
+            else ""
+        ),
+        soft_wrap=True,
+    )
+    if len(result.by_band):
+        table = Table("risk band", "contacts", "predicted", "realised", title="live quality by risk band")
+        for row in result.by_band.itertuples(index=False):
+            table.add_row(
+                str(row.risk_band), f"{row.contacts:,}", _percent(row.predicted_rate), _percent(row.realised_rate)
+            )
+        console.print(table)
+    if result.experiment is None:
+        console.print("no contact counts in a follow-up experiment yet (no follow-up was due)")
+    else:
+        console.print(
+            f"experiment '{result.experiment}': {result.counted:,} contacts with a follow-up due, "
+            f"{_percent(result.held_out_share)} held out; {result.sent:,} follow-ups reported sent"
+            + (f" ({result.sent_to_held_out:,} to held-out customers)" if result.sent_to_held_out else ""),
+            soft_wrap=True,
+        )
+    if result.itt is not None:
+        itt = result.itt
+        d = itt.difference
+        table = Table("comparison", "contacts", "repeat rates", "difference (95% CI)", title="prevention")
+        table.add_row(
+            "held out vs treated (ITT)",
+            f"{itt.n_first:,} / {itt.n_second:,}",
+            f"{_percent(itt.rate_first)} / {_percent(itt.rate_second)}",
+            f"{d.estimate * 100:+.1f} pts ({d.low * 100:+.1f} to {d.high * 100:+.1f})",
+        )
+        for c in (result.as_treated, result.early):
+            if c is not None:
+                table.add_row(
+                    f"{c.first} vs {c.second}" + (" (not randomised)" if c is result.as_treated else " (48 h)"),
+                    f"{c.n_first:,} / {c.n_second:,}",
+                    f"{_percent(c.rate_first)} / {_percent(c.rate_second)}",
+                    f"{c.difference.estimate * 100:+.1f} pts ({c.difference.low * 100:+.1f} to "
+                    f"{c.difference.high * 100:+.1f})",
+                )
+        console.print(table)
+        verdict = (
+            f"follow-ups prevent {_percent(itt.relative, 0)} of repeats among contacts with one due"
+            if d.low > 0
+            else "follow-ups cause more repeats than they prevent"
+            if d.high < 0
+            else "the interval includes zero: no effect shown yet"
+        )
+        console.print(
+            verdict
+            + (
+                f"; ~{result.needed:,} closed windows in all would settle it at this effect"
+                if result.needed and not d.excludes_zero()
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        console.print(
+            f"{result.prompted_after_send:,} repeats came within 48 h after a sent follow-up "
+            "(some may be replies to it)"
+        )
+    for note in result.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
@@ -614,7 +842,8 @@ def report(
 
     Scores every contact with the champion model, point-in-time, and shows KPIs, the weekly trend (with
     contacts still inside their window marked), rates by issue, channel and agent with intervals, the
-    high-risk list with follow-ups, the cost of repeats, and the next-issue-avoidance plan.
+    high-risk list with follow-ups, the cost of repeats, and the next-issue-avoidance plan. From the store,
+    also "Is it working?": live model quality and the follow-ups' prevention measured against the hold-out.
     """
     import yaml
 
@@ -625,10 +854,13 @@ def report(
     settings = _settings(as_of, model_name)
     out = out or settings.path("models/report.html")
     _check_suffix(out, (".html", ".htm"))
+    working = None
     if from_store:
-        from predictor.contacts.store import ContactStore
+        from predictor.loop.outcomes import outcomes as measure
 
-        contacts = ContactStore.for_service(settings.service).all_contacts()
+        store = _store(settings, None)
+        contacts = store.all_contacts()
+        working = measure(store, settings.labels) if len(contacts) else None
     elif path is not None:
         contacts = _load(path, mapping, assume_timezone).contacts
     else:
@@ -647,7 +879,7 @@ def report(
         end = data_end(contacts, settings.labels)
         data = build(
             derive(contacts, settings.labels, end.at), predictions, followup, plan, config, model_version=version,
-            data_end=end,
+            data_end=end, outcomes=working,
         )  # fmt: skip
         html, csv = write(data, out)
     _print_data_end(end, settings.labels.repeat_window_days)

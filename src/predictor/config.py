@@ -149,6 +149,18 @@ class ServiceConfig(BaseModel):
     plan_path: Path = Field(Path("models/next_issue_plan.yaml"), description="Mined plan (used if the file exists).")
     follow_up_threshold: float = Field(0.4, ge=0, le=1, description="Act when the repeat risk is at least this.")
     follow_up_channel: str | None = Field(None, description="Send follow-ups here; default: the contact's channel.")
+    # The follow-up experiment: without a control group nobody can tell whether follow-ups prevent repeats
+    # (or cause contacts). A customer's arm is a hash of their id and the experiment's name: the same for as
+    # long as the name stays; a new name starts a new experiment period with fresh arms.
+    holdout_share: float = Field(
+        0.10, ge=0, lt=1, description="Share of customers held out of recommended follow-ups (told not to act)."
+    )
+    experiment: str = Field(
+        "follow-ups-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="Name of the hold-out experiment."
+    )
+    follow_up_cooldown_hours: float = Field(
+        168.0, ge=0, description="At most one follow-up per customer in this many hours (default: the 7-day window)."
+    )
     high_risk: float = Field(0.5, ge=0, le=1)
     medium_risk: float = Field(0.3, ge=0, le=1)
     # Each contact is scored once (a retry replays the stored answer), so cached vectors would never be read

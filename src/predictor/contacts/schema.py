@@ -384,6 +384,13 @@ def _parse_number(values: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]
 _ZONE_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\s?UTC)$"
 
 
+def parse_timestamps(
+    values: pd.Series, assume_timezone: str | None = None, timestamp_format: str | None = None
+) -> tuple[pd.Series, pd.Series]:
+    """Text or datetimes to UTC, by the rules of the contact log's times: (timestamps, reason or None per row)."""
+    return _parse_timestamps(values, assume_timezone, timestamp_format)
+
+
 def _parse_timestamps(
     values: pd.Series, assume_timezone: str | None, timestamp_format: str | None
 ) -> tuple[pd.Series, pd.Series]:

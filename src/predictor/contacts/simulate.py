@@ -131,6 +131,11 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
             "origin": "new",
         }
     )
+    # Every contact's id in the simulation and the contact that caused it (-1: a new issue): a simulated
+    # deployment acts on these links (a follow-up that prevents a repeat removes the repeat and what it caused).
+    wave["uid"] = np.arange(len(wave))
+    wave["parent"] = -1
+    issued = len(wave)
     waves = []
     while len(wave):
         wave = wave[wave["opened_h"] < period_hours].reset_index(drop=True)
@@ -141,6 +146,8 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
         if progress:
             progress(len(handled))
         wave = _next_wave(rng, handled, customers, config.transfer_continuation)
+        wave["uid"] = np.arange(issued, issued + len(wave))
+        issued += len(wave)
     log = pd.concat(waves, ignore_index=True).sort_values(["opened_h", "customer"], kind="stable")
     log = log.head(config.n_contacts).reset_index(drop=True)
     log["contact_id"] = [f"C{i:07d}" for i in range(1, len(log) + 1)]
@@ -168,6 +175,9 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
         }
     )[list(contract.names())]  # the contract's columns, in its order: a new field must be simulated too
     truth = _truth(log, config, issue_p)
+    # The contact that caused each one (a repeat's first contact, a continuation's transferred one), if in the log.
+    contact_of_uid = dict(zip(log["uid"], log["contact_id"], strict=True))
+    truth["parent_contact_id"] = [contact_of_uid.get(int(u)) for u in log["parent"]]
     if config.export == "closed-only":
         # Extracted right after the last opening: a ticket still open then is not in the export.
         closed_by_end = (log["closed_h"] <= log["opened_h"].max()).to_numpy()
@@ -338,8 +348,10 @@ def _next_wave(
     # A transferred contact is often continued minutes later: the same contact, not a repeat.
     # The episode's outcome was settled in the first contact: the continuation inherits it.
     cont = handled[(handled["transfers"] > 0) & (rng.random(len(handled)) < transfer_continuation)]
-    cont = cont.assign(opened_h=cont["closed_h"] + rng.uniform(1, 10, len(cont)) / 60.0, origin="continuation")
-    parts.append(cont[["customer", "opened_h", "issue", "channel", "origin", *INHERITED]])
+    cont = cont.assign(
+        opened_h=cont["closed_h"] + rng.uniform(1, 10, len(cont)) / 60.0, origin="continuation", parent=cont["uid"]
+    )
+    parts.append(cont[["customer", "opened_h", "issue", "channel", "origin", "parent", *INHERITED]])
     # Repeats come only from contacts not continued (the continuation carries the episode's outcome).
     caused = handled[(handled["outcome"] > 0) & ~handled.index.isin(cont.index)]
     issue = np.where(caused["outcome"] == 1, caused["issue"], caused["secondary"])
@@ -354,6 +366,7 @@ def _next_wave(
                 "issue": issue,
                 "channel": channel,
                 "origin": np.where(caused["outcome"] == 1, "explicit", "implicit"),
+                "parent": caused["uid"].to_numpy(),
             }
         )
     )

@@ -23,6 +23,7 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 
 from predictor.contacts.labels import DataEnd
+from predictor.loop.outcomes import Outcomes
 from predictor.model.evaluate import rates_differ
 from predictor.reports.plan import FollowUpPlan
 
@@ -48,9 +49,11 @@ def build(
     config: ReportConfig | None = None,
     model_version: str = "",
     data_end: DataEnd | None = None,
+    outcomes: Outcomes | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as data. ``labelled`` comes from labels.derive; ``predictions`` from the
-    model (contact_id, repeat_probability, next_issue_1, hours_to_repeat_median, ...)."""
+    model (contact_id, repeat_probability, next_issue_1, hours_to_repeat_median, ...); ``outcomes``, from the
+    service's contact store, what its answers and follow-ups did (the "Is it working?" section)."""
     config = config or ReportConfig()
     data = labelled.merge(predictions, on="contact_id", how="left", validate="one_to_one")
     complete = data[data["window_complete"]]
@@ -113,7 +116,8 @@ def build(
             }
         )
 
-    cost = _cost(complete, config)
+    working = _working(outcomes)
+    cost = _cost(complete, config, working)
     calibration = [
         {"group": r["group"], "predicted": r["predicted_rate"], "actual": r["repeat_rate"], "n": r["closed_windows"]}
         for r in by["issue"]
@@ -128,7 +132,30 @@ def build(
         "cost": cost,
         "plan": plan,
         "config": config.__dict__,
+        "working": working,
     }
+
+
+def _working(outcomes: Outcomes | None) -> dict[str, Any] | None:
+    """The "Is it working?" figures: live quality and the experiment's measured prevention, as data."""
+    if outcomes is None:
+        return None
+    out = outcomes.as_dict()
+    itt = outcomes.itt
+    if itt is None:
+        out["verdict"] = "not measured yet: the experiment has no closed windows in both arms"
+    elif itt.difference.low > 0:
+        out["verdict"] = (
+            f"follow-ups prevent {itt.relative:.0%} of repeats among the contacts they are due for "
+            f"({itt.difference.estimate * 100:+.1f} points, 95% interval {itt.difference.low * 100:+.1f} to "
+            f"{itt.difference.high * 100:+.1f})"
+        )
+    elif itt.difference.high < 0:
+        out["verdict"] = "follow-ups cause more repeats than they prevent (the whole interval is below zero)"
+    else:
+        out["verdict"] = "no effect shown yet: the 95% interval of the difference includes zero"
+    out["measured_prevention"] = itt.relative if itt is not None and itt.difference.low > 0 else None
+    return out
 
 
 def render(report: dict[str, Any]) -> str:
@@ -138,6 +165,11 @@ def render(report: dict[str, Any]) -> str:
         "channel": _png(_plot_groups(report["by"]["channel"], "Repeat rate by channel")),
         "calibration": _png(_plot_calibration(report["calibration"])),
     }
+    working = report.get("working")
+    if working and working.get("itt"):
+        plots["arms"] = _png(_plot_arms(working))
+    if working and working.get("by_week"):
+        plots["live"] = _png(_plot_live(working["by_week"]))
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["pct"] = lambda v, digits=1: "–" if v is None or v != v else f"{v * 100:.{digits}f}%"
     env.filters["num"] = lambda v: f"{v:,.0f}"
@@ -241,15 +273,21 @@ def _weekly(data: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def _cost(complete: pd.DataFrame, config: ReportConfig) -> dict[str, Any]:
+def _cost(complete: pd.DataFrame, config: ReportConfig, working: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What repeats cost and what following up the riskiest saves: at the prevention rate the experiment
+    measured when it has shown one, else at the stated assumption (and the report says which)."""
+    measured = working.get("measured_prevention") if working else None
+    rate = measured if measured is not None else config.prevention_rate
     repeats = int(complete["is_repeat"].astype(bool).sum())
     p = complete["repeat_probability"].to_numpy()
     y = complete["is_repeat"].astype(bool).to_numpy()
     k = max(1, round(len(p) * config.top_share))
     top = np.argsort(-p)[:k]
     reached = int(y[top].sum())
-    prevented = reached * config.prevention_rate
+    prevented = reached * rate
     return {
+        "prevention_rate": rate,
+        "prevention_measured": measured is not None,
         "repeats": repeats,
         "repeat_cost": repeats * config.cost_per_contact,
         "followed_up": k,
@@ -316,4 +354,44 @@ def _plot_calibration(rows: list[dict[str, Any]]) -> plt.Figure:
     top = float(max(frame["predicted"].max(), frame["actual"].max()) * 1.1) if len(frame) else 1.0
     ax.plot([0, top], [0, top], color="grey", ls=":")
     ax.set(xlabel="predicted repeat rate", ylabel="actual repeat rate", title="Predicted vs actual, by issue")
+    return fig
+
+
+def _plot_arms(working: dict[str, Any]) -> plt.Figure:
+    """Repeat rates of the held-out and treated contacts (with a follow-up due), with 95% intervals."""
+    from predictor.loop.outcomes import wilson as score_interval
+
+    itt = working["itt"]
+    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    names = [f"held out (no follow-up), n={itt['n_first']:,}", f"treated (follow-up due), n={itt['n_second']:,}"]
+    rates = [itt["rate_first"], itt["rate_second"]]
+    counts = [round(itt["rate_first"] * itt["n_first"]), round(itt["rate_second"] * itt["n_second"])]
+    bounds = [score_interval(k, n) for k, n in zip(counts, (itt["n_first"], itt["n_second"]), strict=True)]
+    err = np.array(
+        [
+            [r - lo for r, (lo, _) in zip(rates, bounds, strict=True)],
+            [hi - r for r, (_, hi) in zip(rates, bounds, strict=True)],
+        ]
+    )
+    ax.barh([1, 0], rates, xerr=err, color=["#bbbbbb", "#1f5aa6"], ecolor="#333333", capsize=4)
+    ax.set_yticks([1, 0], names, fontsize=8)
+    ax.set_xlim(0, max(0.05, min(1.0, max(hi for _, hi in bounds) * 1.15)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set(
+        xlabel="repeat rate within the window (95% interval)", title="Contacts with a follow-up due: repeat rate by arm"
+    )
+    return fig
+
+
+def _plot_live(by_week: list[dict[str, Any]]) -> plt.Figure:
+    """Live: what the service predicted against what happened, by week of close (windows closed only)."""
+    frame = pd.DataFrame(by_week)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    x = pd.to_datetime(frame["week"])
+    ax.bar(x, frame["realised_rate"], width=5, color="#9cc3e6", label="realised repeat rate")
+    ax.plot(x, frame["predicted_rate"], marker="o", color="#e07b00", label="predicted by the service")
+    ax.set_ylim(0, max(0.05, float(max(frame["realised_rate"].max(), frame["predicted_rate"].max())) * 1.25))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set(title="Scored contacts: predicted vs realised repeat rate by week of close", ylabel="repeat rate")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

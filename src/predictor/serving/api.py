@@ -155,7 +155,16 @@ class FollowUpOut(BaseModel):
     message: str | None = Field(description="What to tell the customer (from the follow-up plan).")
     channel: str = Field(description="Where to send it: the contact's own channel unless configured.")
     send_within_hours: float = Field(description="Send within this many hours (before the typical repeat, <= 24).")
+    send_by: datetime = Field(description="Send by this time (UTC): the contact's close plus send_within_hours.")
     reason: str = Field(description="Why (or why not) to act.")
+    held_out: bool = Field(
+        False,
+        description="The customer is in the experiment's control group: a follow-up was due, but send nothing "
+        "(act is false), so the effect of follow-ups can be measured.",
+    )
+    experiment: str | None = Field(
+        None, description="The hold-out experiment this contact counts in (when a follow-up was due), else null."
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -169,6 +178,65 @@ class ScoreResponse(BaseModel):
     follow_up: FollowUpOut
     warnings: list[str] = Field(default_factory=list, description="Things the caller should know (e.g. unknown issue).")
     replayed: bool = Field(False, description="True when this contact was already scored: the stored answer.")
+
+
+class FollowUpIn(BaseModel):
+    """A follow-up the ticketing system sent for a scored contact."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    contact_id: str = Field(pattern=ID_PATTERN, description="The scored contact the follow-up was sent for.")
+    sent_at: AwareDatetime = Field(description="When it was sent; ISO-8601 with a time zone.")
+    channel: Literal[tuple(CHANNELS)] = Field(description="Where it was sent.")  # type: ignore[valid-type]
+    template: str = Field(
+        "", max_length=MAX_LABEL_CHARS, description="Which message or template was sent (a name, not the text)."
+    )
+
+    @field_validator("sent_at", mode="before")
+    @classmethod
+    def _time_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str | datetime):
+            raise ValueError("sent_at must be an ISO-8601 time with a zone, e.g. 2026-03-02T10:00:00Z")
+        return value
+
+    @field_validator("sent_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        if not EARLIEST <= value <= datetime.now(UTC) + timedelta(days=1):
+            raise ValueError(f"sent_at must lie between {EARLIEST:%Y-%m-%d} and tomorrow")
+        return value
+
+
+class FollowUpReceipt(BaseModel):
+    contact_id: str
+    recorded: bool = Field(description="True when this report was stored now; false when it was already stored.")
+    replayed: bool = Field(False, description="True when the same report had been received before.")
+    held_out: bool = Field(description="The contact's customer was held out: this follow-up breaks the hold-out.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class UnknownContact(LookupError):
+    """A follow-up for a contact the store does not hold (HTTP 404)."""
+
+    def __init__(self, contact_id: str) -> None:
+        super().__init__(f"contact_id {contact_id!r} is not in the contact store: score it first (POST /score)")
+
+
+class FollowUpConflict(ValueError):
+    """A follow-up already reported for this contact with other content (HTTP 409)."""
+
+    def __init__(self, contact_id: str) -> None:
+        super().__init__(
+            f"contact_id {contact_id!r} already has a follow-up reported with another sent_at, channel or "
+            "template: one follow-up per contact; a retry must send the same report"
+        )
+
+
+class FollowUpTooEarly(ValueError):
+    """A follow-up sent before its contact closed (HTTP 400, naming sent_at)."""
+
+    def __init__(self, contact_id: str, closed_at: datetime) -> None:
+        super().__init__(f"sent_at: before contact {contact_id!r} closed ({closed_at.isoformat()})")
 
 
 class BatchRequest(BaseModel):
@@ -230,6 +298,16 @@ def contact_example() -> dict[str, Any]:
     """A valid /score body, from the contract's examples (the Swagger page's "Try it out" sends it), under
     ids no real contact has."""
     return {**{f.name: f.example for f in contract.CONTACT_FIELDS}, "contact_id": "example-1", "customer_id": "example"}
+
+
+def follow_up_example() -> dict[str, Any]:
+    """A /follow_ups body for the contact of ``contact_example`` (the Swagger page sends it after that one)."""
+    return {
+        "contact_id": "example-1",
+        "sent_at": "2026-03-02T09:30:00Z",
+        "channel": "chat",
+        "template": "payment-check",
+    }
 
 
 def openapi(spec: dict[str, Any], bodies: dict[str, dict[str, Any]]) -> dict[str, Any]:

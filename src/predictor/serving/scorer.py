@@ -19,22 +19,28 @@ import pandas as pd
 from pydantic import ValidationError
 
 from predictor.config import Settings
-from predictor.contacts.store import ContactStore, content_hash, typed_contacts
+from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord, content_hash, typed_contacts
 from predictor.features.build import TextViews, history_days
+from predictor.loop.assignment import HELD_OUT, arm
 from predictor.model.fitted import TOP_K, RepeatContactModel
-from predictor.reports.plan import FollowUpPlan, follow_up_plan
+from predictor.reports.plan import FollowUp, FollowUpPlan, follow_up_plan
 from predictor.serving.api import (
     BatchItem,
     BatchResponse,
     ContactIn,
     ContentConflict,
+    FollowUpConflict,
+    FollowUpIn,
     FollowUpOut,
+    FollowUpReceipt,
+    FollowUpTooEarly,
     HoursToRepeat,
     ItemError,
     NextIssue,
     OutOfTime,
     Reason,
     ScoreResponse,
+    UnknownContact,
     item_errors,
 )
 
@@ -217,8 +223,14 @@ class Scorer:
                 row_of = {p: k for k, p in enumerate(embedded)}
                 # Every fresh contact was unanswered before the lock too (an answer is never taken back).
                 fresh_text = text.rows([row_of[p] for p in fresh]) if text is not None else None
-                answers = self._score_frame(frame.iloc[fresh], warnings, fresh_text)
-                self.store.save(frame.iloc[fresh], answers, self.model_version, hashes=[hashes[p] for p in fresh])
+                answers, experiments = self._score_frame(frame.iloc[fresh], warnings, fresh_text)
+                self.store.save(
+                    frame.iloc[fresh],
+                    answers,
+                    self.model_version,
+                    hashes=[hashes[p] for p in fresh],
+                    experiments=experiments,
+                )
         for position, contact_id, decision in zip(positions, ids, decisions, strict=True):
             if decision == "fresh":
                 out[position] = ScoreResponse.model_validate(answers[contact_id])
@@ -228,6 +240,36 @@ class Scorer:
                 out[position] = ScoreResponse.model_validate({**stored[contact_id].response, "replayed": True})
             else:
                 out[position] = ContentConflict(contact_id)
+
+    def record_follow_up(self, report: FollowUpIn, deadline: float | None = None) -> FollowUpReceipt:
+        """Keep a follow-up the ticketing system sent: once per contact (the same report again is a replay).
+        Raises ``UnknownContact``, ``FollowUpConflict`` or ``FollowUpTooEarly``."""
+        record = FollowUpRecord(report.contact_id, report.sent_at, report.channel, report.template)
+        with self._locks.holding([f"follow-up\0{report.contact_id}"], deadline, self.settings.service.request_budget_s):
+            status, detail = self.store.record_follow_ups([record])[0]
+        if status == "unknown":
+            raise UnknownContact(report.contact_id)
+        if status == "conflict":
+            raise FollowUpConflict(report.contact_id)
+        if status == "early":
+            raise FollowUpTooEarly(report.contact_id, detail)
+        held_out = detail == HELD_OUT
+        warnings = []
+        if held_out:
+            warnings.append(
+                "this contact's customer is held out of the follow-up experiment (its answer said act: false); "
+                "the follow-up is kept and counted as sent, but it weakens the measured effect"
+            )
+            log.warning("follow-up sent for held-out contact %s", report.contact_id)
+        elif detail is None:
+            warnings.append("no follow-up was due for this contact (act: false); kept and counted as sent")
+        return FollowUpReceipt(
+            contact_id=report.contact_id,
+            recorded=status == "recorded",
+            replayed=status == "replayed",
+            held_out=held_out,
+            warnings=warnings,
+        )
 
     # -- internals --------------------------------------------------------------------------------------
     def _frame(self, contacts: list[ContactIn]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
@@ -248,7 +290,7 @@ class Scorer:
 
     def _score_frame(
         self, frame: pd.DataFrame, warnings: dict[str, list[str]], text: TextViews | None
-    ) -> dict[str, dict[str, Any]]:
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, Experimented]]:
         history = self.store.history_for(frame, lookback_days=history_days(self.model.label_config))
         feature_set = self.model.features(frame.reset_index(drop=True), history, text=text)
         X = self.model.model_input(feature_set)
@@ -256,6 +298,8 @@ class Scorer:
         reasons = self.model.reasons(X)
         service = self.settings.service
         answers = {}
+        recommended: dict[str, FollowUp] = {}
+        scored: list[tuple[float, list[NextIssue], Any, Any, int]] = []
         for position, (row, contact) in enumerate(
             zip(predictions.itertuples(index=False), frame.itertuples(), strict=True)
         ):
@@ -269,13 +313,16 @@ class Scorer:
                 for k in range(1, TOP_K + 1)
                 if getattr(row, f"next_issue_{k}") is not None
             ]
-            follow_up = self.plan.recommend(
+            recommended[contact.contact_id] = self.plan.recommend(
                 repeat_probability=p,
                 next_issue=next_issues[0].issue if next_issues else None,
                 contact_issue=contact.issue,
                 contact_channel=contact.channel,
                 hours_to_repeat_median=float(row.hours_to_repeat_median),
             )
+            scored.append((p, next_issues, row, contact, position))
+        follow_ups, experiments = self._experiment(frame, recommended)
+        for p, next_issues, row, contact, position in scored:
             band = "high" if p >= service.high_risk else "medium" if p >= service.medium_risk else "low"
             response = ScoreResponse(
                 contact_id=contact.contact_id,
@@ -287,8 +334,65 @@ class Scorer:
                     median=round(float(row.hours_to_repeat_median), 2), p90=round(float(row.hours_to_repeat_p90), 2)
                 ),
                 reasons=[Reason(**r) for r in reasons[position]],
-                follow_up=FollowUpOut(**follow_up.__dict__),
+                follow_up=follow_ups[contact.contact_id],
                 warnings=warnings.get(contact.contact_id, []),
             )
             answers[contact.contact_id] = response.model_dump(mode="json")
-        return answers
+        return answers, experiments
+
+    def _experiment(
+        self, frame: pd.DataFrame, recommended: dict[str, FollowUp]
+    ) -> tuple[dict[str, FollowUpOut], dict[str, Experimented]]:
+        """The follow-up each contact is told, after the experiment: at most one per customer per cooldown
+        (the two halves of a transferred call, a customer back next day), and none for a customer held out.
+
+        A contact counts in the experiment when a follow-up was due and no other of its customer's did within
+        the cooldown: in both arms alike, so the arms compare like with like. Contacts in close order, so the
+        first of a customer's in one call is the one that counts."""
+        service = self.settings.service
+        cooldown_hours = service.follow_up_cooldown_hours
+        cooldown = pd.Timedelta(hours=cooldown_hours)
+        closed = dict(zip(frame["contact_id"], frame["closed_at"], strict=True))
+        due = [cid for cid, follow_up in recommended.items() if follow_up.act]
+        customers = dict(zip(frame["contact_id"], frame["customer_id"], strict=True))
+        earlier: dict[str, list] = {}
+        if due:
+            times = [closed[cid] for cid in due]
+            earlier = self.store.experiment_contacts(
+                [customers[cid] for cid in due], min(times) - cooldown, max(times) + cooldown
+            )
+        out: dict[str, FollowUpOut] = {}
+        counted: dict[str, Experimented] = {}
+        for cid in sorted(recommended, key=lambda k: (closed[k], k)):
+            follow_up = recommended[cid]
+            send_by = (closed[cid] + pd.Timedelta(hours=follow_up.send_within_hours)).floor("s")
+            fields = {**follow_up.__dict__, "send_by": send_by}
+            if follow_up.act:
+                t = closed[cid]
+                near = [
+                    (k, when)
+                    for k, when, _ in earlier.get(customers[cid], [])
+                    if k != cid and abs(when - t) <= cooldown
+                ]
+                if near:
+                    other, when = near[0]
+                    fields["act"] = False
+                    fields["reason"] = (
+                        f"a follow-up was already due for this customer's contact {other} (closed "
+                        f"{when:%Y-%m-%d %H:%M} UTC): at most one per customer in {cooldown_hours:g} h"
+                    )
+                else:
+                    chosen = arm(customers[cid], service.experiment, service.holdout_share)
+                    counted[cid] = Experimented(service.experiment, chosen, fields["send_by"].to_pydatetime())
+                    earlier.setdefault(customers[cid], []).append((cid, t, chosen))
+                    fields["experiment"] = service.experiment
+                    if chosen == HELD_OUT:
+                        fields["act"] = False
+                        fields["held_out"] = True
+                        fields["reason"] = (
+                            f"held out: this customer is in the control group of experiment '{service.experiment}' "
+                            f"({service.holdout_share:.0%} of customers get no follow-up, so its effect can be "
+                            f"measured); a follow-up was due ({follow_up.reason}): send nothing"
+                        )
+            out[cid] = FollowUpOut(**fields)
+        return out, counted
