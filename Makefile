@@ -30,10 +30,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps skeletoken==0.6.1
 	touch $(STAMP)
 
-test-deps: ## System packages the tests need (PostgreSQL for the contact-store tests)
+test-deps: ## System packages the tests need (PostgreSQL for the store tests, Chromium for the report's)
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
 		echo "installing PostgreSQL (apt-get) for the store tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Chromium (apt-get) to render the report in the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: install ## ruff over the code
 	$(BIN)/ruff check src tests service benchmarks

@@ -99,14 +99,8 @@ class Predictor:
         except FollowUpConflict as conflict:
             return _error(HTTPStatus.CONFLICT, str(conflict))
         except FollowUpTooEarly as early:
-            message = str(early).removeprefix("sent_at: ")
-            return JSONResponse(
-                {
-                    "error": f"1 invalid field(s): sent_at ({message})",
-                    "detail": [{"field": "sent_at", "message": message, "type": "value_error"}],
-                },
-                status_code=HTTPStatus.BAD_REQUEST,
-            )
+            # Valid on its own, at odds with the stored contact (as a second report with other content is).
+            return _error(HTTPStatus.CONFLICT, str(early))
         except OutOfTime as late:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(late), {"Retry-After": "1"})
 
@@ -127,7 +121,8 @@ Predictor.add_asgi_middleware(
         },
         "/follow_ups": {
             404: "The contact_id is not in the contact store (score it first).",
-            409: "A follow-up with another sent_at, channel or template was already reported for this contact.",
+            409: "A follow-up with another sent_at, channel or template was already reported for this contact, "
+            "or sent_at is before the contact closed (the error names the field).",
             503: "The request's time budget ran out first (nothing stored): retry.",
         },
     },

@@ -6,7 +6,8 @@ is brought inside them before it is sent, and ``positive_data_acceptance`` then 
 accepts everything else the schema allows. Negative cases are left exactly as generated.
 
 - ``opened_at`` and ``closed_at`` lie between 2000-01-01 and tomorrow (a contact at close happened lately);
-- ``closed_at`` is not before ``opened_at``.
+- ``closed_at`` is not before ``opened_at``;
+- a follow-up's ``sent_at`` lies in the same range.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
         return
     if case.operation.path == "/score":
         _inside(case.body)
+    elif case.operation.path == "/follow_ups" and (sent := _time(case.body.get("sent_at"))) is not None:
+        span = (datetime.now(UTC) - EARLIEST).total_seconds()
+        moved = EARLIEST + timedelta(seconds=(sent.timestamp() - EARLIEST.timestamp()) % span)
+        case.body["sent_at"] = moved.astimezone(sent.tzinfo).isoformat()
     elif case.operation.path == "/score_batch" and isinstance(case.body.get("contacts"), list):
         for item in case.body["contacts"]:
             if isinstance(item, dict):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from browser import probe, screenshot
 
 from predictor.config import PACKAGE_DATA
-from predictor.contacts.labels import derive
+from predictor.contacts.labels import data_end, derive
+from predictor.loop.assignment import TREATED, arm
+from predictor.loop.outcomes import summarise
 from predictor.reports.plan import FollowUpPlan, mine
 from predictor.reports.report import ReportConfig, build, wilson, write
 
@@ -82,3 +86,54 @@ def test_wilson_interval() -> None:
     assert low == 0 and 0.25 < high < 0.35
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.404, abs=0.01) and high == pytest.approx(0.596, abs=0.01)
+
+
+def store_like(labelled: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """What ``ContactStore.scored`` and ``realised`` give, made from a log: every contact scored, a follow-up
+    due from 30% risk, half the customers held out, a follow-up sent for each treated one (no effect: the
+    outcomes are the log's own)."""
+    frame = labelled.merge(predictions[["contact_id", "repeat_probability"]], on="contact_id")
+    p = frame["repeat_probability"].to_numpy()
+    due = p >= 0.3
+    frame["scored"] = True
+    frame["risk_band"] = np.where(p >= 0.5, "high", np.where(p >= 0.3, "medium", "low"))
+    arms = np.array([arm(c, "report-test", 0.5) for c in frame["customer_id"]], dtype=object)
+    frame["arm"] = np.where(due, arms, None)
+    frame["experiment"] = np.where(due, "report-test", None)
+    sent = frame["closed_at"] + pd.Timedelta(minutes=30)
+    frame["sent_at"] = sent.where(due & (arms == TREATED))
+    return frame
+
+
+def test_is_it_working_is_measured_and_renders_in_a_browser(report, trained, settings, tmp_path: Path) -> None:
+    """The section the store feeds: live quality, the arms with their interval, and a report that reads at a
+    desktop's width and a phone's, in headless Chromium."""
+    _, predictions, labelled = report
+    frame = store_like(labelled, predictions)
+    working = summarise(frame, data_end(labelled, settings.labels))
+    assert working.itt is not None and working.itt.difference.low <= 0 <= working.itt.difference.high
+    followup = FollowUpPlan.from_yaml(PACKAGE_DATA / "followup_scripts.yaml")
+    data = build(labelled, predictions, followup, None, ReportConfig(), model_version="7", outcomes=working)
+    assert data["working"]["verdict"].startswith("no effect shown yet")
+    assert not data["cost"]["prevention_measured"] and data["cost"]["prevention_rate"] == 0.3
+    html, _ = write(data, tmp_path / "report.html")
+    text = html.read_text()
+    assert 'id="working"' in text and "No live data" not in text and text.count("data:image/png;base64,") == 6
+
+    # In the browser: the section is there with its plots loaded, and nothing is wider than the window.
+    laid_out = probe(
+        html,
+        1400,
+        """
+        const images = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+        const wide = [...document.querySelectorAll('table, img, .kpis')]
+          .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).length;
+        return {section: !!document.getElementById('working'), images, wide};
+        """,
+    )
+    assert laid_out == {"section": True, "images": 6, "wide": 0}
+    shot = screenshot(html, tmp_path / "report.png", 1400, 2400)
+    assert shot.stat().st_size > 50_000  # a page was drawn, not a blank one
+    # Without the store: the section says how to get it, and the cost stays an assumption.
+    plain = write(build(labelled, predictions, followup, None, ReportConfig()), tmp_path / "plain.html")[0]
+    assert "No live data" in plain.read_text()

@@ -585,9 +585,9 @@ def test_the_spec_says_what_the_server_does(served) -> None:
 
 
 def test_follow_ups_come_back_once_per_contact_over_http(served) -> None:
-    """POST /follow_ups: recorded, replayed, 409 on other content, 404 for an unknown contact, 400 naming the
-    field for a bad or early report; a held-out contact's answer says act: false, and a follow-up sent for it
-    anyway is kept with a warning."""
+    """POST /follow_ups: recorded, replayed, 409 on other content or a report sent before the close (naming
+    sent_at), 404 for an unknown contact, 400 naming the field for a bad report; a held-out contact's answer
+    says act: false, and a follow-up sent for it anyway is kept with a warning."""
     client = served["client"]
     rows = served["to_score"].iloc[60:100]
     out = client.post("/score_batch", json={"contacts": [as_json(r) for _, r in rows.iterrows()]}).json()
@@ -616,7 +616,7 @@ def test_follow_ups_come_back_once_per_contact_over_http(served) -> None:
     assert client.post("/follow_ups", json={**report, "contact_id": "never-scored"}).status_code == 404
     early = client.post("/follow_ups", json={**report, "contact_id": treated[1] if len(treated) > 1 else held[0],
                                               "sent_at": "2001-01-01T00:00:00Z"})  # fmt: skip
-    assert early.status_code == 400 and early.json()["detail"][0]["field"] == "sent_at"
+    assert early.status_code == 409 and early.json()["error"].startswith("sent_at: before contact")
     for change, field in (({"channel": "pigeon"}, "channel"), ({"sent_at": "2026-03-02T10:00:00"}, "sent_at"),
                           ({"sent_at": 1700000000}, "sent_at")):  # fmt: skip
         refused = client.post("/follow_ups", json={**report, **change})

@@ -233,7 +233,8 @@ class FollowUpConflict(ValueError):
 
 
 class FollowUpTooEarly(ValueError):
-    """A follow-up sent before its contact closed (HTTP 400, naming sent_at)."""
+    """A follow-up sent before its contact closed (HTTP 409, naming sent_at: the report is valid on its own,
+    at odds with the stored contact)."""
 
     def __init__(self, contact_id: str, closed_at: datetime) -> None:
         super().__init__(f"sent_at: before contact {contact_id!r} closed ({closed_at.isoformat()})")
@@ -329,7 +330,7 @@ def openapi(spec: dict[str, Any], bodies: dict[str, dict[str, Any]]) -> dict[str
         media = body.get("content", {}).get("application/json", {})
         media["example"] = example
         properties = media.get("schema", {}).get("properties", {})
-        for name in contract.names(contract.TIME):
+        for name in (*contract.names(contract.TIME), "sent_at"):
             if name in properties:
                 properties[name]["description"] += f" Accepted from {low} to {high}, as ISO-8601 text."
         for name in contract.names(contract.SCORE):

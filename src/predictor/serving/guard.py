@@ -209,8 +209,6 @@ def plain_error(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         return {"error": "bad request"}
     detail = body.get("detail")
-    if isinstance(detail, list) and detail and all(isinstance(e, dict) and "field" in e for e in detail):
-        return body  # plain already: a route's own 400 (e.g. /follow_ups' sent_at before the close)
     if isinstance(detail, list):
         errors = [
             {
