@@ -125,6 +125,13 @@ def test_a_simulated_deployment_measures_the_effect_it_was_given(tmp_path_factor
     live = with_effect.outcomes.quality
     assert 0.55 < live["roc_auc"] < 0.9 and live["ece"] < 0.1
 
+    # The uplift model on the arms, judged against risk ranking on the later contacts and recorded in MLflow.
+    from predictor.loop.uplift import evaluate_store
+
+    ranked = evaluate_store(ContactStore(f"sqlite:///{workdir / 'effect' / 'store.db'}"), prepared.settings, 60)
+    assert ranked.fitted and ranked.policy in {"uplift", "risk"} and ranked.run_id
+    assert np.isfinite(ranked.qini_uplift) and np.isfinite(ranked.qini_risk)
+
     without = deploy(prepared, Effect(0.0, 0.0, 0.0, 0.9), workdir / "none")
     assert without.true_itt == 0.0 and without.prevented == 0
     d = without.outcomes.itt.difference

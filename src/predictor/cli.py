@@ -244,6 +244,12 @@ def follow_ups_import(
 def outcomes(
     store_url: StoreUrlOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
+    uplift: Annotated[
+        bool,
+        typer.Option(help="Also fit an uplift model on the arms and judge it against risk ranking (logged to MLflow)."),
+    ] = False,
+    min_per_arm: Annotated[int, typer.Option(help="Closed windows per arm the uplift model needs.", min=20)] = 200,
+    model_name: ModelNameOption = None,
 ) -> None:
     """Is it working? Live model quality on scored contacts whose window has closed, and what the follow-ups
     prevented: held-out vs treated repeat rates with 95% intervals (intention to treat and as treated)."""
@@ -253,15 +259,35 @@ def outcomes(
 
     if json_out is not None:
         _check_suffix(json_out, (".json",))
-    settings = _settings()
+    settings = _settings(model_name=model_name)
     store = _store(settings, store_url)
     with _progress() as progress:
-        progress.add_task("deriving outcomes from the contact store", total=None)
+        task = progress.add_task("deriving outcomes from the contact store", total=None)
         result = measure(store, settings.labels)
+        ranked = None
+        if uplift:
+            from predictor.loop.uplift import evaluate_store
+
+            _require_model(settings)
+            progress.update(task, description="fitting the uplift model on the experiment's arms")
+            ranked = evaluate_store(store, settings, min_per_arm)
     _print_outcomes(result)
+    figures = result.as_dict()
+    if ranked is not None:
+        figures["uplift"] = ranked.as_dict()
+        if ranked.fitted:
+            console.print(
+                f"uplift model (learnt on {ranked.train:,}, judged on {ranked.evaluated:,} later contacts): Qini "
+                f"{ranked.qini_uplift:.4f} vs {ranked.qini_risk:.4f} ranking by risk; prevented in the top 30%: "
+                f"{_percent(ranked.uplift_at_top_uplift)} vs {_percent(ranked.uplift_at_top_risk)}. {ranked.reason} "
+                f"(MLflow run {ranked.run_id})",
+                soft_wrap=True,
+            )
+        else:
+            console.print(f"no uplift model: {ranked.reason}", soft_wrap=True)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.as_dict(), indent=2))
+        json_out.write_text(json.dumps(figures, indent=2, default=str))
         console.print(f"figures written to {json_out}")
 
 
