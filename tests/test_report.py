@@ -57,21 +57,28 @@ def test_every_section_is_there(report, tmp_path: Path) -> None:
         "high-risk",
         "cost",
         "plan",
+        "by-queue",
+        "by-time",
+        "working",
     ):
         assert f'id="{anchor}"' in text
-    assert text.count("data:image/png;base64,") == 4  # plots embedded: opens offline
+    assert text.count("data:image/png;base64,") == 6  # plots embedded: opens offline
     assert "http://" not in text and "https://" not in text
     assert len(pd.read_csv(csv)) == len(data["high_risk"])
 
 
-def test_high_risk_list_is_the_riskiest_recent_contacts(report) -> None:
+def test_high_risk_list_is_the_riskiest_recent_customers_in_the_order_to_act(report) -> None:
+    """One row per customer (their riskiest contact still inside its window, not yet repeated), the riskiest
+    customers, ordered by when the follow-up must go out."""
     data, predictions, labelled = report
     waiting = ~labelled["window_complete"] & ~labelled["is_repeat"].fillna(False).astype(bool)
-    recent = labelled.loc[waiting, "contact_id"]
-    p = predictions.set_index("contact_id").loc[recent, "repeat_probability"].sort_values(ascending=False)
-    listed = [h["contact_id"] for h in data["high_risk"]]
-    assert listed == list(p.index[: len(listed)])
-    assert all(h["send_within_hours"] <= 24 for h in data["high_risk"])
+    recent = labelled.loc[waiting, ["contact_id", "customer_id"]].merge(predictions, on="contact_id")
+    riskiest = recent.sort_values("repeat_probability", ascending=False).drop_duplicates("customer_id")
+    listed = data["high_risk"]
+    assert {h["contact_id"] for h in listed} == set(riskiest["contact_id"].head(len(listed)))
+    assert len({h["customer_id"] for h in listed}) == len(listed)
+    assert [h["send_by"] for h in listed] == sorted(h["send_by"] for h in listed)
+    assert all(h["send_within_hours"] <= 24 and h["send_by"].endswith("UTC") for h in listed)
 
 
 def test_report_escapes_what_it_shows(report, tmp_path: Path) -> None:
@@ -118,20 +125,19 @@ def test_is_it_working_is_measured_and_renders_in_a_browser(report, trained, set
     assert not data["cost"]["prevention_measured"] and data["cost"]["prevention_rate"] == 0.3
     html, _ = write(data, tmp_path / "report.html")
     text = html.read_text()
-    assert 'id="working"' in text and "No live data" not in text and text.count("data:image/png;base64,") == 6
+    assert 'id="working"' in text and "No live data" not in text and text.count("data:image/png;base64,") == 8
 
     # In the browser: the section is there with its plots loaded, and nothing is wider than the window.
-    laid_out = probe(
-        html,
-        1400,
-        """
+    layout = """
+        const width = document.documentElement.clientWidth;
         const images = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
-        const wide = [...document.querySelectorAll('table, img, .kpis')]
-          .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).length;
-        return {section: !!document.getElementById('working'), images, wide};
-        """,
-    )
-    assert laid_out == {"section": True, "images": 6, "wide": 0}
+        const wide = [...document.querySelectorAll('table, img, .kpis, p')]
+          .filter(e => e.getBoundingClientRect().right > width + 1).length;
+        const cut = [...document.querySelectorAll('td, th')].filter(c => c.scrollWidth > c.clientWidth + 1).length;
+        return {section: !!document.getElementById('working'), images, wide, cut};
+    """
+    for width in (1400, 390):  # a desktop, and a phone: no table wider than the page, no cell cut off
+        assert probe(html, width, layout) == {"section": True, "images": 8, "wide": 0, "cut": 0}, width
     shot = screenshot(html, tmp_path / "report.png", 1400, 2400)
     assert shot.stat().st_size > 50_000  # a page was drawn, not a blank one
     # Without the store: the section says how to get it, and the cost stays an assumption.

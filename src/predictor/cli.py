@@ -659,6 +659,25 @@ def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: AN
     console.print(f"figures written to {path}")
 
 
+def _date_range(contacts, since: str | None, until: str | None):  # noqa: ANN001, ANN202 - pandas, lazily
+    """Which contacts a date range keeps (by close, UTC); a bad date or an empty range: one line, exit 2."""
+    import pandas as pd
+
+    keep = pd.Series(True, index=contacts.index)
+    for name, value in (("--since", since), ("--until", until)):
+        if value is None:
+            continue
+        try:
+            when = pd.Timestamp(value)
+        except ValueError:
+            _fail(f"{name} {value!r} is not a date: write it as 2026-03-01")
+        when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+        keep &= contacts["closed_at"] >= when if name == "--since" else contacts["closed_at"] < when
+    if not keep.any():
+        _fail(f"no contact closed in the range {since or 'start'} to {until or 'end'}")
+    return keep.to_numpy()
+
+
 def _fail(message: str) -> NoReturn:
     """One line on stderr and exit status 2: the user's input, not the program, is wrong."""
     err.print(f"[red]error:[/] {message}", soft_wrap=True)
@@ -859,6 +878,15 @@ def report(
     cost_per_contact: Annotated[float, typer.Option(help="Handling cost of one repeat contact.")] = 6.0,
     prevention_rate: Annotated[float, typer.Option(help="Share of reached repeats a follow-up prevents.")] = 0.3,
     top_share: Annotated[float, typer.Option(help="Share of contacts to follow up, highest risk first.")] = 0.1,
+    follow_up_cost: Annotated[float, typer.Option(help="What sending one follow-up costs.", min=0)] = 0.5,
+    currency: Annotated[str, typer.Option(help="Currency sign of the costs.")] = "€",
+    target: Annotated[
+        float | None, typer.Option(help="Target repeat rate, drawn on the trend (e.g. 0.25).", min=0, max=1)
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Report on contacts closed from this date (2026-03-01).")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="... and before this date (history before it still counts).")
+    ] = None,
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     as_of: AsOfOption = None,
@@ -871,6 +899,7 @@ def report(
     high-risk list with follow-ups, the cost of repeats, and the next-issue-avoidance plan. From the store,
     also "Is it working?": live model quality and the follow-ups' prevention measured against the hold-out.
     """
+    import pandas as pd
     import yaml
 
     from predictor.contacts.labels import data_end, derive
@@ -896,16 +925,33 @@ def report(
     with _progress() as progress:
         task = progress.add_task("scoring contacts with the champion", total=None)
         model, version, mined = _bundle(settings, settings.service.model_version, progress, with_plan=True)
-        predictions = model.predict(contacts.reset_index(drop=True), history=contacts)
+        contacts = contacts.reset_index(drop=True)
+        shown = _date_range(contacts, since, until)
+        predictions = model.predict(contacts[shown].reset_index(drop=True), history=contacts)
         progress.update(task, description="building the report")
         plan_path = mined or settings.service.plan_path  # the plan of the version used, as the service reads it
         plan = yaml.safe_load(Path(plan_path).read_text()) if Path(plan_path).exists() else None
         followup = follow_up_plan(settings.service, mined)  # the service's own: the same channel and timing
-        config = ReportConfig(cost_per_contact=cost_per_contact, prevention_rate=prevention_rate, top_share=top_share)
+        config = ReportConfig(
+            cost_per_contact=cost_per_contact, prevention_rate=prevention_rate, top_share=top_share,
+            follow_up_cost=follow_up_cost, currency=currency, target_repeat_rate=target,
+        )  # fmt: skip
         end = data_end(contacts, settings.labels)
+        labelled = derive(contacts, settings.labels, end.at)[shown].reset_index(drop=True)
+        test_start = (model.metadata.get("boundaries") or {}).get("test_start")
+
+        def explain(ids: list[str]) -> dict[str, list[str]]:
+            # The reasons the API gives, for the contacts of the high-risk list.
+            rows = contacts[contacts["contact_id"].isin(ids)].reset_index(drop=True)
+            words = model.reasons(model.model_input(model.features(rows, contacts)))
+            return {
+                cid: [f"{r['description']} ({r['direction']})" for r in found]
+                for cid, found in zip(rows["contact_id"], words, strict=True)
+            }
+
         data = build(
-            derive(contacts, settings.labels, end.at), predictions, followup, plan, config, model_version=version,
-            data_end=end, outcomes=working,
+            labelled, predictions, followup, plan, config, model_version=version, data_end=end, outcomes=working,
+            unseen_from=pd.Timestamp(test_start) if test_start else None, explain=explain,
         )  # fmt: skip
         html, csv = write(data, out)
     _print_data_end(end, settings.labels.repeat_window_days)

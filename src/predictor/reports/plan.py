@@ -38,6 +38,7 @@ class FollowUpPlan:
     lead_fraction: float = 0.5  # send by half the typical time to repeat, so it lands first
     channel: str | None = None  # None: the contact's own channel (consistent with how they reached us)
     version: str = "scripts-1"
+    check_ins: dict[str, str] = field(default_factory=dict)  # the same issue again, written for each issue
     timing: dict[tuple[str, str], float] = field(default_factory=dict)  # from a mined plan, if one is given
 
     @classmethod
@@ -46,13 +47,17 @@ class FollowUpPlan:
         return cls(
             scripts={str(k): str(v).strip() for k, v in (raw.get("scripts") or {}).items()},
             same_issue=str(raw.get("same_issue", "")).strip(),
+            check_ins={str(k): str(v).strip() for k, v in (raw.get("check_ins") or {}).items()},
             version=f"scripts-{raw.get('version', 1)}",
             **overrides,
         )
 
     def message_for(self, next_issue: str, contact_issue: str) -> str | None:
-        """The script for a likely next issue (same issue again: the generic check-in), or None: a gap."""
+        """The script for a likely next issue (the same issue again: its check-in, else the generic one), or
+        None: a gap."""
         if next_issue == contact_issue:
+            if contact_issue in self.check_ins:
+                return self.check_ins[contact_issue]
             return self.same_issue.replace("{issue}", contact_issue.replace("_", " ")) or None
         return self.scripts.get(next_issue)
 

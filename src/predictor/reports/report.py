@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.dates
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,6 +41,8 @@ class ReportConfig:
     high_risk_rows: int = 50
     currency: str = "€"
     shift_tolerance: float = 0.05  # flag a repeat-rate shift larger than this (and than sampling noise)
+    follow_up_cost: float = 0.5  # what sending one follow-up costs (a message, an agent's minute)
+    target_repeat_rate: float | None = None  # drawn on the trend when set
 
 
 def build(
@@ -50,12 +54,22 @@ def build(
     model_version: str = "",
     data_end: DataEnd | None = None,
     outcomes: Outcomes | None = None,
+    unseen_from: pd.Timestamp | None = None,
+    explain: Callable[[list[str]], dict[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as data. ``labelled`` comes from labels.derive; ``predictions`` from the
     model (contact_id, repeat_probability, next_issue_1, hours_to_repeat_median, ...); ``outcomes``, from the
-    service's contact store, what its answers and follow-ups did (the "Is it working?" section)."""
+    service's contact store, what its answers and follow-ups did (the "Is it working?" section).
+
+    ``unseen_from``: the start of the model's test slice. Predicted-vs-actual figures are computed only on
+    contacts closed from then on (the model never learnt from them); on the contacts it was trained on they
+    would say nothing about it. ``explain``: the reasons the API gives, for the high-risk list's contacts."""
     config = config or ReportConfig()
     data = labelled.merge(predictions, on="contact_id", how="left", validate="one_to_one")
+    data["unseen"] = True if unseen_from is None else (data["closed_at"] >= unseen_from).to_numpy()
+    data["close_hour"] = data["closed_at"].dt.hour.map(lambda h: f"{h:02d}:00")
+    data["close_weekday"] = pd.Categorical(data["closed_at"].dt.day_name(), categories=WEEKDAYS, ordered=True)
+    adjacent = _adjacent_pairs(plan)
     complete = data[data["window_complete"]]
     repeats = complete[complete["is_repeat"].astype(bool)]
     n_complete = len(complete)
@@ -63,13 +77,22 @@ def build(
     explicit = float((repeats["repeat_type"] == "explicit").mean()) if len(repeats) else float("nan")
     open_window = data[~data["window_complete"]]
 
+    same_or_adjacent = repeats["next_issue"].astype(str) == repeats["issue"].astype(str)
+    if adjacent:
+        pairs = list(zip(repeats["issue"].astype(str), repeats["next_issue"].astype(str), strict=True))
+        same_or_adjacent |= np.array([pair in adjacent for pair in pairs], dtype=bool)
+    related = int(same_or_adjacent.sum())
     headline = {
         "period_start": str(data["closed_at"].min().date()),
         "period_end": str(data["closed_at"].max().date()),
         "contacts": len(data),
         "contacts_with_closed_window": n_complete,
         "repeat_rate": repeat_rate,
-        "fcr": 1 - repeat_rate,
+        # First-contact resolution as the industry counts it: no return for the same issue or an adjacent one
+        # (the mined plan's pairs); "any repeat" counts unrelated returns too.
+        "fcr": 1 - related / n_complete if n_complete else float("nan"),
+        "fcr_any": 1 - repeat_rate,
+        "fcr_adjacent_from_plan": bool(adjacent),
         "explicit_share": explicit,
         "implicit_share": 1 - explicit,
         "open_window": len(open_window),
@@ -78,11 +101,17 @@ def build(
         "window_days": float((data["window_ends_at"] - data["closed_at"]).dt.total_seconds().median() / 86400),
         "model_version": model_version,
         "data_end": data_end.describe() if data_end is not None else "",
+        "unseen_from": str(unseen_from.date()) if unseen_from is not None else None,
+        "unseen_closed": int((complete["unseen"]).sum()) if n_complete else 0,
     }
+    headline.update(_period_change(complete))
 
     by = {
         "issue": _by_group(data, "issue"),
         "channel": _by_group(data, "channel"),
+        "queue": _by_group(data, "queue"),
+        "hour": sorted(_by_group(data, "close_hour"), key=lambda r: r["group"]),
+        "weekday": _by_group(data, "close_weekday", ordered=True),
         "agent": _by_agent(data, config.min_agent_volume),
     }
     weekly = _weekly(data)
@@ -90,19 +119,24 @@ def build(
 
     # Act today: contacts inside their window whose customer has not come back yet (those who did are
     # already in someone's queue).
+    # One row per customer (the two halves of a transferred call are one customer to call), their riskiest
+    # contact; then sorted by when the follow-up must go out, the riskiest first at the same time.
     waiting = open_window[~open_window["is_repeat"].fillna(False).astype(bool)]
-    recent = waiting.sort_values("repeat_probability", ascending=False).head(config.high_risk_rows)
+    riskiest = waiting.sort_values("repeat_probability", ascending=False).drop_duplicates("customer_id")
+    recent = riskiest.head(config.high_risk_rows)
+    why = explain(recent["contact_id"].tolist()) if explain is not None and len(recent) else {}
     high_risk = []
     for row in recent.itertuples(index=False):
         advice = followup.recommend(
             repeat_probability=float(row.repeat_probability), next_issue=row.next_issue_1, contact_issue=row.issue,
             contact_channel=row.channel, hours_to_repeat_median=float(row.hours_to_repeat_median),
         )  # fmt: skip
+        send_by = (row.closed_at + pd.Timedelta(hours=advice.send_within_hours)).floor("min")
         high_risk.append(
             {
                 "contact_id": row.contact_id,
                 "customer_id": row.customer_id,
-                "closed_at": str(row.closed_at)[:16],
+                "closed_at": row.closed_at.strftime("%Y-%m-%d %H:%M"),
                 "issue": row.issue,
                 "channel": row.channel,
                 "agent_id": row.agent_id,
@@ -112,16 +146,20 @@ def build(
                 "hours_to_repeat_median": round(float(row.hours_to_repeat_median), 1),
                 "follow_up": advice.message or f"(no script yet for {row.next_issue_1})",
                 "send_within_hours": advice.send_within_hours,
+                "send_by": send_by.strftime("%Y-%m-%d %H:%M UTC"),
                 "channel_to_use": advice.channel,
+                "reasons": "; ".join(why.get(row.contact_id, [])),
             }
         )
+    high_risk.sort(key=lambda h: (h["send_by"], -h["repeat_probability"]))
 
     working = _working(outcomes)
     cost = _cost(complete, config, working)
+    # Predicted vs actual on the contacts the model did not learn from, only.
     calibration = [
-        {"group": r["group"], "predicted": r["predicted_rate"], "actual": r["repeat_rate"], "n": r["closed_windows"]}
+        {"group": r["group"], "predicted": r["unseen_predicted"], "actual": r["unseen_actual"], "n": r["unseen_closed"]}
         for r in by["issue"]
-        if r["closed_windows"] > 0
+        if r["unseen_closed"] > 0
     ]
     return {
         "headline": headline,
@@ -133,6 +171,40 @@ def build(
         "plan": plan,
         "config": config.__dict__,
         "working": working,
+    }
+
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _adjacent_pairs(plan: dict[str, Any] | None) -> set[tuple[str, str]]:
+    """The (primary, next issue) pairs the mined plan knows as adjacent: implicit repeats an agent could have
+    headed off, which the industry's FCR counts against the first contact."""
+    if not plan:
+        return set()
+    return {
+        (str(p["issue"]), str(s["issue"]))
+        for p in plan.get("primaries", [])
+        for s in p.get("secondaries", [])
+        if s.get("repeat_type") == "implicit"
+    }
+
+
+def _period_change(complete: pd.DataFrame) -> dict[str, Any]:
+    """The latest full week of closed windows against the four before it (the headline's trend arrow)."""
+    if complete.empty:
+        return {"week_rate": float("nan"), "previous_4_weeks_rate": float("nan"), "week_change": float("nan")}
+    week = complete["closed_at"].dt.tz_convert(None).dt.to_period("W")
+    last = week.max()
+    latest = complete[week == last]
+    before = complete[(week < last) & (week >= last - 4)]
+    rate = float(latest["is_repeat"].astype(float).mean()) if len(latest) else float("nan")
+    previous = float(before["is_repeat"].astype(float).mean()) if len(before) else float("nan")
+    return {
+        "week_start": str(last.start_time.date()),
+        "week_rate": rate,
+        "previous_4_weeks_rate": previous,
+        "week_change": rate - previous,
     }
 
 
@@ -160,7 +232,9 @@ def _working(outcomes: Outcomes | None) -> dict[str, Any] | None:
 
 def render(report: dict[str, Any]) -> str:
     plots = {
-        "weekly": _png(_plot_weekly(report["weekly"])),
+        "weekly": _png(_plot_weekly(report["weekly"], report["config"].get("target_repeat_rate"))),
+        "when": _png(_plot_when(report["by"]["hour"], report["by"]["weekday"])),
+        "queue": _png(_plot_groups(report["by"]["queue"], "Repeat rate by queue")),
         "issue": _png(_plot_groups(report["by"]["issue"], "Repeat rate by primary issue")),
         "channel": _png(_plot_groups(report["by"]["channel"], "Repeat rate by channel")),
         "calibration": _png(_plot_calibration(report["calibration"])),
@@ -178,10 +252,24 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """The HTML file, the high-risk list as CSV beside it, and every table as CSV in ``<name>_tables/``
+    (linked from the page)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(report))
     csv = out.with_name(out.stem + "_high_risk.csv")
     pd.DataFrame(report["high_risk"]).to_csv(csv, index=False)
+    folder = out.with_name(out.stem + "_tables")
+    folder.mkdir(exist_ok=True)
+    tables = {"weekly": report["weekly"], **{f"by_{k}": v for k, v in report["by"].items()}}
+    working = report.get("working") or {}
+    for name in ("by_week", "by_band", "by_group"):
+        if working.get(name):
+            tables[f"live_{name}"] = working[name]
+    links = {}
+    for name, rows in tables.items():
+        pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+        links[name.replace("_", " ")] = f"{folder.name}/{name}.csv"
+    links["high-risk list"] = csv.name
+    out.write_text(render({**report, "tables": links}))
     return out, csv
 
 
@@ -204,7 +292,11 @@ def _group_row(name: str, group: pd.DataFrame) -> dict[str, Any]:
     n = len(complete)
     k = float(complete["is_repeat"].astype(float).sum()) if n else 0.0
     low, high = wilson(k, n)
+    unseen = complete[complete["unseen"]] if "unseen" in complete else complete
     return {
+        "unseen_closed": len(unseen),
+        "unseen_actual": float(unseen["is_repeat"].astype(float).mean()) if len(unseen) else float("nan"),
+        "unseen_predicted": float(unseen["repeat_probability"].mean()) if len(unseen) else float("nan"),
         "group": name,
         "contacts": len(group),
         "closed_windows": n,
@@ -217,9 +309,9 @@ def _group_row(name: str, group: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _by_group(data: pd.DataFrame, column: str) -> list[dict[str, Any]]:
+def _by_group(data: pd.DataFrame, column: str, ordered: bool = False) -> list[dict[str, Any]]:
     rows = [_group_row(str(name), group) for name, group in data.groupby(column, observed=True)]
-    return sorted(rows, key=lambda r: -r["contacts"])
+    return rows if ordered else sorted(rows, key=lambda r: -r["contacts"])
 
 
 def _by_agent(data: pd.DataFrame, min_volume: int) -> list[dict[str, Any]]:
@@ -261,6 +353,7 @@ def _weekly(data: pd.DataFrame) -> list[dict[str, Any]]:
     for start, group in data.groupby(week):
         complete = group["window_complete"]
         known = group[complete]
+        unseen = bool(group["unseen"].all()) if "unseen" in group else True
         rows.append(
             {
                 "week": str(pd.Timestamp(start).date()),
@@ -268,6 +361,7 @@ def _weekly(data: pd.DataFrame) -> list[dict[str, Any]]:
                 "share_window_open": float((~complete).mean()),
                 "repeat_rate": float(known["is_repeat"].astype(float).mean()) if len(known) else float("nan"),
                 "predicted_rate": float(group["repeat_probability"].mean()),
+                "unseen": unseen,  # every contact of the week is one the model did not learn from
             }
         )
     return rows
@@ -285,9 +379,12 @@ def _cost(complete: pd.DataFrame, config: ReportConfig, working: dict[str, Any] 
     top = np.argsort(-p)[:k]
     reached = int(y[top].sum())
     prevented = reached * rate
+    follow_up_cost = k * config.follow_up_cost
     return {
         "prevention_rate": rate,
         "prevention_measured": measured is not None,
+        "follow_up_cost": follow_up_cost,
+        "net_saving": prevented * config.cost_per_contact - follow_up_cost,
         "repeats": repeats,
         "repeat_cost": repeats * config.cost_per_contact,
         "followed_up": k,
@@ -310,22 +407,60 @@ def _png(fig: plt.Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _plot_weekly(weekly: list[dict[str, Any]]) -> plt.Figure:
+def _plot_weekly(weekly: list[dict[str, Any]], target: float | None = None) -> plt.Figure:
+    """The repeat rate by week (axis from 0), the volume under it, the model's prediction only where it did not
+    learn from the week, and the target when one is set."""
     frame = pd.DataFrame(weekly)
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(10, 4.4))
     x = pd.to_datetime(frame["week"])
+    volume = ax.twinx()
+    volume.bar(x, frame["contacts"], width=5, color="#e8eef6", zorder=0, label="contacts (right axis)")
+    volume.set_ylabel("contacts per week")
+    volume.set_ylim(0, frame["contacts"].max() * 3)  # the bars stay in the lower third, under the rates
+    ax.set_zorder(volume.get_zorder() + 1)
+    ax.patch.set_visible(False)
     complete = frame["share_window_open"] == 0
     ax.plot(x[complete], frame["repeat_rate"][complete], marker="o", color="#1f5aa6", label="actual (window closed)")
     partial = ~complete
     ax.plot(x[partial], frame["repeat_rate"][partial], marker="o", ls=":", color="#999999",
             label="actual, window still open: too low until it closes")  # fmt: skip
-    ax.plot(x, frame["predicted_rate"], color="#e07b00", label="predicted")
+    unseen = frame["unseen"].astype(bool)
+    ax.plot(
+        x[unseen], frame["predicted_rate"][unseen], color="#e07b00", label="predicted (weeks the model did not see)"
+    )
     if partial.any():
         ax.axvspan(x[partial].min() - pd.Timedelta(days=3.5), x.max() + pd.Timedelta(days=3.5), color="#eeeeee",
                    zorder=0)  # fmt: skip
+    if target is not None:
+        ax.axhline(target, color="#2a9d3a", ls="--", lw=1, label=f"target {target:.0%}")
+    top = np.nanmax([frame["repeat_rate"].max(), frame["predicted_rate"].max(), target or 0])
+    ax.set_ylim(0, max(0.05, float(top) * 1.15))
     ax.set(ylabel="repeat rate", title="Repeat rate by week of first contact")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.legend(fontsize=8, loc="lower left")
+    ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%d %b"))
+    lines, labels = ax.get_legend_handles_labels()
+    bars, bar_labels = volume.get_legend_handles_labels()
+    # Below the plot, never over a point.
+    ax.legend(lines + bars, labels + bar_labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3,
+              frameon=False)  # fmt: skip
+    return fig
+
+
+def _plot_when(hours: list[dict[str, Any]], days: list[dict[str, Any]]) -> plt.Figure:
+    """Repeat rate by the hour and the weekday of the close (windows closed, with 95% intervals)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    for ax, rows, title in ((axes[0], hours, "by hour of close (UTC)"), (axes[1], days, "by weekday of close")):
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            continue
+        err = np.vstack([frame["repeat_rate"] - frame["ci_low"], frame["ci_high"] - frame["repeat_rate"]])
+        labels = [g[:2] for g in frame["group"]]  # "09:00" -> "09", "Monday" -> "Mo"
+        ax.bar(range(len(frame)), frame["repeat_rate"], yerr=np.nan_to_num(err), color="#9cc3e6", ecolor="#555555",
+               capsize=1.5)  # fmt: skip
+        ax.set_xticks(range(len(frame)), labels, fontsize=7)
+        ax.set_ylim(0, max(0.05, float(np.nanmax(frame["ci_high"])) * 1.1))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set(title=f"Repeat rate {title}")
     return fig
 
 
@@ -337,7 +472,9 @@ def _plot_groups(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     ax.barh(
         y, frame["repeat_rate"], xerr=err, color="#9cc3e6", ecolor="#555555", capsize=2, label="actual (95% interval)"
     )
-    ax.scatter(frame["predicted_rate_closed"], y, color="#e07b00", zorder=3, label="predicted")
+    unseen = frame["unseen_closed"] > 0
+    ax.scatter(frame["unseen_predicted"][unseen], y[unseen.to_numpy()], color="#e07b00", zorder=3,
+               label="predicted, on contacts the model did not see")  # fmt: skip
     ax.set_yticks(y, frame["group"], fontsize=8)
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set(title=title)
@@ -353,7 +490,8 @@ def _plot_calibration(rows: list[dict[str, Any]]) -> plt.Figure:
         ax.annotate(row.group.replace("_", " "), (row.predicted, row.actual), fontsize=6, alpha=0.8)
     top = float(max(frame["predicted"].max(), frame["actual"].max()) * 1.1) if len(frame) else 1.0
     ax.plot([0, top], [0, top], color="grey", ls=":")
-    ax.set(xlabel="predicted repeat rate", ylabel="actual repeat rate", title="Predicted vs actual, by issue")
+    ax.set(xlabel="predicted repeat rate", ylabel="actual repeat rate",
+           title="Predicted vs actual by issue\n(contacts the model did not see)")  # fmt: skip
     return fig
 
 
