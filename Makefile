@@ -13,10 +13,12 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install test test-deps test-fast lint demo serve bench bench-cluster clean
+.PHONY: help install test test-deps test-fast lint demo serve notebook bench bench-cluster clean
 
-help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+help: ## List the targets (coloured on a terminal, plain text otherwise)
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
+	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-12s%s %s\n", on, $$1, off, $$2}'
 
 install: $(STAMP) ## Create .venv with the CPU torch wheel first, then the project and its dev tools
 
@@ -61,6 +63,10 @@ demo: install ## The main job: simulate, validate, label, train + register, plan
 
 serve: install ## Run the scoring service on 127.0.0.1:3000 (needs a trained champion: make demo)
 	$(BIN)/predictor serve --port 3000
+
+notebook: install ## JupyterLab on notebooks/ at 127.0.0.1:8888 (installs the notebook extra once)
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,notebook]'
+	PREDICTOR_HOME=$(CURDIR) $(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --port 8888 notebooks
 
 clean: ## Remove generated data and local model stores (keeps .venv)
 	rm -rf $(DEMO_DIR) models/mlflow.db models/mlartifacts models/embedding-cache models/contacts.db

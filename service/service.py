@@ -58,7 +58,7 @@ class Predictor:
     def __init__(self) -> None:
         from predictor.serving.scorer import Scorer
 
-        logs.setup()
+        logs.setup(plain=True)  # a log file: one plain line per record
         self.settings = get_settings()
         if notice := auth_notice(self.settings.api_token):
             logging.getLogger(__name__).warning(notice)

@@ -70,6 +70,36 @@ def test_train_plan_report_promote_through_the_command_line(folder: Path, env: d
     assert "champion -> " in promoted.stdout and "version 1" in promoted.stdout
 
 
+def fits_80_columns(done: subprocess.CompletedProcess) -> None:
+    """No line wider than 80 characters, and no table cell cut short with an ellipsis."""
+    lines = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in lines if len(line) > 80], "\n".join(line for line in lines if len(line) > 80)
+    assert not [line for line in lines if "\u2026" in line]
+    assert "nan" not in done.stdout.replace("nano", "").lower().split()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("validate", "log.csv"), ("labels", "log.csv"), ("plan", "log.csv", "--out", "plan80.yaml"), ("info",),
+     ("mapping", "list"), ("train", "log.csv", "--no-text", "--no-register")],
+    ids=lambda a: " ".join(a[:2]),
+)  # fmt: skip
+def test_table_commands_read_in_an_80_column_terminal(folder: Path, env: dict[str, str], args: tuple[str, ...]) -> None:
+    """Every table command at COLUMNS=80: nothing wider, nothing cut; and the same tables as CSV and JSON."""
+    narrow = {**env, "COLUMNS": "80"}
+    done = run(narrow, folder, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fits_80_columns(done)
+    if args[0] in ("mapping",):
+        return
+    as_json = run(narrow, folder, *args, "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr[-2000:]
+    tables = json.loads(as_json.stdout)  # stdout holds only the data: everything else went to stderr
+    assert tables and all(isinstance(rows, list) for rows in tables.values())
+    as_csv = run(narrow, folder, *args, "--format", "csv")
+    assert as_csv.returncode == 0 and as_csv.stdout.lstrip().startswith("#")
+
+
 def test_promoting_a_version_that_does_not_exist_exits_2_with_one_line(folder: Path, env: dict[str, str]) -> None:
     done = run(env, folder, "promote", "99")
     assert done.returncode == 2

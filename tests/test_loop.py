@@ -125,6 +125,19 @@ def test_a_simulated_deployment_measures_the_effect_it_was_given(tmp_path_factor
     live = with_effect.outcomes.quality
     assert 0.55 < live["roc_auc"] < 0.9 and live["ece"] < 0.1
 
+    # `predictor outcomes` on that store, in an 80-column terminal: every line fits, nothing is cut.
+    import os
+    import subprocess
+    import sys
+
+    store_url = f"sqlite:///{workdir / 'effect' / 'store.db'}"
+    env = {**os.environ, "COLUMNS": "80", "PREDICTOR_HOME": str(workdir)}
+    shown = subprocess.run([str(Path(sys.executable).parent / "predictor"), "outcomes", "--store-url", store_url],
+                           capture_output=True, text=True, env=env, cwd=workdir, timeout=300)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    lines = (shown.stdout + shown.stderr).splitlines()
+    assert "Prevention" in shown.stdout and all(len(line) <= 80 and "\u2026" not in line for line in lines)
+
     # The uplift model on the arms, judged against risk ranking on the later contacts and recorded in MLflow.
     from predictor.loop.uplift import evaluate_store
 

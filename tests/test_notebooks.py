@@ -59,8 +59,12 @@ def test_training_notebook_registers_only_when_asked_and_shows_its_plots(
     before = sorted(p.name for p in ROOT.iterdir())
     book = run("02_train_and_compare")
     outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the evaluation plots, inline
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # the evaluation plots and SHAP, inline
     assert any("not registered" in o.get("text", "") for o in outputs)
+    html = " ".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "precision" in html and "roc_auc" in html  # the threshold choice and the per-slice table, as tables
+    warned = [o.get("text", "") for o in outputs if o.get("name") == "stderr"]
+    assert not [w for w in warned if "Warning" in w or "widget" in w.lower()], warned
     assert not (workdir / "nb-dry.db").exists()  # no registry touched, not even created
     assert sorted(p.name for p in ROOT.iterdir()) == before  # nothing written into the checkout's root
 

@@ -10,7 +10,6 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from predictor import logs
 
@@ -63,10 +62,33 @@ ModelNameOption = Annotated[
         "(default PREDICTOR_REGISTRY__MODEL_NAME, or repeat-contact-predictor).",
     ),
 ]
+FormatOption = Annotated[
+    str, typer.Option("--format", "-f", help="How tables are printed: table (for people), csv or json (for scripts).")
+]
 REJECTED_SHARE_WARNING = 0.05  # more rejected rows than this: say the labels of the rest may be skewed
 PartitionsOption = Annotated[
     int | None, typer.Option(help="Customer partitions (default: two per worker, at most 100k contacts each).")
 ]
+
+
+_out = None  # the current command's Output (tables as text, CSV or JSON)
+
+
+def _output(fmt: str):  # noqa: ANN202 - predictor.output.Output
+    """The tables of this command in ``fmt``; beside CSV or JSON every other line goes to stderr."""
+    global console, _out
+    from predictor.output import FORMATS, Output
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
+    if fmt != "table":
+        console = err
+    _out = Output(fmt, console, err)  # type: ignore[arg-type]
+    return _out
+
+
+def _tables():  # noqa: ANN202 - predictor.output.Output
+    return _out if _out is not None else _output("table")
 
 
 def _version(value: bool) -> None:
@@ -88,7 +110,7 @@ def main(
 
 
 @app.command()
-def info(model_name: ModelNameOption = None) -> None:
+def info(model_name: ModelNameOption = None, fmt: FormatOption = "table") -> None:
     """Where everything is (the home and every path under it), the registered model and its champion, the
     embedding backend, and the versions installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -96,8 +118,9 @@ def info(model_name: ModelNameOption = None) -> None:
     from predictor.config import sqlite_file
     from predictor.registry.tracking import registered_versions
 
+    out = _output(fmt)
     settings = _settings(model_name=model_name)
-    table = Table("", "", show_header=False, box=None)
+    table = _Rows()
     table.add_row("home", str(settings.home))
     table.add_row("MLflow registry", settings.registry.tracking_uri)
     table.add_row("artifacts", str(settings.registry.artifact_root))
@@ -122,7 +145,8 @@ def info(model_name: ModelNameOption = None) -> None:
         except PackageNotFoundError:
             installed.append(f"{package} (not installed)")
     table.add_row("versions installed", ", ".join(installed))
-    console.print(table)
+    out.table("Where everything is", ["what", "where"], table.rows, show_header=False)
+    out.close()
 
 
 mapping_app = typer.Typer(help="Column mappings of foreign exports: the shipped ones, and a draft for yours.")
@@ -250,6 +274,7 @@ def outcomes(
     ] = False,
     min_per_arm: Annotated[int, typer.Option(help="Closed windows per arm the uplift model needs.", min=20)] = 200,
     model_name: ModelNameOption = None,
+    fmt: FormatOption = "table",
 ) -> None:
     """Is it working? Live model quality on scored contacts whose window has closed, and what the follow-ups
     prevented: held-out vs treated repeat rates with 95% intervals (intention to treat and as treated)."""
@@ -257,6 +282,7 @@ def outcomes(
 
     from predictor.loop.outcomes import outcomes as measure
 
+    output = _output(fmt)
     if json_out is not None:
         _check_suffix(json_out, (".json",))
     settings = _settings(model_name=model_name)
@@ -281,14 +307,14 @@ def outcomes(
                 f"{ranked.qini_uplift:.4f} vs {ranked.qini_risk:.4f} ranking by risk; prevented in the top 30%: "
                 f"{_percent(ranked.uplift_at_top_uplift)} vs {_percent(ranked.uplift_at_top_risk)}. {ranked.reason} "
                 f"(MLflow run {ranked.run_id})",
-                soft_wrap=True,
             )
         else:
-            console.print(f"no uplift model: {ranked.reason}", soft_wrap=True)
+            console.print(f"no uplift model: {ranked.reason}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(figures, indent=2, default=str))
         console.print(f"figures written to {json_out}")
+    output.close()
 
 
 @app.command("simulate-deployment")
@@ -349,7 +375,7 @@ def _percent(value: float, digits: int = 1) -> str:
 
 
 def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
-    console.print(result.data_end.describe(), soft_wrap=True)
+    console.print(result.data_end.describe())
     q = result.quality
     console.print(
         f"scored {result.scored:,} contacts; {result.closed:,} with a closed window"
@@ -359,15 +385,16 @@ def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
             if result.closed and q.get("roc_auc") == q.get("roc_auc")
             else ""
         ),
-        soft_wrap=True,
     )
+    from predictor.output import count, percent, text
+
     if len(result.by_band):
-        table = Table("risk band", "contacts", "predicted", "realised", title="live quality by risk band")
-        for row in result.by_band.itertuples(index=False):
-            table.add_row(
-                str(row.risk_band), f"{row.contacts:,}", _percent(row.predicted_rate), _percent(row.realised_rate)
-            )
-        console.print(table)
+        rows = [[str(r.risk_band), r.contacts, r.predicted_rate, r.realised_rate, r.roc_auc]
+                for r in result.by_band.itertuples(index=False)]  # fmt: skip
+        _tables().table(
+            "Live quality by risk band", ["risk band", "contacts", "predicted", "realised", "ROC AUC"], rows,
+            [text, count, percent, percent, lambda v: "-" if v != v else f"{v:.3f}"],
+        )  # fmt: skip
     if result.experiment is None:
         console.print("no contact counts in a follow-up experiment yet (no follow-up was due)")
     else:
@@ -375,28 +402,22 @@ def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
             f"experiment '{result.experiment}': {result.counted:,} contacts with a follow-up due, "
             f"{_percent(result.held_out_share)} held out; {result.sent:,} follow-ups reported sent"
             + (f" ({result.sent_to_held_out:,} to held-out customers)" if result.sent_to_held_out else ""),
-            soft_wrap=True,
         )
     if result.itt is not None:
         itt = result.itt
         d = itt.difference
-        table = Table("comparison", "contacts", "repeat rates", "difference (95% CI)", title="prevention")
-        table.add_row(
-            "held out vs treated (ITT)",
-            f"{itt.n_first:,} / {itt.n_second:,}",
-            f"{_percent(itt.rate_first)} / {_percent(itt.rate_second)}",
-            f"{d.estimate * 100:+.1f} pts ({d.low * 100:+.1f} to {d.high * 100:+.1f})",
-        )
-        for c in (result.as_treated, result.early):
+        rows = []
+        for label, c in (("held out vs treated (ITT)", itt), ("not sent vs sent (not randomised)", result.as_treated),
+                         ("treated vs held out, 48 h", result.early)):  # fmt: skip
             if c is not None:
-                table.add_row(
-                    f"{c.first} vs {c.second}" + (" (not randomised)" if c is result.as_treated else " (48 h)"),
-                    f"{c.n_first:,} / {c.n_second:,}",
-                    f"{_percent(c.rate_first)} / {_percent(c.rate_second)}",
-                    f"{c.difference.estimate * 100:+.1f} pts ({c.difference.low * 100:+.1f} to "
-                    f"{c.difference.high * 100:+.1f})",
-                )
-        console.print(table)
+                rows.append([label, c.n_first, c.n_second, c.rate_first, c.rate_second, c.difference.estimate,
+                             c.difference.low, c.difference.high])  # fmt: skip
+        points = lambda v: "-" if v != v else f"{v * 100:+.1f}"  # noqa: E731
+        _tables().table(
+            "Prevention (difference in points, 95% interval)",
+            ["comparison", "n first", "n second", "rate first", "rate second", "diff", "low", "high"],
+            rows, [text, count, count, percent, percent, points, points, points],
+        )  # fmt: skip
         verdict = (
             f"follow-ups prevent {_percent(itt.relative, 0)} of repeats among contacts with one due"
             if d.low > 0
@@ -411,14 +432,23 @@ def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
                 if result.needed and not d.excludes_zero()
                 else ""
             ),
-            soft_wrap=True,
         )
         console.print(
             f"{result.prompted_after_send:,} repeats came within 48 h after a sent follow-up "
             "(some may be replies to it)"
         )
     for note in result.notes:
-        console.print(f"note: {note}", soft_wrap=True)
+        console.print(f"note: {note}")
+
+
+class _Rows:
+    """Rows gathered as ``Table.add_row`` would take them, for ``Output.table``."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[object]] = []
+
+    def add_row(self, *values: object) -> None:
+        self.rows.append(list(values))
 
 
 def _progress() -> Progress:
@@ -498,6 +528,7 @@ def validate(
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any row is rejected.")] = False,
+    fmt: FormatOption = "table",
 ) -> None:
     """Check a contact log row by row; report what was rejected and why.
 
@@ -506,21 +537,26 @@ def validate(
     """
     from predictor.contacts.schema import write_table
 
+    _output(fmt)
     result = _load(path, mapping, assume_timezone, allow_empty=True)
     console.print(
         f"[bold]{path}[/]: {result.n_input:,} rows read, {result.n_accepted:,} accepted, "
         f"{result.n_rejected_rows:,} rejected"
     )
-    if len(result.warnings):
-        table = Table("field", "reason", "rows", title="Kept with an optional field left blank")
-        for row in result.counts_by_reason(warnings=True).itertuples(index=False):
-            table.add_row(row.field, row.reason, f"{row.rows:,}")
-        console.print(table)
+    from predictor.output import count, text
+
+    for title, shown, counts in (
+        (
+            "Kept with an optional field left blank",
+            len(result.warnings),
+            lambda: result.counts_by_reason(warnings=True),
+        ),
+        ("Rejected rows by reason", result.n_rejected_rows, result.counts_by_reason),
+    ):
+        if shown:
+            rows = [[r.field, r.reason, r.rows] for r in counts().itertuples(index=False)]
+            _tables().table(title, ["field", "reason", "rows"], rows, [text, text, count])
     if result.n_rejected_rows:
-        table = Table("field", "reason", "rows", title="Rejected rows by reason")
-        for row in result.counts_by_reason().itertuples(index=False):
-            table.add_row(row.field, row.reason, f"{row.rows:,}")
-        console.print(table)
         target = (out or path).with_suffix(".rejected.csv")
         write_table(result.rejections, target)
         console.print(f"rejections written to {target}")
@@ -530,6 +566,10 @@ def validate(
         _check_suffix(out, (".csv", ".parquet", ".jsonl"))
         write_table(result.contacts, out)
         console.print(f"valid contacts written to {out}")
+    if _tables().fmt != "table":  # the counts above, as data
+        counts_rows = [["read", result.n_input], ["accepted", result.n_accepted], ["rejected", result.n_rejected_rows]]
+        _tables().table("Rows", ["rows", "count"], counts_rows, [text, count])
+    _tables().close()
     if strict and result.n_rejected_rows:
         raise typer.Exit(1)
 
@@ -543,10 +583,12 @@ def labels(
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     as_of: AsOfOption = None,
+    fmt: FormatOption = "table",
 ) -> None:
     """Derive repeat labels and print the repeat rate, explicit/implicit split and censoring."""
     from predictor.contacts.labels import data_end, derive, summarize
 
+    out = _output(fmt)
     result = _load(path, mapping, assume_timezone)
     config = _settings(as_of).labels
     if window_days is not None:
@@ -555,6 +597,7 @@ def labels(
     _print_data_end(end, config.repeat_window_days)
     summary = summarize(derive(result.contacts, config, end.at))
     print_label_summary(summary, config.repeat_window_days)
+    out.close()
 
 
 @app.command()
@@ -587,6 +630,7 @@ def train(
     as_of: AsOfOption = None,
     metrics_json: MetricsJsonOption = None,
     model_name: ModelNameOption = None,
+    fmt: FormatOption = "table",
 ) -> None:
     """Train the repeat, next-issue and timing models on a time split; compare with baselines; register.
 
@@ -595,6 +639,7 @@ def train(
     --scheduler or --local-cluster the same stages run on Dask partitions of the log and the boosters
     train with lightgbm.dask; the log never has to fit in this process's memory.
     """
+    _output(fmt)
     settings = _settings(as_of, model_name)
     settings = settings.model_copy(update={"compute": _compute(settings, scheduler, local_cluster, partitions)})
     plots_dir = plots_dir or settings.path("models/plots")
@@ -645,6 +690,7 @@ def train(
     else:
         console.print("--no-register: nothing registered, no plan written (predictor plan LOG writes one)")
     _write_metrics(metrics_json, result, registration)
+    _tables().close()
 
 
 def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: ANN001 - TrainingResult, Registration
@@ -724,10 +770,10 @@ def _settings(as_of: str | None = None, model_name: str | None = None):  # noqa:
 
 
 def _print_data_end(end, window_days: float) -> None:  # noqa: ANN001 - labels.DataEnd
-    console.print(end.describe(), soft_wrap=True)
+    console.print(end.describe())
     warning = end.warning(window_days)
     if warning:
-        console.print(f"[yellow]{warning}[/]", soft_wrap=True)
+        console.print(f"[yellow]{warning}[/]")
 
 
 def _train_on_cluster(
@@ -822,6 +868,7 @@ def plan(
     mapping: MappingOption = None,
     assume_timezone: TimezoneOption = None,
     as_of: AsOfOption = None,
+    fmt: FormatOption = "table",
 ) -> None:
     """Mine the next-issue-avoidance plan: which issues follow which, when, and the script for each.
 
@@ -829,9 +876,11 @@ def plan(
     are listed as gaps to fill. The service reads the plan stored with its model version (`predictor train`
     mines and registers one with every version); this file only for versions registered without one.
     """
+    output = _output(fmt)
     settings = _settings(as_of)
     result = _load(path, mapping, assume_timezone)
     _mine_plan(result.contacts, settings, out or settings.service.plan_path, top=top, min_cell=min_cell, show=True)
+    output.close()
 
 
 def _mine_plan(  # noqa: ANN202
@@ -849,17 +898,25 @@ def _mine_plan(  # noqa: ANN202
     labelled = derive(contacts, settings.labels) if labelled is None else labelled
     mined, path = mine_to_file(labelled, settings.service, out, top_primaries=top, min_cell=min_cell)
     if show:
-        table = Table("primary", "repeats", "share", "next issue", "type", "share", "median h", "p75 h", "send in h",
-                      "script", title=f"Next-issue-avoidance plan {mined['version']}")  # fmt: skip
-        for p in mined["primaries"]:
-            for k, s in enumerate(p["secondaries"][:3]):
-                table.add_row(
-                    p["issue"] if k == 0 else "", f"{p['repeats']:,}" if k == 0 else "",
-                    f"{p['share_of_all_repeats']:.0%}" if k == 0 else "", s["issue"], s["repeat_type"],
-                    f"{s['share']:.0%}" + (" (low volume)" if s["low_volume"] else ""), f"{s['median_hours']:.0f}",
-                    f"{s['p75_hours']:.0f}", f"{s['send_within_hours']:.0f}", "GAP" if s["script_missing"] else "yes",
-                )  # fmt: skip
-        console.print(table)
+        from predictor.output import count, fixed, percent, text
+
+        # Narrow enough for 80 columns: an explicit repeat is "same issue", hours to it as median/p75, the send
+        # window in hours, "few" for a low-volume cell.
+        rows = [
+            [
+                p["issue"] if k == 0 else "", p["repeats"] if k == 0 else None,
+                "same issue" if s["repeat_type"] == "explicit" else s["issue"], s["share"],
+                f"{s['median_hours']:.0f}/{s['p75_hours']:.0f}", s["send_within_hours"],
+                "GAP" if s["script_missing"] else ("few" if s["low_volume"] else "yes"),
+            ]
+            for p in mined["primaries"]
+            for k, s in enumerate(p["secondaries"][:3])
+        ]  # fmt: skip
+        _tables().table(
+            f"Next-issue-avoidance plan {mined['version']}",
+            ["primary", "repeats", "next issue", "share", "hours", "send", "script"],
+            rows, [text, lambda v: "" if v is None else count(v), text, lambda v: percent(v, 0), text, fixed(0), text],
+        )  # fmt: skip
     gaps = ", ".join(f"{g['primary']} -> {g['secondary']}" for g in mined["gaps"] if not g["low_volume"]) or "none"
     small = sum(g["low_volume"] for g in mined["gaps"])
     console.print(f"plan written to [bold]{path}[/]; scripts missing (gaps to fill): {gaps}")
@@ -1163,21 +1220,24 @@ def _print_weakest_slices(by_slice, overall_auc: float) -> None:  # noqa: ANN001
     scored = by_slice.dropna(subset=["roc_auc"]) if len(by_slice) else by_slice
     if not len(scored):
         return
-    table = Table("by", "group", "contacts", "repeat rate", "predicted", "ROC AUC", "ECE",
-                  title=f"Weakest groups of the test slice (overall AUC {overall_auc:.3f})")  # fmt: skip
-    for row in scored.sort_values("roc_auc").head(WEAKEST_SLICES).itertuples():
-        table.add_row(
-            row.dimension, row.value, f"{row.contacts:,}", f"{row.repeat_rate:.1%}", f"{row.predicted_rate:.1%}",
-            f"{row.roc_auc:.3f}", "-" if row.ece != row.ece else f"{row.ece:.4f}",
-        )  # fmt: skip
-    console.print(table)
+    from predictor.output import count, fixed, percent, text
+
+    rows = [
+        [row.dimension, row.value, row.contacts, row.repeat_rate, row.predicted_rate, row.roc_auc, row.ece]
+        for row in scored.sort_values("roc_auc").head(WEAKEST_SLICES).itertuples()
+    ]
+    _tables().table(
+        f"Weakest groups of the test slice (overall AUC {overall_auc:.3f})",
+        ["by", "group", "contacts", "repeat rate", "predicted", "ROC AUC", "ECE"],
+        rows, [text, text, count, percent, percent, fixed(3), fixed(4)],
+    )  # fmt: skip
 
 
 def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imported lazily
     split = result.split
     counts = split.counts
     if result.data_end is not None:
-        console.print(result.data_end.describe(), soft_wrap=True)
+        console.print(result.data_end.describe())
     rates = split.repeat_rates
     console.print(
         f"split by close time: train {counts['train']:,} (repeat rate {rates.get('train', 0):.1%}), calibration "
@@ -1189,55 +1249,41 @@ def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imp
         + f", test {counts['test']:,} ({rates.get('test', 0):.1%}); window still open at data end (excluded) "
         f"{counts['window_open']:,}, of which censored {counts['censored']:,}; embargoed between slices "
         f"{counts['embargoed']:,}",
-        soft_wrap=True,
     )
     for message in [*split.notes, *result.warnings]:
-        console.print(f"[yellow]{message}[/]", soft_wrap=True)
-    table = Table(
-        "model",
-        "ROC AUC",
-        "PR AUC",
-        "Brier",
-        "ECE",
-        "recall@10%",
-        "recall@20%",
-        "AUC long texts",
-        title="Repeat within the window: test slice",
-    )
-    for name, row in result.metrics.iterrows():
-        long_auc = row.get("roc_auc_long_transcripts", float("nan"))
-        table.add_row(
-            str(name),
-            f"{row.roc_auc:.3f}",
-            f"{row.pr_auc:.3f}",
-            f"{row.brier:.4f}",
-            f"{row.ece:.4f}",
-            f"{row.recall_top10:.3f}",
-            f"{row.recall_top20:.3f}",
-            "-" if long_auc != long_auc else f"{long_auc:.3f}",
-        )
-    console.print(table)
+        console.print(f"[yellow]{message}[/]")
+    from predictor.output import fixed, text
+
+    rows = [
+        [str(name), row.roc_auc, row.pr_auc, row.brier, row.ece, row.recall_top10, row.recall_top20,
+         row.get("roc_auc_long_transcripts", float("nan"))]
+        for name, row in result.metrics.iterrows()
+    ]  # fmt: skip
+    _tables().table(
+        "Repeat within the window: test slice",
+        ["model", "ROC AUC", "PR AUC", "Brier", "ECE", "rec@10%", "rec@20%", "AUC long"],
+        rows, [text, fixed(3), fixed(3), fixed(4), fixed(4), fixed(3), fixed(3), fixed(3)],
+    )  # fmt: skip
     _print_weakest_slices(result.by_slice, float(result.metrics.loc["model", "roc_auc"]))
     nxt = result.next_issue_metrics
-    issues = Table("next issue (repeats in the test slice)", "top-1", "top-3", title="Next issue")
-    issues.add_row("model", f"{nxt['top1_accuracy']:.3f}", f"{nxt['top3_accuracy']:.3f}")
-    for name, scores in result.next_issue_baselines.items():
-        issues.add_row(name, f"{scores['top1_accuracy']:.3f}", f"{scores['top3_accuracy']:.3f}")
+    issues = [["model", nxt["top1_accuracy"], nxt["top3_accuracy"]]]
+    issues += [
+        [name, scores["top1_accuracy"], scores["top3_accuracy"]] for name, scores in result.next_issue_baselines.items()
+    ]
     if "oracle_top3_accuracy" in nxt:
-        issues.add_row(
-            "oracle (simulator truth)", f"{nxt['oracle_top1_accuracy']:.3f}", f"{nxt['oracle_top3_accuracy']:.3f}"
-        )
-    console.print(issues)
+        issues.append(["oracle (simulator truth)", nxt["oracle_top1_accuracy"], nxt["oracle_top3_accuracy"]])
+    _tables().table(
+        "Next issue (repeats in the test slice)", ["model", "top-1", "top-3"], issues, [text, fixed(3), fixed(3)]
+    )
     console.print(f"explicit share of repeats {nxt['explicit_share_actual']:.1%}")
     timing = result.timing_metrics
     console.print(
         f"hours to repeat: median absolute error {timing['median_abs_error_hours']:.1f} h; the 90% interval covers "
         f"{timing['p90_coverage']:.1%} of test repeats (nominal {timing.get('p90_nominal', 0.9):.0%}; "
         f"{timing.get('p90_coverage_uncalibrated', float('nan')):.1%} before its conformal correction)",
-        soft_wrap=True,
     )
     for item in result.skipped:
-        console.print(f"[yellow]skipped {item.stage}:[/] {item.reason}", soft_wrap=True)
+        console.print(f"[yellow]skipped {item.stage}:[/] {item.reason}")
 
 
 def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - LabelSummary, imported lazily
@@ -1251,17 +1297,17 @@ def print_label_summary(summary, window_days: float) -> None:  # noqa: ANN001 - 
         f"(FCR {1 - summary.repeat_rate:.1%}); explicit (same issue) {summary.explicit_share:.1%}, "
         f"implicit {1 - summary.explicit_share:.1%} of repeats"
     )
+    from predictor.output import count, percent, text
+
     for title, frame in (("By issue", summary.by_issue), ("By channel", summary.by_channel)):
-        table = Table(frame.index.name, "contacts", "censored", "repeat rate", "explicit share", title=title)
-        for key, row in frame.iterrows():
-            table.add_row(
-                str(key),
-                f"{int(row.contacts):,}",
-                f"{int(row.censored):,}",
-                f"{row.repeat_rate:.1%}",
-                f"{row.explicit_share:.1%}",
-            )
-        console.print(table)
+        rows = [
+            [str(key), int(row.contacts), int(row.censored), row.repeat_rate, row.explicit_share]
+            for key, row in frame.iterrows()
+        ]
+        _tables().table(
+            title, [frame.index.name, "contacts", "censored", "repeat rate", "explicit share"], rows,
+            [text, count, count, percent, percent],
+        )  # fmt: skip
 
 
 def _load(  # noqa: ANN202 - ValidationResult, imported lazily
@@ -1349,6 +1395,27 @@ def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
     if path.suffix.lower() not in allowed:
         _fail(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use {', '.join(allowed)}")
 
+
+def _unwrapped(doc: str | None) -> str | None:
+    """A docstring's paragraphs as single lines: the help reflows them to the terminal's width (the line
+    breaks of the source would otherwise show, mid-sentence, in a narrow terminal)."""
+    if not doc:
+        return doc
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None:
+            command.callback.__doc__ = _unwrapped(command.callback.__doc__)
+    for group in typer_app.registered_groups:
+        _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -8,12 +8,18 @@ import sys
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup(verbose: bool = False) -> None:
-    """Rich's columns on a terminal; plain lines (time, level, logger) anywhere else: a service's log file, CI.
+def setup(verbose: bool = False, plain: bool | None = None) -> None:
+    """Rich's columns, wrapped to the terminal's width (or COLUMNS), for a person running a command; plain
+    lines (time, level, logger) for a service's log file (``plain``; default: when stderr is no terminal and
+    no width is set).
 
     Rich lays each record out as a table: ~4 ms per line, paid by a service for every access-log line."""
+    import os
+
     level = logging.DEBUG if verbose else logging.INFO
-    if sys.stderr.isatty():
+    if plain is None:
+        plain = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+    if not plain:
         from rich.logging import RichHandler
 
         handler: logging.Handler = RichHandler(rich_tracebacks=False, show_path=False)
@@ -25,10 +31,19 @@ def setup(verbose: bool = False) -> None:
     # Libraries that narrate every step at INFO drown what our own stages say.
     for noisy in (
         *("mlflow", "alembic", "urllib3", "httpx", "sentence_transformers", "bentoml", "filelock"),
-        *("distributed", "tornado", "lightgbm"),
+        *("distributed", "tornado", "lightgbm", "model2vec", "skeletoken", "tokenizers", "transformers"),
     ):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     quiet_lightgbm()
+    if not verbose:
+        import os
+        import warnings
+
+        # MLflow sets up its own loggers when first imported (later than this), at MLFLOW_LOGGING_LEVEL.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Hints MLflow gives on every registration (an integer column, a dataset source it resolved), for
+        # its developers rather than ours: shown with --verbose.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
 
 
 def quiet_lightgbm() -> None:

@@ -6,6 +6,8 @@ artifact location, so nothing lands in a stray ``./mlruns`` of whatever director
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -175,15 +177,20 @@ def log_and_register(
         artifacts = {"bundle": str(bundle)}
         if plan is not None:
             artifacts["plan"] = str(plan)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_FILE),
-            artifacts=artifacts,
-            signature=signature,
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=config.model_name,
-        )
+        # MLflow prints its registration steps to stderr itself ("Registered model ... already exists"): kept
+        # at DEBUG, the registration line we print says what happened.
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_FILE),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=config.model_name,
+            )
+        for line in said.getvalue().splitlines():
+            log.debug("mlflow: %s", line)
         version = str(info.registered_model_version)
         y = result.test_predictions["is_repeat"].to_numpy()
         challenger = _gate_metrics(y, result.test_predictions["repeat_probability"].to_numpy())
