@@ -661,7 +661,7 @@ def test_outcomes_and_follow_ups_import_read_the_service_store(served, tmp_path:
     text = result.output
     assert "not in the contact store" in text and "no time zone" in text and "contact_id: missing value" in text
     out = tmp_path / "outcomes.json"
-    result = runner.invoke(app, ["outcomes", "--store-url", store_url, "--json", str(out)])
+    result = runner.invoke(app, ["outcomes", "--store-url", store_url, "--metrics-json", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert figures["scored"] >= 40 and figures["experiment"] == "follow-ups-1"

@@ -267,7 +267,7 @@ def follow_ups_import(
 @app.command()
 def outcomes(
     store_url: StoreUrlOption = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
+    json_out: MetricsJsonOption = None,
     uplift: Annotated[
         bool,
         typer.Option(help="Also fit an uplift model on the arms and judge it against risk ranking (logged to MLflow)."),

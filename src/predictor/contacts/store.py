@@ -37,7 +37,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from predictor.config import ServiceConfig, sqlite_file
 from predictor.contacts import contract
@@ -219,6 +219,15 @@ class ContactStore:
 
     def _pseudonymise_existing(self) -> None:
         """A store from before pseudonyms: rewrite its raw customer ids, in one transaction, once."""
+        try:
+            self._rewrite_customer_ids()
+        except IntegrityError:
+            # Another process (a Dask worker opening the same new store) finished first, and this transaction,
+            # rewrites included, was rolled back: nothing is rewritten twice.
+            if self._meta().get("customer_ids") != PSEUDONYMS:
+                raise
+
+    def _rewrite_customer_ids(self) -> None:
         c = contacts_table.c
         with self.engine.begin() as db:
             if db.execute(select(meta_table.c.value).where(meta_table.c.name == "customer_ids")).scalar() == PSEUDONYMS:

@@ -361,7 +361,9 @@ class TextHeads:
             for c in grid
         ]
         best = float(grid[int(np.argmax(scores))])
-        log.info("text head %s: C=%s (cross-validated AUC %s)", view, best, [round(s, 4) for s in scores])
+        log.info(
+            "text head %s: C=%s (cross-validated AUC %s)", view, best, ", ".join(f"{float(s):.4f}" for s in scores)
+        )
         return best
 
 
