@@ -1228,8 +1228,8 @@ def _print_weakest_slices(by_slice, overall_auc: float) -> None:  # noqa: ANN001
     ]
     _tables().table(
         f"Weakest groups of the test slice (overall AUC {overall_auc:.3f})",
-        ["by", "group", "contacts", "repeat rate", "predicted", "ROC AUC", "ECE"],
-        rows, [text, text, count, percent, percent, fixed(3), fixed(4)],
+        ["by", "group", "contacts", "repeats", "predicted", "AUC", "ECE"],
+        rows, [text, text, count, percent, percent, fixed(3), fixed(3)],
     )  # fmt: skip
 
 
@@ -1261,8 +1261,8 @@ def print_training_result(result) -> None:  # noqa: ANN001 - TrainingResult, imp
     ]  # fmt: skip
     _tables().table(
         "Repeat within the window: test slice",
-        ["model", "ROC AUC", "PR AUC", "Brier", "ECE", "rec@10%", "rec@20%", "AUC long"],
-        rows, [text, fixed(3), fixed(3), fixed(4), fixed(4), fixed(3), fixed(3), fixed(3)],
+        ["model", "AUC", "PR AUC", "Brier", "ECE", "rec@10", "rec@20", "AUC long"],
+        rows, [text, fixed(3), fixed(3), fixed(3), fixed(3), fixed(3), fixed(3), fixed(3)],
     )  # fmt: skip
     _print_weakest_slices(result.by_slice, float(result.metrics.loc["model", "roc_auc"]))
     nxt = result.next_issue_metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 Format = Literal["table", "csv", "json"]
+_NUMBER = re.compile(r"[-+]?[\d,.]*\d[%]?|-|")
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
 
 
@@ -96,14 +98,36 @@ class Output:
             title=title or None, box=box.SIMPLE_HEAD, show_header=show_header, pad_edge=False, title_justify="left"
         )
         cells = [[f(v) for f, v in zip(formats, row, strict=True)] for row in rows]
-        for k, name in enumerate(columns):
-            # Wrap within the cell, never cut: a column keeps its longest single word whole.
-            longest = max([len(c[k]) for c in cells if " " not in c[k]] + [0])
-            cap = 24 if k == 0 else 16  # a code (an issue, an id) stays whole; prose wraps
-            layout.add_column(name, overflow="fold", min_width=min(longest, cap) or None)
+        for name, width in zip(columns, self._widths(columns, cells), strict=True):
+            layout.add_column(name, overflow="fold", width=width)
         for row in cells:
             layout.add_row(*row)
         self.console.print(layout)
+
+    def _widths(self, columns: Sequence[str], cells: list[list[str]]) -> list[int | None]:
+        """Each column's width when the table would not fit the terminal (None: it fits as it is). The widest
+        columns give way first, down to their longest single word (a code or an id stays whole, prose and
+        headers wrap), and below that only if they must (then values fold onto a second line)."""
+        natural = [max([len(c[k]) for c in cells] + [len(name)]) for k, name in enumerate(columns)]
+        # Rich's overhead: each column's padding (2), the separators between them (1) and the two edges.
+        budget = self.console.width - 3 * len(columns)
+        if sum(natural) <= budget:
+            return [None] * len(columns)
+        floor = [
+            max([len(c[k]) for c in cells if " " not in c[k]] + [max((len(w) for w in name.split()), default=1)])
+            for k, name in enumerate(columns)
+        ]
+        # Numbers never fold (a figure split over two lines misreads); words may, as a last resort.
+        numeric = [all(_NUMBER.fullmatch(c[k]) for c in cells) for k in range(len(columns))]
+        last = [n if is_number else 4 for n, is_number in zip(natural, numeric, strict=True)]
+        widths = list(natural)
+        for limit in (floor, last):
+            while sum(widths) > budget:
+                room = [w - m for w, m in zip(widths, limit, strict=True)]
+                if max(room) <= 0:
+                    break
+                widths[room.index(max(room))] -= 1
+        return widths
 
     def close(self) -> None:
         if self.fmt == "json":
