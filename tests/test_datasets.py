@@ -76,6 +76,11 @@ def test_each_dataset_keeps_its_own_champion_and_plan(home: dict) -> None:
     assert run.info.run_name.startswith("retail-") and "trained on" in run.data.tags["mlflow.note.content"]
     assert "promoted" in run.data.tags["mlflow.note.content"]
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["retail.csv"]
+    # Listed by name, the model's own figures come first, the baselines after everything else.
+    names = sorted(run.data.metrics)
+    assert names[0].startswith("model.") and "model.roc_auc" in names
+    assert all(n.startswith("vs_") for n in names[names.index(next(n for n in names if n.startswith("vs_"))) :])
+    assert any(n.startswith("seconds.") for n in names)  # the training's duration, stage by stage
 
 
 def test_the_gate_refuses_a_champion_of_another_dataset(home: dict) -> None:

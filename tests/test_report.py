@@ -143,3 +143,17 @@ def test_is_it_working_is_measured_and_renders_in_a_browser(report, trained, set
     # Without the store: the section says how to get it, and the cost stays an assumption.
     plain = write(build(labelled, predictions, followup, None, ReportConfig()), tmp_path / "plain.html")[0]
     assert "No live data" in plain.read_text()
+
+
+def test_agents_are_grouped_by_team_when_a_mapping_gives_one(report, tmp_path: Path) -> None:
+    _, predictions, labelled = report
+    agents = sorted(labelled["agent_id"].unique())
+    teams = {a: ("north" if k % 2 else "south") for k, a in enumerate(agents[:-3])}  # the last three: no team
+    followup = FollowUpPlan.from_yaml(PACKAGE_DATA / "followup_scripts.yaml")
+    data = build(labelled, predictions, followup, None, ReportConfig(min_agent_volume=40), teams=teams)
+    assert {r["group"] for r in data["by"]["team"]} == {"north", "south", "no team"}
+    assert sum(r["contacts"] for r in data["by"]["team"]) == len(labelled)
+    listed = [r for r in data["by"]["agent"] if not r.get("grouped")]
+    assert [(r["team"], r["group"]) for r in listed] == sorted((r["team"], r["group"]) for r in listed)
+    text = write(data, tmp_path / "teams.html")[0].read_text()
+    assert 'id="by-team"' in text and "<th>team</th>" in text

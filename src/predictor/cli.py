@@ -705,6 +705,22 @@ def _write_metrics(path: Path | None, result, registration) -> None:  # noqa: AN
     console.print(f"figures written to {path}")
 
 
+def _teams(path: Path) -> dict[str, str]:
+    """agent_id -> team from a CSV (the two columns named so); a missing file or column: one line, exit 2."""
+    import pandas as pd
+
+    if not path.exists():
+        _fail(f"{path}: no such file (a CSV with the columns agent_id and team)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # unreadable: say so in one line
+        _fail(f"{path}: cannot be read as CSV: {str(exc).splitlines()[0]}")
+    if not {"agent_id", "team"} <= set(frame.columns):
+        _fail(f"{path}: needs the columns agent_id and team (it has {', '.join(frame.columns) or 'none'})")
+    frame = frame[frame["agent_id"].str.strip() != ""]
+    return dict(zip(frame["agent_id"].str.strip(), frame["team"].str.strip().replace("", "no team"), strict=True))
+
+
 def _date_range(contacts, since: str | None, until: str | None):  # noqa: ANN001, ANN202 - pandas, lazily
     """Which contacts a date range keeps (by close, UTC); a bad date or an empty range: one line, exit 2."""
     import pandas as pd
@@ -940,6 +956,9 @@ def report(
     target: Annotated[
         float | None, typer.Option(help="Target repeat rate, drawn on the trend (e.g. 0.25).", min=0, max=1)
     ] = None,
+    teams: Annotated[
+        Path | None, typer.Option(help="CSV of agent_id,team: a breakdown by team, and agents listed by team.")
+    ] = None,
     since: Annotated[str | None, typer.Option(help="Report on contacts closed from this date (2026-03-01).")] = None,
     until: Annotated[
         str | None, typer.Option(help="... and before this date (history before it still counts).")
@@ -966,6 +985,7 @@ def report(
     settings = _settings(as_of, model_name)
     out = out or settings.path("models/report.html")
     _check_suffix(out, (".html", ".htm"))
+    team_of = _teams(teams) if teams is not None else None
     working = None
     if from_store:
         from predictor.loop.outcomes import outcomes as measure
@@ -1008,7 +1028,7 @@ def report(
 
         data = build(
             labelled, predictions, followup, plan, config, model_version=version, data_end=end, outcomes=working,
-            unseen_from=pd.Timestamp(test_start) if test_start else None, explain=explain,
+            unseen_from=pd.Timestamp(test_start) if test_start else None, explain=explain, teams=team_of,
         )  # fmt: skip
         html, csv = write(data, out)
     _print_data_end(end, settings.labels.repeat_window_days)

@@ -123,7 +123,9 @@ def log_and_register(
         mlflow.log_params(result.params)
         mlflow.set_tags({"data_fingerprint": result.data_fingerprint, "uses_text": str(result.model.uses_text)})
         for name, row in result.metrics.iterrows():
-            prefix = _slug(str(name))
+            # MLflow lists metrics by name: the model's under "model." first, each baseline after it as
+            # "vs_<baseline>." (a plain baseline name would sort before "model").
+            prefix = "model" if name == "model" else f"vs_{_slug(str(name))}"
             mlflow.log_metrics({f"{prefix}.{k}": float(v) for k, v in row.items() if pd.notna(v)})
         mlflow.log_metrics({f"next_issue.{k}": v for k, v in result.next_issue_metrics.items()})
         mlflow.log_metrics({f"timing.{k}": v for k, v in result.timing_metrics.items()})

@@ -56,6 +56,7 @@ def build(
     outcomes: Outcomes | None = None,
     unseen_from: pd.Timestamp | None = None,
     explain: Callable[[list[str]], dict[str, list[str]]] | None = None,
+    teams: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as data. ``labelled`` comes from labels.derive; ``predictions`` from the
     model (contact_id, repeat_probability, next_issue_1, hours_to_repeat_median, ...); ``outcomes``, from the
@@ -63,13 +64,16 @@ def build(
 
     ``unseen_from``: the start of the model's test slice. Predicted-vs-actual figures are computed only on
     contacts closed from then on (the model never learnt from them); on the contacts it was trained on they
-    would say nothing about it. ``explain``: the reasons the API gives, for the high-risk list's contacts."""
+    would say nothing about it. ``explain``: the reasons the API gives, for the high-risk list's contacts.
+    ``teams``: agent id -> team (an agent without one is in "no team"), for the team breakdown."""
     config = config or ReportConfig()
     data = labelled.merge(predictions, on="contact_id", how="left", validate="one_to_one")
     data["unseen"] = True if unseen_from is None else (data["closed_at"] >= unseen_from).to_numpy()
     data["close_hour"] = data["closed_at"].dt.hour.map(lambda h: f"{h:02d}:00")
     data["close_weekday"] = pd.Categorical(data["closed_at"].dt.day_name(), categories=WEEKDAYS, ordered=True)
     adjacent = _adjacent_pairs(plan)
+    if teams:
+        data["team"] = data["agent_id"].map(lambda a: teams.get(str(a), NO_TEAM))
     complete = data[data["window_complete"]]
     repeats = complete[complete["is_repeat"].astype(bool)]
     n_complete = len(complete)
@@ -114,6 +118,13 @@ def build(
         "weekday": _by_group(data, "close_weekday", ordered=True),
         "agent": _by_agent(data, config.min_agent_volume),
     }
+    if teams:
+        by["team"] = _by_group(data, "team")
+        team_of = {str(a): teams.get(str(a), NO_TEAM) for a in data["agent_id"].unique()}
+        for row in by["agent"]:
+            row["team"] = team_of.get(row["group"], "") if not row.get("grouped") else ""
+        # Agents by team, then by id: a team lead finds their people together.
+        by["agent"].sort(key=lambda r: (bool(r.get("grouped")), r["team"], r["group"]))
     weekly = _weekly(data)
     headline["shift"] = rate_shift(complete, config.shift_tolerance)
 
@@ -174,6 +185,7 @@ def build(
     }
 
 
+NO_TEAM = "no team"
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
