@@ -986,6 +986,9 @@ def report(
     out = out or settings.path("models/report.html")
     _check_suffix(out, (".html", ".htm"))
     team_of = _teams(teams) if teams is not None else None
+    for name, value in (("--since", since), ("--until", until)):
+        if value is not None and pd.isna(pd.to_datetime(value, errors="coerce")):
+            _fail(f"{name} {value!r} is not a date: write it as 2026-03-01")  # before the model is loaded
     working = None
     if from_store:
         from predictor.loop.outcomes import outcomes as measure
