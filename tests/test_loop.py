@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.contacts.store import ContactStore, FollowUpRecord
+from predictor.contacts.store import ContactStore
 from predictor.loop.assignment import HELD_OUT, TREATED, arm
 from predictor.loop.outcomes import compare, needed_contacts, wilson
 from predictor.reports.plan import follow_up_plan
@@ -44,27 +44,6 @@ def test_intervals_match_the_published_examples() -> None:
     assert needed is not None and needed < 150
     half = 1.96 * np.sqrt(0.8 * 0.2 / (needed * share) + 0.6 * 0.4 / (needed * (1 - share)))
     assert abs(half - 0.2) < 0.005
-
-
-def test_follow_ups_are_recorded_once_and_rejected_with_reasons(tmp_path: Path, small_log) -> None:
-    from predictor.contacts.schema import validate
-
-    contacts = validate(small_log.contacts).contacts.head(20)
-    store = ContactStore(f"sqlite:///{tmp_path / 's.db'}")
-    store.load_frame(contacts)
-    first = contacts.iloc[0]
-    sent = (first["closed_at"] + pd.Timedelta(hours=1)).to_pydatetime()
-    reports = [
-        FollowUpRecord(first["contact_id"], sent, "chat", "t1"),
-        FollowUpRecord(first["contact_id"], sent, "chat", "t1"),  # the same again: a replay
-        FollowUpRecord(first["contact_id"], sent, "email", "t1"),  # other content: a conflict
-        FollowUpRecord("nobody", sent, "chat", ""),
-        FollowUpRecord(contacts.iloc[1]["contact_id"], contacts.iloc[1]["opened_at"].to_pydatetime(), "chat", ""),
-    ]
-    statuses = [status for status, _ in store.record_follow_ups(reports)]
-    assert statuses == ["recorded", "replayed", "conflict", "unknown", "early"]
-    kept = store.follow_ups()
-    assert list(kept["contact_id"]) == [first["contact_id"]] and kept["channel"].iloc[0] == "chat"
 
 
 @pytest.fixture

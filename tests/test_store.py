@@ -15,7 +15,7 @@ from conftest import contact, frame
 
 from predictor.config import LabelConfig
 from predictor.contacts.schema import validate
-from predictor.contacts.store import ContactStore
+from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord
 from predictor.features.build import build, history_days
 from predictor.serving.devserver import free_port
 
@@ -59,7 +59,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ContactStore:
     url = request.getfixturevalue("postgres_url")
     s = ContactStore(url)
     with s.engine.begin() as db:
-        db.exec_driver_sql("TRUNCATE contacts")
+        db.exec_driver_sql("TRUNCATE contacts, follow_ups")
     return s
 
 
@@ -193,3 +193,27 @@ def test_another_pseudonym_key_is_refused(tmp_path: Path) -> None:
     assert ContactStore(url, pseudonym_key="k1").pseudonym("U1") == keyed.pseudonym("U1")
     with pytest.raises(PseudonymKeyError, match="PSEUDONYM_KEY"):
         ContactStore(url, pseudonym_key="k2")
+
+
+def test_experiment_arms_and_follow_ups_round_trip(store: ContactStore) -> None:
+    """What the hold-out stores with a contact, and the follow-ups reported back (on PostgreSQL too)."""
+    rows = validate(frame(contact("C1", "U1"), contact("C2", "U1", opened_hours=30), contact("C3", "U2"))).contacts
+    send_by = (rows["closed_at"].iloc[0] + pd.Timedelta(hours=4)).to_pydatetime()
+    counted = {"C1": Experimented("exp-1", "treated", send_by), "C3": Experimented("exp-1", "held_out", send_by)}
+    answers = {c: {**answer(c), "risk_band": "high", "follow_up": {"act": c == "C1"}} for c in ("C1", "C2", "C3")}
+    store.save(rows, answers, "1", experiments=counted)
+    scored = store.scored().set_index("contact_id")
+    assert scored.loc["C1", "arm"] == "treated" and scored.loc["C3", "arm"] == "held_out"
+    assert pd.isna(scored.loc["C2", "arm"]) and bool(scored.loc["C1", "act"]) and not bool(scored.loc["C3", "act"])
+    assert scored.loc["C1", "send_by"] == pd.Timestamp(send_by)
+    found = store.experiment_contacts(["U1", "U2", "U9"], rows["closed_at"].min(), rows["closed_at"].max())
+    assert {k: [cid for cid, _, _ in v] for k, v in found.items()} == {"U1": ["C1"], "U2": ["C3"]}
+
+    sent = (rows["closed_at"].iloc[0] + pd.Timedelta(hours=1)).to_pydatetime()
+    reports = [FollowUpRecord("C1", sent, "chat", "t"), FollowUpRecord("C1", sent, "chat", "t"),
+               FollowUpRecord("C1", sent, "email", "t"), FollowUpRecord("C9", sent, "chat", ""),
+               FollowUpRecord("C2", rows["opened_at"].iloc[0].to_pydatetime(), "chat", "")]  # fmt: skip
+    statuses = [status for status, _ in store.record_follow_ups(reports)]
+    assert statuses == ["recorded", "replayed", "conflict", "unknown", "early"]
+    kept = store.follow_ups()
+    assert list(kept["contact_id"]) == ["C1"] and kept["sent_at"].iloc[0] == pd.Timestamp(sent)

@@ -457,8 +457,8 @@ class ContactStore:
         answers = [json.loads(r) if isinstance(r, str) and r else None for r in raw["response"]]
         frame["scored"] = [a is not None for a in answers]
         frame["repeat_probability"] = [a["repeat_probability"] if a else float("nan") for a in answers]
-        frame["risk_band"] = [a["risk_band"] if a else None for a in answers]
-        frame["act"] = [bool(a["follow_up"]["act"]) if a else False for a in answers]
+        frame["risk_band"] = [a.get("risk_band") if a else None for a in answers]
+        frame["act"] = [bool((a.get("follow_up") or {}).get("act", False)) if a else False for a in answers]
         frame["model_version"] = raw["model_version"].to_numpy()
         frame["experiment"] = raw["experiment"].to_numpy()
         frame["arm"] = raw["arm"].to_numpy()
