@@ -34,6 +34,14 @@ from predictor.features.embed import SEPARATOR, Embedder, EmbeddingCache
         ("write to jane.doe at example.com", "[EMAIL]", "jane.doe"),
         ("write to jane.doe (at) example (dot) com", "[EMAIL]", "jane.doe"),
         ("write to JANE [AT] EXAMPLE [DOT] CO [DOT] UK", "[EMAIL]", "JANE"),
+        # National numbers with a trunk prefix, as written in Belarus, Russia and Serbia (#19).
+        ("тел. 8 (029) 123-45-67, звоните", "[PHONE]", "123-45-67"),
+        ("Мой номер +375 29 123-45-67", "[PHONE]", "123-45-67"),
+        ("звоните 8 912 345 67 89 вечером", "[PHONE]", "345 67 89"),
+        ("Номер +7 (912) 345-67-89", "[PHONE]", "345-67-89"),
+        ("pozovite 064/123-4567 posle pet", "[PHONE]", "123-4567"),
+        ("мој број 064 123 45 67", "[PHONE]", "123 45 67"),
+        ("moj broj je +381 64 123 4567", "[PHONE]", "123 4567"),
     ],
 )
 def test_redaction(text: str, placeholder: str, secret: str) -> None:
@@ -47,7 +55,7 @@ def test_redaction(text: str, placeholder: str, secret: str) -> None:
     [
         "a" * 20_000, "1" * 20_000, "a." * 10_000, "12-" * 6_000, "a@" * 10_000, "a dot " * 3_400, "a at " * 4_000,
         "1 " * 10_000, "1." * 10_000, "1  " * 7_000, "AB12" * 5_000, "DE89 " * 4_000, "x (at) " * 2_800,
-        "a.a at " * 2_800, "\x00" * 20_000,
+        "a.a at " * 2_800, "\x00" * 20_000, "8 " * 10_000, "0-12 " * 4_000, "064/" * 5_000,
     ],
 )  # fmt: skip
 def test_redaction_is_linear_on_one_long_run(run: str) -> None:
@@ -65,6 +73,7 @@ def test_redaction_is_linear_on_one_long_run(run: str) -> None:
         "I was charged 25 pounds twice on 3 March, within 48 hours.",
         "I looked at example.com yesterday and will see you at noon. Then bye",
         "the order of 2026-03-02 at 10:00 cost 3.14 more",
+        "on 08-12-2026 at 8 30 the order 0 150 200 went out",
     ],
 )
 def test_redaction_leaves_ordinary_text(text: str) -> None:

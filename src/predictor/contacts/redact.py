@@ -50,6 +50,9 @@ _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![\d.-])(?:\d[ .-]{0,2}){12,18}\d(?!\d)"), "[CARD]"),
     # A phone number has a leading + or separators; a bare run of digits is an account-like number.
     (re.compile(r"(?<![\w])(?:\+\d[\d ()-]{6,}\d|\(?\d{2,5}\)?[ -]\d{3,4}[ -]?\d{3,4})\b"), "[PHONE]"),
+    # A national number with its trunk prefix, as Belarusian, Russian and Serbian callers write theirs:
+    # "8 (029) 123-45-67", "8 912 345 67 89", "064/123-4567", "064 123 45 67".
+    (re.compile(r"(?<![\w])[80][ -]?\(?\d{2,4}\)?(?:[ /-]{1,2}\d{2,4}){2,4}(?![\w])"), "[PHONE]"),
     (re.compile(r"\b\d{6,}\b"), "[NUMBER]"),
 )
 NUL = "\x00"
@@ -58,7 +61,7 @@ NUL = "\x00"
 _NEEDS: tuple[re.Pattern[str], ...] = (
     re.compile("@"),
     re.compile(rf"(?i)(?:\.|{_DOT}){_TLD}\b"),
-    *[re.compile(r"\d")] * 5,
+    *[re.compile(r"\d")] * 6,
 )
 
 
