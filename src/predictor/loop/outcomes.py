@@ -25,9 +25,8 @@ from predictor.config import LabelConfig
 from predictor.contacts.labels import DataEnd, data_end, derive
 from predictor.contacts.store import CONTACT_COLUMNS, ContactStore
 from predictor.loop.assignment import HELD_OUT, TREATED
-from predictor.model.evaluate import expected_calibration_error
+from predictor.model.evaluate import Z95, expected_calibration_error, wilson
 
-Z95 = 1.959963984540054
 EARLY_HOURS = 48.0  # a contact within this of the close (or of a follow-up) may be one the follow-up prompted
 MIN_GROUP_ARM = 5  # a group's comparison needs at least this many closed windows in each arm
 MIN_AUC_ROWS = 20
@@ -274,15 +273,6 @@ def _by_group(done: pd.DataFrame) -> pd.DataFrame:
             )
     columns = ["dimension", "value", "treated", "held_out", "rate_treated", "rate_held_out", "prevented", "low", "high"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return centre - half, centre + half
 
 
 def compare(first: pd.Series, second: pd.Series, first_name: str, second_name: str) -> ArmComparison:

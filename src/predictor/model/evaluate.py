@@ -102,6 +102,21 @@ def rates_differ(a: float, n_a: int, b: float, n_b: int, tolerance: float) -> bo
     return bool(abs(a - b) > max(tolerance, 3 * se))
 
 
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
+
+
+def wilson(successes: float, n: float) -> tuple[float, float]:
+    """95% Wilson score interval of a rate: honest on small groups, never outside [0, 1] (NaN for no rows).
+    The report's group rates and the experiment's arms (Newcombe's difference) both use it."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * np.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
     which = np.clip((p * bins).astype(int), 0, bins - 1)
     total = 0.0

@@ -26,10 +26,8 @@ from jinja2 import Environment, select_autoescape
 
 from predictor.contacts.labels import DataEnd
 from predictor.loop.outcomes import Outcomes
-from predictor.model.evaluate import rates_differ
+from predictor.model.evaluate import rates_differ, wilson
 from predictor.reports.plan import FollowUpPlan
-
-Z95 = 1.96
 
 
 @dataclass(frozen=True)
@@ -288,17 +286,6 @@ def write(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
 # -- tables ------------------------------------------------------------------------------------------------
 
 
-def wilson(successes: float, n: float) -> tuple[float, float]:
-    """95% Wilson interval of a rate: honest on small groups, never outside [0, 1]."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * np.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
 def _group_row(name: str, group: pd.DataFrame) -> dict[str, Any]:
     complete = group[group["window_complete"]]
     n = len(complete)
@@ -509,14 +496,12 @@ def _plot_calibration(rows: list[dict[str, Any]]) -> plt.Figure:
 
 def _plot_arms(working: dict[str, Any]) -> plt.Figure:
     """Repeat rates of the held-out and treated contacts (with a follow-up due), with 95% intervals."""
-    from predictor.loop.outcomes import wilson as score_interval
-
     itt = working["itt"]
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     names = [f"held out (no follow-up), n={itt['n_first']:,}", f"treated (follow-up due), n={itt['n_second']:,}"]
     rates = [itt["rate_first"], itt["rate_second"]]
     counts = [round(itt["rate_first"] * itt["n_first"]), round(itt["rate_second"] * itt["n_second"])]
-    bounds = [score_interval(k, n) for k, n in zip(counts, (itt["n_first"], itt["n_second"]), strict=True)]
+    bounds = [wilson(k, n) for k, n in zip(counts, (itt["n_first"], itt["n_second"]), strict=True)]
     err = np.array(
         [
             [r - lo for r, (lo, _) in zip(rates, bounds, strict=True)],
