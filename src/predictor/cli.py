@@ -300,12 +300,14 @@ def outcomes(
     _print_outcomes(result)
     figures = result.as_dict()
     if ranked is not None:
+        from predictor.output import percent
+
         figures["uplift"] = ranked.as_dict()
         if ranked.fitted:
             console.print(
                 f"uplift model (learnt on {ranked.train:,}, judged on {ranked.evaluated:,} later contacts): Qini "
                 f"{ranked.qini_uplift:.4f} vs {ranked.qini_risk:.4f} ranking by risk; prevented in the top 30%: "
-                f"{_percent(ranked.uplift_at_top_uplift)} vs {_percent(ranked.uplift_at_top_risk)}. {ranked.reason} "
+                f"{percent(ranked.uplift_at_top_uplift)} vs {percent(ranked.uplift_at_top_risk)}. {ranked.reason} "
                 f"(MLflow run {ranked.run_id})",
             )
         else:
@@ -370,24 +372,20 @@ def simulate_deployment(
     console.print(f"figures written to {out / 'deployment.json'}")
 
 
-def _percent(value: float, digits: int = 1) -> str:
-    return "-" if value != value else f"{value:.{digits}%}"
-
-
 def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
+    from predictor.output import count, percent, text
+
     console.print(result.data_end.describe())
     q = result.quality
     console.print(
         f"scored {result.scored:,} contacts; {result.closed:,} with a closed window"
         + (
-            f": AUC {q['roc_auc']:.3f}, ECE {q['ece']:.3f}, predicted {_percent(q['predicted_rate'])} "
-            f"vs realised {_percent(q['realised_rate'])}"
+            f": AUC {q['roc_auc']:.3f}, ECE {q['ece']:.3f}, predicted {percent(q['predicted_rate'])} "
+            f"vs realised {percent(q['realised_rate'])}"
             if result.closed and q.get("roc_auc") == q.get("roc_auc")
             else ""
         ),
     )
-    from predictor.output import count, percent, text
-
     if len(result.by_band):
         rows = [[str(r.risk_band), r.contacts, r.predicted_rate, r.realised_rate, r.roc_auc]
                 for r in result.by_band.itertuples(index=False)]  # fmt: skip
@@ -400,7 +398,7 @@ def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
     else:
         console.print(
             f"experiment '{result.experiment}': {result.counted:,} contacts with a follow-up due, "
-            f"{_percent(result.held_out_share)} held out; {result.sent:,} follow-ups reported sent"
+            f"{percent(result.held_out_share)} held out; {result.sent:,} follow-ups reported sent"
             + (f" ({result.sent_to_held_out:,} to held-out customers)" if result.sent_to_held_out else ""),
         )
     if result.itt is not None:
@@ -419,7 +417,7 @@ def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
             rows, [text, count, count, percent, percent, points, points, points],
         )  # fmt: skip
         verdict = (
-            f"follow-ups prevent {_percent(itt.relative, 0)} of repeats among contacts with one due"
+            f"follow-ups prevent {percent(itt.relative, 0)} of repeats among contacts with one due"
             if d.low > 0
             else "follow-ups cause more repeats than they prevent"
             if d.high < 0
@@ -721,20 +719,28 @@ def _teams(path: Path) -> dict[str, str]:
     return dict(zip(frame["agent_id"].str.strip(), frame["team"].str.strip().replace("", "no team"), strict=True))
 
 
-def _date_range(contacts, since: str | None, until: str | None):  # noqa: ANN001, ANN202 - pandas, lazily
-    """Which contacts a date range keeps (by close, UTC); a bad date or an empty range: one line, exit 2."""
+def _dates(since: str | None, until: str | None):  # noqa: ANN202 - (pandas.Timestamp | None, ...), lazily
+    """--since and --until as UTC times (a date without a zone is UTC); a bad one: one line, exit 2."""
     import pandas as pd
 
-    keep = pd.Series(True, index=contacts.index)
+    parsed = []
     for name, value in (("--since", since), ("--until", until)):
-        if value is None:
-            continue
-        try:
-            when = pd.Timestamp(value)
-        except ValueError:
+        when = pd.to_datetime(value, errors="coerce") if value is not None else None
+        if value is not None and pd.isna(when):
             _fail(f"{name} {value!r} is not a date: write it as 2026-03-01")
-        when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
-        keep &= contacts["closed_at"] >= when if name == "--since" else contacts["closed_at"] < when
+        parsed.append(
+            None if when is None else when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+        )
+    return tuple(parsed)
+
+
+def _date_range(contacts, since, until):  # noqa: ANN001, ANN202 - pandas, lazily
+    """Which contacts a date range (from ``_dates``) keeps, by close; an empty range: one line, exit 2."""
+    keep = contacts["closed_at"].notna()
+    if since is not None:
+        keep &= contacts["closed_at"] >= since
+    if until is not None:
+        keep &= contacts["closed_at"] < until
     if not keep.any():
         _fail(f"no contact closed in the range {since or 'start'} to {until or 'end'}")
     return keep.to_numpy()
@@ -986,9 +992,7 @@ def report(
     out = out or settings.path("models/report.html")
     _check_suffix(out, (".html", ".htm"))
     team_of = _teams(teams) if teams is not None else None
-    for name, value in (("--since", since), ("--until", until)):
-        if value is not None and pd.isna(pd.to_datetime(value, errors="coerce")):
-            _fail(f"{name} {value!r} is not a date: write it as 2026-03-01")  # before the model is loaded
+    start, end_date = _dates(since, until)  # a bad date is refused before the model is loaded
     working = None
     if from_store:
         from predictor.loop.outcomes import outcomes as measure
@@ -1006,7 +1010,7 @@ def report(
         task = progress.add_task("scoring contacts with the champion", total=None)
         model, version, mined = _bundle(settings, settings.service.model_version, progress, with_plan=True)
         contacts = contacts.reset_index(drop=True)
-        shown = _date_range(contacts, since, until)
+        shown = _date_range(contacts, start, end_date)
         predictions = model.predict(contacts[shown].reset_index(drop=True), history=contacts)
         progress.update(task, description="building the report")
         plan_path = mined or settings.service.plan_path  # the plan of the version used, as the service reads it
