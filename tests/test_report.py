@@ -91,6 +91,8 @@ def test_report_escapes_what_it_shows(report, tmp_path: Path) -> None:
 def test_wilson_interval() -> None:
     low, high = wilson(0, 10)
     assert low == 0 and 0.25 < high < 0.35
+    # Always around its rate, exactly at 0 and 1 too (rounding had put the bound past it: a negative error bar).
+    assert all(wilson(k, n)[0] <= k / n <= wilson(k, n)[1] for n in range(1, 120) for k in range(n + 1))
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.404, abs=0.01) and high == pytest.approx(0.596, abs=0.01)
 
@@ -157,3 +159,17 @@ def test_agents_are_grouped_by_team_when_a_mapping_gives_one(report, tmp_path: P
     assert [(r["team"], r["group"]) for r in listed] == sorted((r["team"], r["group"]) for r in listed)
     text = write(data, tmp_path / "teams.html")[0].read_text()
     assert 'id="by-team"' in text and "<th>team</th>" in text
+
+
+def test_a_period_the_model_was_trained_on_still_renders(report, tmp_path: Path) -> None:
+    """--since/--until inside the training period: no contact can test the model (nothing to calibrate on),
+    a week of few contacts has hours with no repeat at all; the report says so instead of failing."""
+    _, predictions, labelled = report
+    week = labelled[labelled["closed_at"] < labelled["closed_at"].min() + pd.Timedelta(days=7)]
+    followup = FollowUpPlan.from_yaml(PACKAGE_DATA / "followup_scripts.yaml")
+    unseen_from = labelled["closed_at"].max() + pd.Timedelta(days=1)
+    data = build(week, predictions[predictions["contact_id"].isin(week["contact_id"])], followup, None,
+                 ReportConfig(), unseen_from=unseen_from)  # fmt: skip
+    assert data["calibration"] == [] and any(r["repeat_rate"] == 0 for r in data["by"]["hour"])
+    html, _ = write(data, tmp_path / "trained-period.html")
+    assert "trained on" in html.read_text()

@@ -114,7 +114,9 @@ def wilson(successes: float, n: float) -> tuple[float, float]:
     denom = 1 + Z95**2 / n
     centre = (p + Z95**2 / (2 * n)) / denom
     half = Z95 * np.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # The interval holds the rate; at 0 (or 1) rounding put the bound a hair past it (5.6e-17 at 0 of 3), a
+    # negative error bar that matplotlib refuses (the report crashed on a narrow date range).
+    return float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:

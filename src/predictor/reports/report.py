@@ -484,13 +484,16 @@ def _plot_groups(rows: list[dict[str, Any]], title: str) -> plt.Figure:
 def _plot_calibration(rows: list[dict[str, Any]]) -> plt.Figure:
     frame = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.set(xlabel="predicted repeat rate", ylabel="actual repeat rate",
+           title="Predicted vs actual by issue\n(contacts the model did not see)")  # fmt: skip
+    if frame.empty:  # a period the model was trained on: nothing in it can test the model
+        ax.text(0.5, 0.5, "no closed window of a contact\nthe model did not see", ha="center", va="center")
+        return fig
     ax.scatter(frame["predicted"], frame["actual"], s=np.sqrt(frame["n"]) * 4, alpha=0.7, color="#1f5aa6")
     for row in frame.itertuples():
         ax.annotate(row.group.replace("_", " "), (row.predicted, row.actual), fontsize=6, alpha=0.8)
-    top = float(max(frame["predicted"].max(), frame["actual"].max()) * 1.1) if len(frame) else 1.0
+    top = float(max(frame["predicted"].max(), frame["actual"].max()) * 1.1)
     ax.plot([0, top], [0, top], color="grey", ls=":")
-    ax.set(xlabel="predicted repeat rate", ylabel="actual repeat rate",
-           title="Predicted vs actual by issue\n(contacts the model did not see)")  # fmt: skip
     return fig
 
 
