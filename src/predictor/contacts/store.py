@@ -389,9 +389,7 @@ class ContactStore:
         out: dict[str, list] = {}
         with self.engine.connect() as db:
             for row in db.execute(query):
-                closed = pd.Timestamp(row.closed_at)
-                closed = closed.tz_localize("UTC") if closed.tzinfo is None else closed.tz_convert("UTC")
-                out.setdefault(raw_of[row.customer_id], []).append((row.contact_id, closed, row.arm))
+                out.setdefault(raw_of[row.customer_id], []).append((row.contact_id, _stamp(row.closed_at), row.arm))
         return out
 
     def record_follow_ups(self, reports: list[FollowUpRecord]) -> list[tuple[str, Any]]:
@@ -413,22 +411,24 @@ class ContactStore:
                 if contact is None:
                     out.append(("unknown", None))
                     continue
-                closed = _utc(contact.closed_at)
-                if _utc(report.sent_at) < closed:
+                closed, sent, template = _utc(contact.closed_at), _utc(report.sent_at), redact(report.template)
+                if sent < closed:
                     out.append(("early", closed))
                     continue
                 earlier = kept.get(report.contact_id)
                 if earlier is not None:
                     same = (_utc(earlier.sent_at), earlier.channel, earlier.template) == (
-                        _utc(report.sent_at), report.channel, redact(report.template),
-                    )  # fmt: skip
+                        sent,
+                        report.channel,
+                        template,
+                    )
                     out.append(("replayed" if same else "conflict", contact.arm if same else None))
                     continue
                 row = {
                     "contact_id": report.contact_id,
-                    "sent_at": _utc(report.sent_at),
+                    "sent_at": sent,
                     "channel": report.channel,
-                    "template": redact(report.template),
+                    "template": template,
                     "received_at": now,
                 }
                 db.execute(insert, row)
@@ -501,10 +501,14 @@ class ContactStore:
             return db.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
 
 
-def _utc(value: Any) -> datetime:
-    """A stored or given time as an aware UTC datetime (SQLite hands back naive UTC)."""
+def _stamp(value: Any) -> pd.Timestamp:
+    """A stored or given time in UTC (SQLite hands back naive UTC)."""
     stamp = pd.Timestamp(value)
-    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _utc(value: Any) -> datetime:
+    return _stamp(value).to_pydatetime()
 
 
 def _insert_if_absent(store: ContactStore, name: str, value: str) -> None:

@@ -302,7 +302,7 @@ class _World:
         self.sent += 1
         self.sent_for[cid] = sent_at
         for child in self.preventable(cid, sent_at):
-            self._remove(child)
+            self.prevented |= self.subtree(child)  # the repeat, and everything it would have caused
         if self.draws.prompts(cid, self.effect):
             prompted = self.prompt_contact(row, sent_at, follow_up.get("next_issue"), follow_up["channel"])
             self.prompted[prompted["contact_id"]] = prompted
@@ -341,11 +341,6 @@ class _World:
             "origin": "prompted",
             "parent_contact_id": row["contact_id"],
         }
-
-    def _remove(self, cid: str) -> None:
-        self.prevented.add(cid)
-        for child in self.children.get(cid, []):
-            self._remove(child)
 
     def subtree(self, cid: str) -> set[str]:
         out = {cid}

@@ -383,7 +383,7 @@ class Scorer:
                     )
                 else:
                     chosen = arm(customers[cid], service.experiment, service.holdout_share)
-                    counted[cid] = Experimented(service.experiment, chosen, fields["send_by"].to_pydatetime())
+                    counted[cid] = Experimented(service.experiment, chosen, send_by.to_pydatetime())
                     earlier.setdefault(customers[cid], []).append((cid, t, chosen))
                     fields["experiment"] = service.experiment
                     if chosen == HELD_OUT:
