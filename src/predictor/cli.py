@@ -280,7 +280,7 @@ def outcomes(
     prevented: held-out vs treated repeat rates with 95% intervals (intention to treat and as treated)."""
     import json
 
-    from predictor.loop.outcomes import outcomes as measure
+    from predictor.loop.outcomes import realised, summarise
 
     output = _output(fmt)
     if json_out is not None:
@@ -289,14 +289,15 @@ def outcomes(
     store = _store(settings, store_url)
     with _progress() as progress:
         task = progress.add_task("deriving outcomes from the contact store", total=None)
-        result = measure(store, settings.labels)
+        frame, end = realised(store, settings.labels)  # read once: the outcomes and the uplift model share it
+        result = summarise(frame, end)
         ranked = None
         if uplift:
             from predictor.loop.uplift import evaluate_store
 
             _require_model(settings)
             progress.update(task, description="fitting the uplift model on the experiment's arms")
-            ranked = evaluate_store(store, settings, min_per_arm)
+            ranked = evaluate_store(store, settings, min_per_arm, frame=frame)
     _print_outcomes(result)
     figures = result.as_dict()
     if ranked is not None:

@@ -134,8 +134,9 @@ def json_safe(value: Any) -> Any:
 def realised(store: ContactStore, labels: LabelConfig) -> tuple[pd.DataFrame, DataEnd]:
     """Every stored contact with its answer, its follow-up (if reported) and its outcome as known now."""
     frame = store.scored()
-    end = data_end(frame[list(CONTACT_COLUMNS)], labels)
-    labelled = derive(frame[list(CONTACT_COLUMNS)], labels, end.at)
+    contacts = frame[list(CONTACT_COLUMNS)]
+    end = data_end(contacts, labels)
+    labelled = derive(contacts, labels, end.at)
     for column in ("is_repeat", "censored", "hours_to_repeat", "window_complete", "continues_previous"):
         frame[column] = labelled[column].to_numpy()
     sent = store.follow_ups()

@@ -115,13 +115,21 @@ def evaluate(
     )
 
 
-def evaluate_store(store: Any, settings: Settings, min_per_arm: int = MIN_PER_ARM, record: bool = True) -> UpliftResult:
+def evaluate_store(
+    store: Any,
+    settings: Settings,
+    min_per_arm: int = MIN_PER_ARM,
+    record: bool = True,
+    frame: pd.DataFrame | None = None,
+) -> UpliftResult:
     """Features of the store's counted contacts by the champion (point-in-time, from the store's history),
-    the comparison, and (``record``) an MLflow run in the model's experiment with its figures and decision."""
+    the comparison, and (``record``) an MLflow run in the model's experiment with its figures and decision.
+    ``frame``: the store as ``outcomes.realised`` read it, when the caller has it already."""
     from predictor.loop.outcomes import realised
     from predictor.registry.tracking import load_version
 
-    frame, _ = realised(store, settings.labels)
+    if frame is None:
+        frame, _ = realised(store, settings.labels)
     counted = frame[frame["scored"] & frame["arm"].notna() & frame["window_complete"].astype(bool)]
     counted = counted.reset_index(drop=True)
     if counted.empty:
