@@ -417,15 +417,8 @@ def _print_outcomes(result) -> None:  # noqa: ANN001 - loop.outcomes.Outcomes
             ["comparison", "n first", "n second", "rate first", "rate second", "diff", "low", "high"],
             rows, [text, count, count, percent, percent, points, points, points],
         )  # fmt: skip
-        verdict = (
-            f"follow-ups prevent {percent(itt.relative, 0)} of repeats among contacts with one due"
-            if d.low > 0
-            else "follow-ups cause more repeats than they prevent"
-            if d.high < 0
-            else "the interval includes zero: no effect shown yet"
-        )
         console.print(
-            verdict
+            result.verdict()
             + (
                 f"; ~{result.needed:,} closed windows in all would settle it at this effect"
                 if result.needed and not d.excludes_zero()

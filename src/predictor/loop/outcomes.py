@@ -82,6 +82,20 @@ class Outcomes:
     needed: int | None  # contacts with a closed window needed for the interval to exclude zero, at this effect
     notes: list[str] = field(default_factory=list)
 
+    def verdict(self) -> str:
+        """What the experiment shows, in one sentence (the report's and the command line's)."""
+        if self.itt is None:
+            return "not measured yet: the experiment has no closed windows in both arms"
+        d = self.itt.difference
+        if d.low > 0:
+            return (
+                f"follow-ups prevent {self.itt.relative:.0%} of repeats among the contacts they are due for "
+                f"({d.estimate * 100:+.1f} points, 95% interval {d.low * 100:+.1f} to {d.high * 100:+.1f})"
+            )
+        if d.high < 0:
+            return "follow-ups cause more repeats than they prevent (the whole interval is below zero)"
+        return "no effect shown yet: the 95% interval of the difference includes zero"
+
     def as_dict(self) -> dict[str, Any]:
         def frame(f: pd.DataFrame) -> list[dict[str, Any]]:
             return json_safe(f.to_dict("records"))

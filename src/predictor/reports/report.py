@@ -224,18 +224,7 @@ def _working(outcomes: Outcomes | None) -> dict[str, Any] | None:
         return None
     out = outcomes.as_dict()
     itt = outcomes.itt
-    if itt is None:
-        out["verdict"] = "not measured yet: the experiment has no closed windows in both arms"
-    elif itt.difference.low > 0:
-        out["verdict"] = (
-            f"follow-ups prevent {itt.relative:.0%} of repeats among the contacts they are due for "
-            f"({itt.difference.estimate * 100:+.1f} points, 95% interval {itt.difference.low * 100:+.1f} to "
-            f"{itt.difference.high * 100:+.1f})"
-        )
-    elif itt.difference.high < 0:
-        out["verdict"] = "follow-ups cause more repeats than they prevent (the whole interval is below zero)"
-    else:
-        out["verdict"] = "no effect shown yet: the 95% interval of the difference includes zero"
+    out["verdict"] = outcomes.verdict()
     out["measured_prevention"] = itt.relative if itt is not None and itt.difference.low > 0 else None
     return out
 
