@@ -282,8 +282,8 @@ def _seconds(text: pd.Series, unit: str) -> pd.Series:
 
 def _iso_times(text: pd.Series, fmt: str | None, zone: str | None) -> pd.Series:
     """A time field parsed by its own format and zone, as ISO text with the zone; what does not parse stays."""
-    from predictor.contacts.schema import _parse_timestamps
+    from predictor.contacts.schema import parse_timestamps
 
-    parsed, _ = _parse_timestamps(text, zone, fmt)
+    parsed, _ = parse_timestamps(text, zone, fmt)
     iso = parsed.map(lambda t: t.isoformat() if pd.notna(t) else None)
     return text.where(iso.isna(), iso)

@@ -191,7 +191,7 @@ def validate(
         out[column] = _as_text(raw[column]).fillna("") if column in raw.columns else ""
 
     for column in TIMESTAMP_COLUMNS:
-        parsed, reasons = _parse_timestamps(raw[column], assume_timezone, timestamp_format)
+        parsed, reasons = parse_timestamps(raw[column], assume_timezone, timestamp_format)
         for reason in reasons.dropna().unique():
             fail(reasons == reason, column, reason)
         out[column] = parsed
@@ -387,14 +387,8 @@ _ZONE_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\s?UTC)$"
 def parse_timestamps(
     values: pd.Series, assume_timezone: str | None = None, timestamp_format: str | None = None
 ) -> tuple[pd.Series, pd.Series]:
-    """Text or datetimes to UTC, by the rules of the contact log's times: (timestamps, reason or None per row)."""
-    return _parse_timestamps(values, assume_timezone, timestamp_format)
-
-
-def _parse_timestamps(
-    values: pd.Series, assume_timezone: str | None, timestamp_format: str | None
-) -> tuple[pd.Series, pd.Series]:
-    """Parse to UTC; return (timestamps, reason-or-None per row)."""
+    """Text or datetimes to UTC, by the rules of the contact log's times: (timestamps, reason or None per row).
+    Also the mapping's checks and a follow-up file's ``sent_at``."""
     reasons = pd.Series([None] * len(values), index=values.index, dtype=object)
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC"), reasons
