@@ -20,7 +20,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=False)
+STDOUT = Console(stderr=False)
+console = STDOUT  # stdout, or stderr beside a command's CSV or JSON (``_output``)
 err = Console(stderr=True)
 log = logging.getLogger("predictor")
 
@@ -81,14 +82,14 @@ def _output(fmt: str):  # noqa: ANN202 - predictor.output.Output
 
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
-    if fmt != "table":
-        console = err
+    # Set per command: several commands in one process (a test's runner) must not inherit the last one's.
+    console = STDOUT if fmt == "table" else err
     _out = Output(fmt, console, err)  # type: ignore[arg-type]
     return _out
 
 
 def _tables():  # noqa: ANN202 - predictor.output.Output
-    return _out if _out is not None else _output("table")
+    return _out if _out is not None else _output("table")  # called outside a command (a test, a notebook)
 
 
 def _version(value: bool) -> None:
@@ -107,6 +108,7 @@ def main(
     ] = False,
 ) -> None:
     logs.setup(verbose)
+    _output("table")  # every command starts with tables for people; --format may change it
 
 
 @app.command()
