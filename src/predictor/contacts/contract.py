@@ -51,6 +51,9 @@ CONTACT_FIELDS: tuple[ContactField, ...] = (
     ContactField("transfers", COUNT, True, "Number of transfers, whole number ≥ 0.", 0, api_default=0),
     ContactField("queue", LABEL, False, "Queue or skill group.", "consumer", api_default=""),
     ContactField("csat", SCORE, False, "Satisfaction score, 1–5 (null or left out when unknown).", 4.0),
+    ContactField("language", LABEL, False, "ISO 639-1 code of the contact's language (`ru`, `sr-Latn` → `sr`); "
+                 "when blank or left out it is read off the transcript (en, ru, be, sr in either script, uk).",
+                 "en", api_default=""),
 )  # fmt: skip
 
 FIELDS: dict[str, ContactField] = {f.name: f for f in CONTACT_FIELDS}

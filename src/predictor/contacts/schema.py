@@ -20,6 +20,7 @@ import pandera.pandas as pa
 
 from predictor.config import CHANNEL_ALIASES, CHANNELS
 from predictor.contacts import contract
+from predictor.contacts.language import languages
 from predictor.contacts.mapping import ColumnMapping, CsvOptions, SchemaError
 
 __all__ = ["ColumnMapping", "SchemaError", "ValidationResult", "load_contacts", "load_files", "read_log", "validate"]
@@ -189,6 +190,9 @@ def validate(
     out["transcript"] = _as_text(raw["transcript"]).fillna("")
     for column in contract.names(contract.LABEL):  # optional labels: empty where the file has none
         out[column] = _as_text(raw[column]).fillna("") if column in raw.columns else ""
+    # Every contact gets a language: the file's code, else read off the transcript (kept, never a rejection).
+    out["language"], not_a_code = languages(out["language"], out["transcript"])
+    warn(not_a_code, "language", "not an ISO 639-1 code: read off the transcript")
 
     for column in TIMESTAMP_COLUMNS:
         parsed, reasons = parse_timestamps(raw[column], assume_timezone, timestamp_format)

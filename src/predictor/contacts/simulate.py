@@ -172,6 +172,7 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
             "transfers": log["transfers"].astype(int),
             "queue": log["queue"],
             "csat": log["csat"],
+            "language": "en",  # the simulator writes English; a centre's export often declares its language
         }
     )[list(contract.names())]  # the contract's columns, in its order: a new field must be simulated too
     truth = _truth(log, config, issue_p)
