@@ -42,6 +42,21 @@ from predictor.features.embed import SEPARATOR, Embedder, EmbeddingCache
         ("pozovite 064/123-4567 posle pet", "[PHONE]", "123-4567"),
         ("мој број 064 123 45 67", "[PHONE]", "123 45 67"),
         ("moj broj je +381 64 123 4567", "[PHONE]", "123 4567"),
+        ("перезвоните на 123-45-67 вечером", "[PHONE]", "123-45-67"),
+        # Local ids, cards and accounts (#19): each language's shapes as its customers write them.
+        ("Нумар майго рахунку 3140285A001PB4, калі", "[NATIONAL_ID]", "3140285"),
+        ("рахунак BY13 NBRB 3600 9000 0000 2Z00 AB00 дзякуй", "[IBAN]", "NBRB 3600"),
+        ("картка 9112 3456 7890 1234 не праходзіць", "[CARD]", "3456 7890"),
+        ("СНИЛС 112-233-445 95, паспорт", "[NATIONAL_ID]", "233-445"),
+        ("паспорт 45 08 123456 выдан", "[NATIONAL_ID]", "123456"),
+        ("счёт 40817810099910004312 в банке", "[NUMBER]", "0999100"),
+        ("карта 2202-2012-3456-7890", "[CARD]", "3456-7890"),
+        ("почта ivan.petrov@example.ru", "[EMAIL]", "ivan.petrov"),
+        ("пишите ivan dot petrov at mail dot ru", "[EMAIL]", "petrov"),
+        ("račun 160-0000000012345-67 je moj", "[NATIONAL_ID]", "0000000012345"),
+        ("IBAN RS35 2600 0560 1001 6113 79 hvala", "[IBAN]", "2600 0560"),
+        ("ЈМБГ 0101990710006, хвала", "[CARD]", "0101990710006"),
+        ("kartica 9891 1234 5678 9012", "[CARD]", "5678 9012"),
     ],
 )
 def test_redaction(text: str, placeholder: str, secret: str) -> None:
@@ -56,6 +71,7 @@ def test_redaction(text: str, placeholder: str, secret: str) -> None:
         "a" * 20_000, "1" * 20_000, "a." * 10_000, "12-" * 6_000, "a@" * 10_000, "a dot " * 3_400, "a at " * 4_000,
         "1 " * 10_000, "1." * 10_000, "1  " * 7_000, "AB12" * 5_000, "DE89 " * 4_000, "x (at) " * 2_800,
         "a.a at " * 2_800, "\x00" * 20_000, "8 " * 10_000, "0-12 " * 4_000, "064/" * 5_000,
+        "123-45-" * 3_000, "1234567A" * 2_500, "12 34 " * 3_400, "160-" * 5_000, "ру@" * 10_000,
     ],
 )  # fmt: skip
 def test_redaction_is_linear_on_one_long_run(run: str) -> None:

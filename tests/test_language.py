@@ -54,3 +54,139 @@ def test_validation_records_the_language_and_warns_on_a_bad_code() -> None:
     got = dict(zip(result.contacts["contact_id"], result.contacts["language"], strict=True))
     assert got == {f"C{i}": EXPECTED[k] for i, k in enumerate(sorted(SAMPLES))}
     assert result.warnings["field"].tolist() == ["language"]
+
+
+# -- simulated logs in other languages (#19) ------------------------------------------------------------
+
+
+def _shape(value: object) -> object:
+    """A phrasing's structure: keys, list lengths and placeholders, not its words."""
+    import re
+
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return (len(value), tuple(_shape(item) for item in value))
+    return tuple(sorted(set(re.findall(r"\{\w+\}", value)))) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("language", ["ru", "be", "sr", "sr-Latn"])
+def test_every_language_has_the_english_phrasings_shape(language: str) -> None:
+    """Same keys, list lengths and placeholders: a seed draws the same story in every language."""
+    from predictor.contacts.simulate import phrases
+
+    english, other = phrases("en"), phrases(language)
+    for key in ("AGENT_NAMES", "EMAIL_USERS"):  # names differ, their number does not
+        assert len(other[key]) == len(english[key])
+    skip = {"AGENT_NAMES", "EMAIL_USERS"}
+    assert {k: _shape(v) for k, v in other.items() if k not in skip} == {
+        k: _shape(v) for k, v in english.items() if k not in skip
+    }
+
+
+@pytest.fixture(scope="module")
+def language_logs() -> dict[str, object]:
+    from predictor.contacts.simulate import SimulatorConfig, simulate
+
+    return {
+        language: simulate(SimulatorConfig(n_contacts=1500, seed=7, days=40, language=language))
+        for language in ("en", "ru", "be", "sr", "mixed")
+    }
+
+
+def test_a_seed_tells_the_same_story_in_every_language(language_logs) -> None:
+    """The same contacts, outcomes and truth in every language; the non-English logs also draw the same
+    sentences (English keeps its typos in its main stream, as it did before other languages existed)."""
+    english = language_logs["en"].contacts
+    for language in ("ru", "be", "sr", "mixed"):
+        other = language_logs[language].contacts
+        assert other.drop(columns=["transcript", "language"]).equals(english.drop(columns=["transcript", "language"]))
+        assert language_logs[language].truth.equals(language_logs["en"].truth)
+    untranscribed = language_logs["ru"].contacts["transcript"] == ""
+    for language in ("be", "sr"):
+        assert (language_logs[language].contacts["transcript"] == "").equals(untranscribed)
+    lines = [len(t.split("\n")) for t in language_logs["ru"].contacts["transcript"]]
+    assert [len(t.split("\n")) for t in language_logs["sr"].contacts["transcript"]] == lines
+
+
+@pytest.mark.parametrize("language", ["ru", "be", "sr", "mixed"])
+def test_each_language_is_written_and_told_apart(language_logs, language: str) -> None:
+    contacts = language_logs[language].contacts
+    written = contacts[contacts["transcript"] != ""]
+    expected = {"mixed": {"en", "ru", "be", "sr"}}.get(language, {language})
+    assert set(contacts["language"]) == expected
+    detected, _ = languages(pd.Series([""] * len(written), index=written.index), written["transcript"])
+    assert (detected == written["language"]).mean() > 0.99
+    if language in ("sr", "mixed"):  # Serbian in both scripts
+        serbian = written.loc[written["language"] == "sr", "transcript"]
+        latin = serbian.str.contains("Korisnik|Operater")
+        assert 0.3 < latin.mean() < 0.7
+
+
+def test_chats_switch_codes_and_drop_serbian_diacritics(language_logs) -> None:
+    text = "\n".join(language_logs["mixed"].contacts["transcript"])
+    assert "спс" in text or "ок" in text  # Russian chats borrow
+    assert "спасибо" in language_logs["be"].contacts["transcript"].str.cat()  # trasianka in Belarusian chats
+    assert "Korisnik: " in text and "racun" in text.lower()  # Serbian Latin typed without diacritics
+
+
+@pytest.mark.parametrize("language", ["ru", "be", "sr"])
+def test_local_pii_shapes_are_written_and_redacted(language_logs, language: str) -> None:
+    """Every local phone, card, account and id the simulator writes is gone after redaction."""
+    import re
+
+    from predictor.contacts.redact import redact
+
+    transcripts = language_logs[language].contacts["transcript"]
+    lines = [line for t in transcripts for line in t.split("\n") if re.search(r"\d{3}", line)]
+    assert len(lines) > 20
+    phones = {"ru": "+7 9", "be": "+375", "sr": "+381"}[language]
+    assert any(phones in line for line in lines)
+    for line in lines:
+        out = redact(line)
+        assert not re.search(r"\d{3}", out.replace("121", "")), (line, out)  # 121: the voicemail number
+        assert "@" not in out
+
+
+def test_simulate_cli_language(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from predictor.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "be.csv"
+    done = runner.invoke(app, ["simulate", "--n", "200", "--days", "14", "--language", "be", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert set(pd.read_csv(out)["language"]) == {"be"}
+    bad = runner.invoke(app, ["simulate", "--n", "200", "--language", "de", "--out", str(out)])
+    assert bad.exit_code == 2 and "--language must be one of" in bad.output
+
+
+# -- follow-ups in the customer's language --------------------------------------------------------------
+
+
+def test_follow_ups_are_written_in_the_customers_language() -> None:
+    from predictor.config import ServiceConfig
+    from predictor.contacts.language import written
+    from predictor.reports.plan import follow_up_plan
+
+    plan = follow_up_plan(ServiceConfig())
+
+    def advice(language: str, text: str, next_issue: str = "refund"):
+        return plan.recommend(
+            repeat_probability=0.9, next_issue=next_issue, contact_issue="billing_question",
+            contact_channel="chat", hours_to_repeat_median=30, language=written(language, text),
+        )  # fmt: skip
+
+    russian = advice("ru", SAMPLES["ru"])
+    assert russian.act and russian.language == "ru" and "возврат" in russian.message
+    serbian_latin = advice("sr", SAMPLES["sr-latn"])
+    assert serbian_latin.language == "sr" and "povraćaj" in serbian_latin.message
+    assert not any("\u0400" <= ch <= "\u04ff" for ch in serbian_latin.message)
+    assert "повраћај" in advice("sr", SAMPLES["sr-cyrl"]).message
+    assert "вяртанне" in advice("be", SAMPLES["be"]).message
+    check_in = advice("ru", SAMPLES["ru"], next_issue="billing_question")  # the same issue again
+    assert check_in.repeat_type == "explicit" and "счёт" in check_in.message
+    for language, text in (("uk", SAMPLES["uk"]), ("", "")):  # no messages in that language: English
+        fallback = advice(language, text)
+        assert fallback.language == "en" and "refund" in fallback.message

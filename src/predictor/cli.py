@@ -478,19 +478,27 @@ def simulate(
     drift: Annotated[
         float, typer.Option(help="Relative change of the repeat rate from start to end (-0.7: falls by 70%).")
     ] = 0.0,
+    language: Annotated[
+        str,
+        typer.Option(
+            help="Language of the transcripts: en, ru, be, sr (Cyrillic and Latin script), or mixed (all four)."
+        ),
+    ] = "en",
 ) -> None:
     """Generate a synthetic contact log, with the ground truth in a separate file beside it.
 
     The ground truth (<name>.truth.parquet) holds the simulator's own repeat probabilities; only the
     oracle in evaluation reads it.
     """
-    from predictor.contacts.simulate import SimulatorConfig, write
+    from predictor.contacts.simulate import LANGUAGES, SimulatorConfig, write
     from predictor.contacts.simulate import simulate as run
 
     if export not in ("all", "closed-only"):
         _fail(f"--export must be 'all' or 'closed-only', not {export!r}")
     if ticket_days < 0 or drift <= -1:
         _fail("--ticket-days must be at least 0 and --drift greater than -1")
+    if language not in (*LANGUAGES, "mixed"):
+        _fail(f"--language must be one of {', '.join(LANGUAGES)} or mixed, not {language!r}")
     out = out or _settings().path("data/contacts.csv")
     _check_suffix(out, (".csv", ".parquet", ".jsonl"))
     config = SimulatorConfig(
@@ -501,6 +509,7 @@ def simulate(
         export=export,  # type: ignore[arg-type]
         ticket_days=ticket_days,
         drift=drift,
+        language=language,
     )
     started = time.perf_counter()
     with _progress() as progress:

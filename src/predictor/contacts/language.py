@@ -16,6 +16,7 @@ import pandas as pd
 
 ENGLISH, RUSSIAN, BELARUSIAN, SERBIAN, UKRAINIAN = "en", "ru", "be", "sr", "uk"
 UNKNOWN = ""
+SERBIAN_LATIN = "sr-Latn"  # Serbian as written in Latin script: a written form, not a language of its own
 
 _SERBIAN_CYRILLIC = frozenset("ђјљњћџ")
 _UKRAINIAN = frozenset("їєґ")
@@ -94,3 +95,29 @@ def languages(declared: pd.Series, transcripts: pd.Series) -> tuple[pd.Series, p
     if missing.any():
         out[missing] = [detect(t) for t in transcripts[missing]]
     return out, (code != "") & ~is_code
+
+
+def written(language: str, text: str) -> str:
+    """The form a reply to ``text`` should take: ``sr-Latn`` for Serbian written in Latin script, else
+    ``language`` itself (Serbian is written in both scripts, and a customer is answered in theirs)."""
+    if language != SERBIAN:
+        return language
+    latin = sum(ch.isascii() and ch.isalpha() for ch in text)
+    cyrillic = sum("\u0400" <= ch <= "\u04ff" for ch in text)
+    return SERBIAN_LATIN if latin > cyrillic else SERBIAN
+
+
+# Serbian Cyrillic to Latin, letter for letter (the official correspondence; Љ Њ Џ are two letters in Latin).
+_SERBIAN_LATIN = str.maketrans({
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "ђ": "đ", "е": "e", "ж": "ž", "з": "z", "и": "i",
+    "ј": "j", "к": "k", "л": "l", "љ": "lj", "м": "m", "н": "n", "њ": "nj", "о": "o", "п": "p", "р": "r",
+    "с": "s", "т": "t", "ћ": "ć", "у": "u", "ф": "f", "х": "h", "ц": "c", "ч": "č", "џ": "dž", "ш": "š",
+    "А": "A", "Б": "B", "В": "V", "Г": "G", "Д": "D", "Ђ": "Đ", "Е": "E", "Ж": "Ž", "З": "Z", "И": "I",
+    "Ј": "J", "К": "K", "Л": "L", "Љ": "Lj", "М": "M", "Н": "N", "Њ": "Nj", "О": "O", "П": "P", "Р": "R",
+    "С": "S", "Т": "T", "Ћ": "Ć", "У": "U", "Ф": "F", "Х": "H", "Ц": "C", "Ч": "Č", "Џ": "Dž", "Ш": "Š",
+})  # fmt: skip
+
+
+def to_serbian_latin(text: str) -> str:
+    """Serbian Cyrillic written in Latin script (other characters untouched)."""
+    return text.translate(_SERBIAN_LATIN)

@@ -13,7 +13,10 @@ import re
 
 _AT = r"(?:\s{0,3}[\(\[\{<]\s{0,2}at\s{0,2}[\)\]\}>]\s{0,3}|\s{1,3}at\s{1,3})"  # (at) [at] " at "
 _DOT = r"(?:\s{0,3}[\(\[\{<]\s{0,2}dot\s{0,2}[\)\]\}>]\s{0,3}|\s{1,3}dot\s{1,3})"  # (dot) [dot] " dot "
-_TLD = r"(?:com|net|org|info|biz|edu|gov|io|co|uk|us|de|fr|es|it|nl|be|ch|at|se|no|dk|fi|pl|pt|ie|eu|ca|au|in|jp|br|mx)"
+_TLD = (
+    r"(?:com|net|org|info|biz|edu|gov|io|co|uk|us|de|fr|es|it|nl|be|ch|at|se|no|dk|fi|pl|pt|ie|eu|ca|au|in|jp|br|mx"
+    r"|ru|by|rs|ua|kz|me|ba|hr|si)"
+)
 
 _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}"), "[EMAIL]"),
@@ -42,7 +45,13 @@ _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"|[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]"
             r"|[XYZ]?\d{7,8}-?[A-Z]"
             r"|[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]"
-            r"|\d{6,8}[-+A]\d{3,4}[0-9A-Z]?)(?![\w-])"
+            r"|\d{6,8}[-+A]\d{3,4}[0-9A-Z]?"
+            # Belarusian personal number (3140285A001PB4), Russian SNILS (112-233-445 95) and passport
+            # (45 08 123456), a Serbian bank account in the domestic form (160-0000000012345-67).
+            r"|\d{7}[A-Z]\d{3}[A-Z]{2}\d"
+            r"|\d{3}-\d{3}-\d{3}[ -]\d{2}"
+            r"|\d{2} \d{2} \d{6}"
+            r"|\d{3}-\d{10,13}-\d{2})(?![\w-])"
         ),
         "[NATIONAL_ID]",
     ),
@@ -53,6 +62,8 @@ _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # A national number with its trunk prefix, as Belarusian, Russian and Serbian callers write theirs:
     # "8 (029) 123-45-67", "8 912 345 67 89", "064/123-4567", "064 123 45 67".
     (re.compile(r"(?<![\w])[80][ -]?\(?\d{2,4}\)?(?:[ /-]{1,2}\d{2,4}){2,4}(?![\w])"), "[PHONE]"),
+    # A local number without its area code, as Russians and Belarusians write it: "123-45-67".
+    (re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{2}(?![\w-])"), "[PHONE]"),
     (re.compile(r"\b\d{6,}\b"), "[NUMBER]"),
 )
 NUL = "\x00"
@@ -61,7 +72,7 @@ NUL = "\x00"
 _NEEDS: tuple[re.Pattern[str], ...] = (
     re.compile("@"),
     re.compile(rf"(?i)(?:\.|{_DOT}){_TLD}\b"),
-    *[re.compile(r"\d")] * 6,
+    *[re.compile(r"\d")] * 7,
 )
 
 

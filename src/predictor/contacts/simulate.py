@@ -13,17 +13,19 @@ the next issue) goes to a separate file that only the oracle in evaluation may r
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from predictor.config import CHANNELS
 from predictor.contacts import contract
+from predictor.contacts.language import SERBIAN_LATIN, to_serbian_latin
 
 # issue -> (complexity 0..1, explicit-repeat delay median hours, adjacency strength, share of new contacts)
 ISSUES: dict[str, tuple[float, float, float, float]] = {
@@ -90,6 +92,9 @@ class SimulatorConfig:
     export: Literal["all", "closed-only"] = "all"
     ticket_days: float = 0.0
     drift: float = 0.0
+    # The language the transcripts are written in: one of LANGUAGES, or "mixed" (a centre serving several;
+    # each contact's language drawn by MIXED_LANGUAGES). Serbian contacts are in Cyrillic or Latin script.
+    language: str = "en"
     issue_mix: dict[str, float] = field(default_factory=lambda: {k: v[3] for k, v in ISSUES.items()})
 
 
@@ -153,7 +158,14 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
     log["contact_id"] = [f"C{i:07d}" for i in range(1, len(log) + 1)]
 
     text_rng = random.Random(config.seed)
-    transcripts = [_transcript(text_rng, row, config) for row in log.itertuples(index=False)]
+    languages = _languages(config, len(log))
+    # Script, typos and code-switching in other languages come from a stream of their own, so the main
+    # text stream draws the same sentences in every language (a seed tells one story, in any language).
+    side_rng = random.Random(config.seed + 1)
+    transcripts = [
+        _transcript(text_rng, row, config, language, side_rng)
+        for row, language in zip(log.itertuples(index=False), languages, strict=True)
+    ]
     hours = pd.to_timedelta(log["opened_h"], unit="h")
     opened_at = (start + hours).dt.floor("s")
     duration = pd.to_timedelta(log["open_seconds"], unit="s")
@@ -172,7 +184,7 @@ def simulate(config: SimulatorConfig | None = None, progress: Callable[[int], No
             "transfers": log["transfers"].astype(int),
             "queue": log["queue"],
             "csat": log["csat"],
-            "language": "en",  # the simulator writes English; a centre's export often declares its language
+            "language": [code.split("-")[0] for code in languages],  # "sr-Latn" is Serbian too
         }
     )[list(contract.names())]  # the contract's columns, in its order: a new field must be simulated too
     truth = _truth(log, config, issue_p)
@@ -464,8 +476,16 @@ def _carry_continuations(truth: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame
 # --- transcripts -----------------------------------------------------------------------------------------
 
 
-def _phrases() -> dict[str, object]:
-    """The transcript phrasing, from the package's data file (YAML lists as tuples, as the draws expect)."""
+LANGUAGES: tuple[str, ...] = ("en", "ru", "be", "sr")
+# A multilingual centre's mix ("mixed"): the share of contacts in each language.
+MIXED_LANGUAGES: dict[str, float] = {"en": 0.25, "ru": 0.35, "be": 0.15, "sr": 0.25}
+SERBIAN_LATIN_SHARE = 0.5  # Serbian is written in both scripts; chats lean Latin, letters Cyrillic
+
+
+@functools.cache
+def phrases(language: str = "en") -> dict[str, Any]:
+    """The transcript phrasing of one language (``en``, ``ru``, ``be``, ``sr``, ``sr-Latn``), from the
+    package's data files; YAML lists become tuples, as the draws expect."""
     from importlib import resources
 
     import yaml
@@ -477,28 +497,65 @@ def _phrases() -> dict[str, object]:
             return tuple(frozen(item) for item in value)
         return value
 
-    text = resources.files("predictor").joinpath("data/simulator_phrases.yaml").read_text(encoding="utf-8")
-    return {name.upper(): frozen(value) for name, value in yaml.safe_load(text).items()}
+    if language == SERBIAN_LATIN:
+        return _transliterated(phrases("sr"))
+    if language not in LANGUAGES:
+        raise ValueError(f"no phrasing for language {language!r}; one of {', '.join(LANGUAGES)}")
+    name = "simulator_phrases.yaml" if language == "en" else f"simulator_phrases.{language}.yaml"
+    text = resources.files("predictor").joinpath(f"data/{name}").read_text(encoding="utf-8")
+    return {key.upper(): frozen(value) for key, value in yaml.safe_load(text).items()}
 
 
-_PHRASES = _phrases()
+_PHRASES = phrases("en")
 AGENT_NAMES: tuple[str, ...] = _PHRASES["AGENT_NAMES"]
 ISSUE_PHRASES: dict[str, tuple[str, ...]] = _PHRASES["ISSUE_PHRASES"]  # how a customer opens, per issue
 PROACTIVE: dict[str, tuple[str, ...]] = _PHRASES["PROACTIVE"]  # an agent heading off the adjacent issue
-CLEAR_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["CLEAR_PARTS"]  # a clear answer, part by part
-ACTIONS: tuple[str, ...] = _PHRASES["ACTIONS"]
-CONFUSING_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["CONFUSING_PARTS"]
-RESOLVED_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["RESOLVED_PARTS"]
-UNRESOLVED_PARTS: tuple[tuple[str, ...], ...] = _PHRASES["UNRESOLVED_PARTS"]
-CONFUSED: tuple[str, ...] = _PHRASES["CONFUSED"]  # the customer's reaction to an unclear answer
-SATISFIED: tuple[str, ...] = _PHRASES["SATISFIED"]
-FILLER: tuple[tuple[str, str], ...] = _PHRASES["FILLER"]  # (speaker, line) middle turns
-ALREADY_CALLED: tuple[str, ...] = _PHRASES["ALREADY_CALLED"]
-GREETINGS: tuple[str, ...] = _PHRASES["GREETINGS"]
-CLOSINGS: tuple[str, ...] = _PHRASES["CLOSINGS"]
-# What the agent says to pre-empt each issue when it is the adjacent one (next-issue avoidance).
-# The outcome sentences are composed from parts, so the same meaning comes in hundreds of wordings (as in
-# real conversations) and a model must read meaning, not memorise a handful of phrases.
+# The outcome sentences are composed from parts (CLEAR_PARTS, CONFUSING_PARTS, ...), so the same meaning comes
+# in hundreds of wordings (as in real conversations) and a model must read meaning, not memorise a handful of
+# phrases.
+
+# How Serbian Latin is typed on a phone without the diacritics ("racun", "sta", "djordje").
+_NO_DIACRITICS = str.maketrans({"č": "c", "ć": "c", "š": "s", "ž": "z", "đ": "dj", "Č": "C", "Ć": "C",
+                                "Š": "S", "Ž": "Z", "Đ": "Dj"})  # fmt: skip
+
+
+def _transliterated(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _transliterated(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_transliterated(item) for item in value)
+    return to_serbian_latin(value) if isinstance(value, str) else value
+
+
+# Words customers mix in from another language in chats (code-switching), per language of the chat.
+_CODE_SWITCH: dict[str, tuple[tuple[str, str], ...]] = {
+    "ru": (("спасибо", "спс"), ("Спасибо", "Thanks"), ("хорошо", "ок"), ("Хорошо", "Ok"), ("приложени", "апп"),
+           ("Извините", "Сорри"), ("пожалуйста", "плиз")),
+    # Belarusian chats drift into Russian (trasianka): a Russian word where the Belarusian one stands.
+    "be": (("дзякуй", "спасибо"), ("Дзякуй", "Спасибо"), ("Добра", "Хорошо"), ("калі ласка", "пожалуйста"),
+           ("Прабачце", "Извините"), ("праграм", "приложени"), ("зараз", "сейчас")),
+    "sr": (("хвала", "thanks"), ("Хвала", "Thanks"), ("У реду", "Ok"), ("Добро", "Okej"), ("Извините", "Sorry"),
+           ("апликациј", "app"), ("мејл", "email")),
+}  # fmt: skip
+_CODE_SWITCH[SERBIAN_LATIN] = tuple((to_serbian_latin(a), b) for a, b in _CODE_SWITCH["sr"])
+CODE_SWITCH_SHARE = 0.3  # of a chat's customer lines
+
+
+def _languages(config: SimulatorConfig, n: int) -> list[str]:
+    """Each contact's language (``sr-Latn`` for Serbian in Latin script), from a stream of its own."""
+    if config.language not in (*LANGUAGES, "mixed"):
+        raise ValueError(f"language must be one of {', '.join(LANGUAGES)} or mixed, not {config.language!r}")
+    rng = np.random.default_rng([config.seed, 19])
+    if config.language == "mixed":
+        codes = np.array(list(MIXED_LANGUAGES))
+        shares = np.array(list(MIXED_LANGUAGES.values()))
+        drawn = codes[rng.choice(len(codes), n, p=shares / shares.sum())]
+    else:
+        drawn = np.full(n, config.language, dtype=object)
+    latin = rng.random(n) < SERBIAN_LATIN_SHARE
+    return [
+        SERBIAN_LATIN if code == "sr" and is_latin else str(code) for code, is_latin in zip(drawn, latin, strict=True)
+    ]
 
 
 def _compose(rng: random.Random, parts: tuple[tuple[str, ...], ...], **values: object) -> str:
@@ -515,33 +572,83 @@ def _typos(rng: random.Random, text: str, rate: float = 0.03) -> str:
     return "".join(chars)
 
 
-def _pii(rng: random.Random) -> str:
+def _typed(side: random.Random, text: str, language: str) -> str:
+    """A customer's chat line as typed in a language other than English: code-switching, Serbian Latin
+    often without its diacritics."""
+    for native, foreign in _CODE_SWITCH.get(language, ()):
+        if native in text and side.random() < CODE_SWITCH_SHARE:
+            text = text.replace(native, foreign, 1)
+    if language == SERBIAN_LATIN and side.random() < 0.5:
+        text = text.translate(_NO_DIACRITICS)
+    return text
+
+
+# Local shapes of personal data: (phone formats, card prefixes, account formats) per language.
+_LOCAL_PII: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "ru": (("+7 9{a} {b}-{c}-{d}", "8 (9{a}) {b}-{c}-{d}"), ("2202", "4276"), ("40817810{acct12}", "{pass}")),
+    "be": (("+375 29 {b}-{c}-{d}", "8 (029) {b}-{c}-{d}", "+375 (33) {b} {c} {d}"), ("9112", "4255"),
+           ("BY13 NBRB 3600 9000 0000 2Z00 {acct4}", "{pnum}")),
+    "sr": (("+381 6{e} {b} {f}", "06{e}/{b}-{f}", "06{e} {b} {c} {d}"), ("9891", "4058"),
+           ("RS35 2600 0560 1001 6113 {two}", "160-{acct13}-{two}", "{jmbg}")),
+}  # fmt: skip
+_LOCAL_PII[SERBIAN_LATIN] = _LOCAL_PII["sr"]
+
+
+def _pii(rng: random.Random, lines: dict[str, Any], language: str, side: random.Random) -> str:
     kind = rng.randrange(3)
     if kind == 0:
-        user = rng.choice(("jane.doe", "m.smith", "kowalski.p", "alex99", "t.nguyen"))
-        return f"My email is {user}{rng.randrange(10, 99)}@example.com if you need it."
+        return lines["PII"]["email"].format(user=rng.choice(lines["EMAIL_USERS"]), n=rng.randrange(10, 99))
+    if language == "en":
+        if kind == 1:
+            return lines["PII"]["phone"].format(phone=f"+44 7{rng.randrange(100, 999)} {rng.randrange(100000, 999999)}")
+        groups = " ".join(f"{rng.randrange(1000, 9999)}" for _ in range(4))
+        return lines["PII"]["card"].format(card=groups)
+    phones, cards, accounts = _LOCAL_PII[language]
+
+    def digits(k: int) -> str:
+        return "".join(str(side.randrange(10)) for _ in range(k))
+
+    values = {"a": digits(2), "b": digits(3), "c": digits(2), "d": digits(2), "e": str(side.randrange(10)),
+              "f": digits(4), "two": digits(2), "acct4": digits(4), "acct12": digits(12), "acct13": digits(13),
+              "jmbg": digits(13), "pass": f"{digits(2)} {digits(2)} {digits(6)}",
+              "pnum": f"{digits(7)}A{digits(3)}PB{digits(1)}"}  # fmt: skip
     if kind == 1:
-        return f"You can call me back on +44 7{rng.randrange(100, 999)} {rng.randrange(100000, 999999)}."
-    groups = " ".join(f"{rng.randrange(1000, 9999)}" for _ in range(4))
-    return f"The card I used ends in... actually the full number is {groups}."
+        return lines["PII"]["phone"].format(phone=side.choice(phones).format(**values))
+    if side.random() < 0.5:
+        sep = side.choice((" ", "-", ""))
+        card = sep.join([side.choice(cards), digits(4), digits(4), digits(4)])
+        return lines["PII"]["card"].format(card=card)
+    return lines["PII"]["account"].format(account=side.choice(accounts).format(**values))
 
 
-def _transcript(rng: random.Random, row: object, config: SimulatorConfig) -> str:
+def _transcript(
+    rng: random.Random, row: object, config: SimulatorConfig, language: str = "en", side: random.Random | None = None
+) -> str:
+    lines_of = phrases(language)
+    side = side or random.Random(0)
+    agent, customer = lines_of["SPEAKERS"]["agent"], lines_of["SPEAKERS"]["customer"]
+    speaker_name = {"Agent": agent, "Customer": customer}
     channel = row.channel
     if channel == "phone" and rng.random() < config.phone_without_transcript:
         return ""
     issue = ISSUE_CODES[row.issue]
+    typed = channel != "phone" and language != "en"
+
+    def says(text: str) -> str:  # a customer's line, as typed in chats in languages other than English
+        return f"{customer}: {_typed(side, text, language) if typed else text}"
+
     # Social and many chat/e-mail threads are terse: no greeting, no small talk, no sign-off.
     brief = channel == "social" or (channel in ("chat", "email") and rng.random() < 0.25)
-    lines = [] if brief else [f"Agent: {rng.choice(GREETINGS).format(name=rng.choice(AGENT_NAMES))}"]
-    opening = rng.choice(ISSUE_PHRASES[issue])
-    lines.append(f"Customer: Hi, {opening}.")
+    names = lines_of["AGENT_NAMES"]
+    lines = [] if brief else [f"{agent}: {rng.choice(lines_of['GREETINGS']).format(name=rng.choice(names))}"]
+    opening = rng.choice(lines_of["ISSUE_PHRASES"][issue])
+    lines.append(says(lines_of["HELLO"].format(opening=opening)))
     if row.origin == "explicit":
-        lines.append(f"Customer: {rng.choice(ALREADY_CALLED)}")
+        lines.append(says(rng.choice(lines_of["ALREADY_CALLED"])))
     if row.new_customer and rng.random() < 0.85:
-        lines.append("Customer: I only joined a few weeks ago, so I'm still figuring things out.")
+        lines.append(says(lines_of["NEW_CUSTOMER"]))
     if rng.random() < config.pii_share:
-        lines.append(f"Customer: {_pii(rng)}")
+        lines.append(f"{customer}: {_pii(rng, lines_of, language, side)}")
     # Middle turns vary the length from a few lines to several hundred words; the outcome is said at the end.
     n_filler = min(int(rng.expovariate(1 / (2.0 + 6.0 * ISSUES[issue][0]))), 40)
     if channel == "email":
@@ -549,23 +656,28 @@ def _transcript(rng: random.Random, row: object, config: SimulatorConfig) -> str
     if brief:
         n_filler = 0
     for _ in range(n_filler):
-        speaker, text = rng.choice(FILLER)
-        lines.append(f"{speaker}: {text}")
+        speaker, text = rng.choice(lines_of["FILLER"])
+        lines.append(says(text) if speaker == "Customer" else f"{speaker_name[speaker]}: {text}")
     if row.transfers:
-        lines.append("Agent: I'm going to transfer you to a colleague who handles this.")
+        lines.append(f"{agent}: {lines_of['TRANSFER']}")
     if row.clear:
-        lines.append("Agent: " + _compose(rng, CLEAR_PARTS, action=rng.choice(ACTIONS), n=rng.choice((2, 4, 24, 48))))
+        action = rng.choice(lines_of["ACTIONS"])
+        lines.append(f"{agent}: " + _compose(rng, lines_of["CLEAR_PARTS"], action=action, n=rng.choice((2, 4, 24, 48))))
     else:
-        lines.append("Agent: " + _compose(rng, CONFUSING_PARTS))
-    lines.append("Agent: " + _compose(rng, RESOLVED_PARTS if row.resolved else UNRESOLVED_PARTS))
-    reaction = rng.choice(CONFUSED if row.confused else SATISFIED)
-    lines.append("Customer: " + (_typos(rng, reaction) if channel != "phone" else reaction))
+        lines.append(f"{agent}: " + _compose(rng, lines_of["CONFUSING_PARTS"]))
+    lines.append(f"{agent}: " + _compose(rng, lines_of["RESOLVED_PARTS" if row.resolved else "UNRESOLVED_PARTS"]))
+    reaction = rng.choice(lines_of["CONFUSED" if row.confused else "SATISFIED"])
+    if channel != "phone":
+        # English keeps its typos in the main stream (the English log predates the other languages).
+        reaction = _typos(rng if language == "en" else side, reaction)
+    lines.append(says(reaction) if typed else f"{customer}: {reaction}")
     if row.mentioned:
         secondary = [s for s, _, _ in ADJACENT[issue]]
-        mention = rng.choice(PROACTIVE.get(rng.choice(secondary), PROACTIVE["billing_question"]))
-        lines.append(f"Agent: {mention[0].upper()}{mention[1:]}.")
+        proactive = lines_of["PROACTIVE"]
+        mention = rng.choice(proactive.get(rng.choice(secondary), proactive["billing_question"]))
+        lines.append(f"{agent}: {mention[0].upper()}{mention[1:]}.")
     if not brief:
-        lines.append("Agent: " + rng.choice(CLOSINGS))
+        lines.append(f"{agent}: " + rng.choice(lines_of["CLOSINGS"]))
     return "\n".join(lines)
 
 

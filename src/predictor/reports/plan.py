@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from predictor.config import ServiceConfig
+from predictor.contacts.language import ENGLISH, SERBIAN, SERBIAN_LATIN, to_serbian_latin
 from predictor.contacts.schema import fingerprint
 
 
@@ -26,6 +27,24 @@ class FollowUp:
     channel: str
     send_within_hours: float
     reason: str
+    language: str = ENGLISH  # what the message is written in (ISO 639-1)
+
+
+@dataclass(frozen=True)
+class Messages:
+    """The messages of one language: the generic check-in, the check-in per issue, the script per next issue."""
+
+    same_issue: str
+    check_ins: dict[str, str] = field(default_factory=dict)
+    scripts: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Messages:
+        return cls(
+            same_issue=str(raw.get("same_issue", "")).strip(),
+            check_ins={str(k): str(v).strip() for k, v in (raw.get("check_ins") or {}).items()},
+            scripts={str(k): str(v).strip() for k, v in (raw.get("scripts") or {}).items()},
+        )
 
 
 @dataclass
@@ -40,15 +59,19 @@ class FollowUpPlan:
     version: str = "scripts-1"
     check_ins: dict[str, str] = field(default_factory=dict)  # the same issue again, written for each issue
     timing: dict[tuple[str, str], float] = field(default_factory=dict)  # from a mined plan, if one is given
+    # The messages in other languages, by ISO 639-1 code; English (the fields above) is the fallback.
+    translations: dict[str, Messages] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> FollowUpPlan:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        english = Messages.from_dict(raw)
         return cls(
-            scripts={str(k): str(v).strip() for k, v in (raw.get("scripts") or {}).items()},
-            same_issue=str(raw.get("same_issue", "")).strip(),
-            check_ins={str(k): str(v).strip() for k, v in (raw.get("check_ins") or {}).items()},
+            scripts=english.scripts,
+            same_issue=english.same_issue,
+            check_ins=english.check_ins,
             version=f"scripts-{raw.get('version', 1)}",
+            translations={str(k): Messages.from_dict(v or {}) for k, v in (raw.get("languages") or {}).items()},
             **overrides,
         )
 
@@ -60,6 +83,20 @@ class FollowUpPlan:
                 return self.check_ins[contact_issue]
             return self.same_issue.replace("{issue}", contact_issue.replace("_", " ")) or None
         return self.scripts.get(next_issue)
+
+    def localised(self, next_issue: str, contact_issue: str, language: str) -> tuple[str | None, str]:
+        """The message in the customer's ``language`` (``sr-Latn``: Serbian, transliterated) and the language
+        it is in: the English message where the plan has none in that language."""
+        code = SERBIAN if language == SERBIAN_LATIN else language
+        messages = self.translations.get(code)
+        if messages is not None:
+            if next_issue == contact_issue:
+                text = messages.check_ins.get(contact_issue) or messages.same_issue or None
+            else:
+                text = messages.scripts.get(next_issue)
+            if text:
+                return (to_serbian_latin(text) if language == SERBIAN_LATIN else text), code
+        return self.message_for(next_issue, contact_issue), ENGLISH
 
     def with_mined_plan(self, path: str | Path) -> FollowUpPlan:
         """Take the send-within timing of each primary -> secondary pair from a mined plan file."""
@@ -77,14 +114,17 @@ class FollowUpPlan:
         contact_issue: str,
         contact_channel: str,
         hours_to_repeat_median: float,
+        language: str = ENGLISH,
     ) -> FollowUp:
+        """What to do about one contact; the message in the customer's ``language`` (as ``language.written``
+        gives it) where the plan has it, else in English."""
         channel = self.channel or contact_channel
         window = min(
             self.max_send_within_hours, max(self.min_send_within_hours, self.lead_fraction * hours_to_repeat_median)
         )
         window = round(window, 1)
         repeat_type = None if next_issue is None else ("explicit" if next_issue == contact_issue else "implicit")
-        message = self.message_for(next_issue, contact_issue) if next_issue else None
+        message, language = self.localised(next_issue, contact_issue, language) if next_issue else (None, ENGLISH)
         mined = self.timing.get((contact_issue, next_issue or ""))
         if mined is not None:  # the mined plan knows when this pair typically comes back
             window = round(min(window, mined), 1)
@@ -97,6 +137,7 @@ class FollowUpPlan:
                 channel,
                 window,
                 f"risk {repeat_probability:.0%} is below the follow-up threshold {self.act_threshold:.0%}",
+                language,
             )
         if message is None:
             return FollowUp(
@@ -107,6 +148,7 @@ class FollowUpPlan:
                 channel,
                 window,
                 f"no script for '{next_issue}' yet: add one to the scripts file",
+                language,
             )
         return FollowUp(
             True,
@@ -117,6 +159,7 @@ class FollowUpPlan:
             window,
             f"risk {repeat_probability:.0%}; likely next: {next_issue} ({repeat_type}), "
             f"typically within {hours_to_repeat_median:.0f} h",
+            language,
         )
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 
 from predictor.contacts.labels import DataEnd
+from predictor.contacts.language import ENGLISH, written
 from predictor.loop.outcomes import Outcomes
 from predictor.model.evaluate import rates_differ, wilson
 from predictor.reports.plan import FollowUpPlan
@@ -139,6 +140,7 @@ def build(
         advice = followup.recommend(
             repeat_probability=float(row.repeat_probability), next_issue=row.next_issue_1, contact_issue=row.issue,
             contact_channel=row.channel, hours_to_repeat_median=float(row.hours_to_repeat_median),
+            language=written(getattr(row, "language", "") or ENGLISH, getattr(row, "transcript", "") or ""),
         )  # fmt: skip
         send_by = (row.closed_at + pd.Timedelta(hours=advice.send_within_hours)).floor("min")
         high_risk.append(

@@ -157,6 +157,11 @@ class FollowUpOut(BaseModel):
     send_within_hours: float = Field(description="Send within this many hours (before the typical repeat, <= 24).")
     send_by: datetime = Field(description="Send by this time (UTC): the contact's close plus send_within_hours.")
     reason: str = Field(description="Why (or why not) to act.")
+    language: str = Field(
+        "en",
+        description="Language of the message (ISO 639-1): the contact's own where the plan has the message in it "
+        "(Serbian in the script the customer wrote in), else English.",
+    )
     held_out: bool = Field(
         False,
         description="The customer is in the experiment's control group: a follow-up was due, but send nothing "

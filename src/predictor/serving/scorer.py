@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from predictor.config import Settings
-from predictor.contacts.language import languages
+from predictor.contacts.language import languages, written
 from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord, content_hash, typed_contacts
 from predictor.features.build import TextViews, history_days
 from predictor.loop.assignment import HELD_OUT, arm
@@ -322,6 +322,7 @@ class Scorer:
                 contact_issue=contact.issue,
                 contact_channel=contact.channel,
                 hours_to_repeat_median=float(row.hours_to_repeat_median),
+                language=written(contact.language, contact.transcript),
             )
             scored.append((p, next_issues, row, contact, position))
         follow_ups, experiments = self._experiment(frame, recommended)
