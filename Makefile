@@ -79,6 +79,10 @@ bench: install ## Benchmarks (ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_cluster.py --n 100000
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_service.py --backend sentence-transformers
+	# Other languages: each log with the multilingual backend against English with the default, and /score on
+	# long Russian transcripts with the English default and the multilingual backend, side by side.
+	$(BIN)/python benchmarks/bench_languages.py --n 20000
+	$(BIN)/python benchmarks/bench_service.py --language ru --backend model2vec --backend e5-static
 	$(BIN)/python benchmarks/bench_cold_start.py
 	# The long fuzzing run: every schemathesis check for 10 minutes (CI runs a bounded one).
 	PREDICTOR_FUZZ_SECONDS=600 $(BIN)/pytest tests/test_service.py -k schemathesis -p no:cacheprovider

@@ -46,17 +46,53 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--store-contacts", type=int, default=20_000, help="contacts simulated, trained on, stored")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--backend", default="model2vec", choices=["model2vec", "sentence-transformers", "onnx-int8"])
+    parser.add_argument(
+        "--backend", action="append", choices=["model2vec", "sentence-transformers", "onnx-int8", "e5-static", "e5"],
+        help="repeatable: each trained, served and measured in this run, the first the baseline (default model2vec)",
+    )  # fmt: skip
+    parser.add_argument("--language", default="en", choices=["en", "ru", "be", "sr", "mixed"],
+                        help="language of the simulated store and of the long transcripts")  # fmt: skip
     args = parser.parse_args()
+    reports = [run(backend, args) for backend in args.backend or ["model2vec"]]
+    if len(reports) > 1:
+        base = reports[0]
+        lines = [
+            f"| backend ({args.language} transcripts) | /score long p50 / p99 ms | vs {base['backend']} p50 | "
+            "/score_batch /s | raw embedding long p50 ms |",
+            "|---|---|---|---|---|",
+        ]
+        for r in reports:
+            h = r["score_long"]["http_ms"]
+            ratio = h["p50"] / base["score_long"]["http_ms"]["p50"]
+            lines.append(
+                f"| {r['backend']} | {h['p50']} / {h['p99']} | {ratio:.2f}x | "
+                f"{r['score_batch']['contacts_per_second']} | {r['score_long']['raw_embedding_ms']['p50']} |"
+            )
+        results.write(args.out, f"service-{args.language}-backends", reports, lines)
 
+
+def long_transcript(language: str) -> str:
+    """A long transcript in the language: its simulated small talk, several times over."""
+    if language in ("en", "mixed"):
+        return LONG_FILLER
+    from predictor.contacts.simulate import phrases
+
+    lines = phrases(language)
+    speakers = lines["SPEAKERS"]
+    turns = [f"{speakers[who.lower()]}: {text}" for who, text in lines["FILLER"]]
+    return " ".join(turns * 2)
+
+
+def run(backend: str, args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     settings = Settings(
-        embedding=EmbeddingConfig(cache_dir=work / "cache", backend=args.backend),
+        embedding=EmbeddingConfig(cache_dir=work / "cache", backend=backend),
         registry=RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", artifact_root=work / "art"),
     )
     # A store the size of a real one (months of contacts): history look-ups cost what they would in use.
     days = max(30, round(180 * args.store_contacts / 20_000))
-    contacts = validate(simulate(SimulatorConfig(n_contacts=args.store_contacts, seed=3, days=days)).contacts).contacts
+    simulated = simulate(SimulatorConfig(n_contacts=args.store_contacts, seed=3, days=days, language=args.language))
+    contacts = validate(simulated.contacts).contacts
     result = fit(contacts, settings, ablation=False)
     log_and_register(result, settings, contacts)
     history = contacts.sort_values("closed_at").iloc[:-300]
@@ -73,7 +109,8 @@ def main() -> None:
     }
     rows = fresh.to_dict("records")
     report: dict = {}
-    embedder = Embedder(EmbeddingConfig(cache_dir=work / "raw-cache", backend=args.backend))
+    embedder = Embedder(EmbeddingConfig(cache_dir=work / "raw-cache", backend=backend))
+    long_text = long_transcript(args.language)
     embedder.encode(["warm up"])
     started = time.perf_counter()
     with running_service(env, work / "service.log") as service:
@@ -90,7 +127,7 @@ def main() -> None:
             for k in range(args.requests):
                 row = dict(rows[k % len(rows)])
                 row["contact_id"] = f"bench-{kind}-{k}"
-                base = "Customer: my bill is wrong. Agent: fixed." if kind == "short" else LONG_FILLER
+                base = "Customer: my bill is wrong. Agent: fixed." if kind == "short" else long_text
                 row["transcript"] = f"{base} (ref {kind}{k})"
                 texts.append(row["transcript"])
                 started = time.perf_counter()
@@ -135,7 +172,8 @@ def main() -> None:
             )
             / 2**20
         )
-    report["backend"] = args.backend
+    report["backend"] = backend
+    report["language"] = args.language
     report["store_contacts"] = len(history)
     lines = ["| measure | HTTP p50 / p95 / p99 ms | raw embedding p50 / p95 / p99 ms |", "|---|---|---|"]
     f = report["http_floor_ms"]
@@ -164,7 +202,9 @@ def main() -> None:
         f"| start to ready s | {report['ready_seconds']} | {TARGET['ready_s']} | {BEFORE['ready_s']} |",
         f"(HTTP floor p50 {f['p50']} ms in this run)",
     ]
-    results.write(args.out, f"service-{args.backend}", report, lines)
+    suffix = "" if args.language == "en" else f"-{args.language}"
+    results.write(args.out, f"service-{backend}{suffix}", report, lines)
+    return report
 
 
 if __name__ == "__main__":

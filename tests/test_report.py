@@ -173,3 +173,16 @@ def test_a_period_the_model_was_trained_on_still_renders(report, tmp_path: Path)
     assert data["calibration"] == [] and any(r["repeat_rate"] == 0 for r in data["by"]["hour"])
     html, _ = write(data, tmp_path / "trained-period.html")
     assert "trained on" in html.read_text()
+
+
+def test_a_centre_in_several_languages_sees_them_side_by_side(report, tmp_path: Path) -> None:
+    _, predictions, labelled = report
+    followup = FollowUpPlan.from_yaml(PACKAGE_DATA / "followup_scripts.yaml")
+    assert "language" not in build(labelled, predictions, followup, None, ReportConfig())["by"]  # one: no table
+    spoken = labelled.assign(language=np.where(labelled["customer_id"].str[-1].isin(list("01234")), "ru", "sr"))
+    spoken.loc[spoken.index[:5], "language"] = ""  # too little text to tell
+    data = build(spoken, predictions, followup, None, ReportConfig())
+    assert {r["group"] for r in data["by"]["language"]} == {"ru", "sr", "unknown"}
+    assert sum(r["contacts"] for r in data["by"]["language"]) == len(spoken)
+    text = write(data, tmp_path / "languages.html")[0].read_text()
+    assert 'id="by-language"' in text

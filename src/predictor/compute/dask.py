@@ -69,6 +69,11 @@ class DaskBackend:
         return _workers(self.client)
 
     # -- labels and features -------------------------------------------------------------------------
+    def languages(self) -> pd.Series:
+        if "language" not in self.customers.columns:
+            return pd.Series(dtype="int64")
+        return self.customers["language"].value_counts().compute()
+
     def times(self) -> pd.DataFrame:
         # Two 8-byte columns come here: the data end and the slices come from them alone.
         return self.customers[["opened_at", "closed_at"]].compute().reset_index(drop=True)

@@ -48,6 +48,11 @@ class LocalBackend:
         self.feature_columns: list[str] = []
 
     # -- labels and features -------------------------------------------------------------------------
+    def languages(self) -> pd.Series:
+        if "language" not in self.contacts:
+            return pd.Series(dtype="int64")
+        return self.contacts["language"].value_counts()
+
     def times(self) -> pd.DataFrame:
         return self.contacts[["opened_at", "closed_at"]]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from predictor.config import EmbeddingConfig
 from predictor.contacts.redact import redact
@@ -32,6 +33,26 @@ log = logging.getLogger(__name__)
 SEPARATOR = " ... "
 PREPARE_CHUNK = 20_000  # texts tokenized, cut and embedded at a time
 LOG_TEXTS_AT_INFO = 1000
+MULTILINGUAL = ("e5", "e5-static")  # backends that read other languages than English (features.e5)
+
+
+def embedding_for(config: EmbeddingConfig, languages: pd.Series) -> tuple[EmbeddingConfig, str]:
+    """The embedding a log is trained with: ``config``, or its ``multilingual_backend`` when more than
+    ``multilingual_share`` of the contacts whose language is known (``languages``: counts by ISO code, as
+    ``validate`` records them) are not in English. Returns the config and a note saying why ("" if unchanged)."""
+    known = languages.drop("", errors="ignore")
+    total = int(known.sum())
+    if config.multilingual_backend is None or config.backend in MULTILINGUAL or not total:
+        return config, ""
+    other = 1 - int(known.get("en", 0)) / total
+    if other <= config.multilingual_share:
+        return config, ""
+    spoken = ", ".join(f"{code} {n / total:.0%}" for code, n in known.sort_values(ascending=False).head(5).items())
+    note = (
+        f"{other:.0%} of the contacts are not in English ({spoken}): their transcripts are embedded with the "
+        f"multilingual {config.multilingual_backend} backend instead of {config.backend}"
+    )
+    return config.model_copy(update={"backend": config.multilingual_backend}), note
 
 
 def default_model_path() -> str:
@@ -63,6 +84,12 @@ class Embedder:
     @functools.cached_property
     def model_id(self) -> str:
         """Names the weights, not the folder they sit in, so the cache survives a reinstall."""
+        if self.config.backend in MULTILINGUAL:
+            from predictor.features.e5 import model_file
+
+            vocabulary = f"-v{self.config.static_vocabulary}" if self.config.backend == "e5-static" else ""
+            digest = _file_digest(model_file())[:12]
+            return f"multilingual-e5-small-q4-{digest}-max{self.config.max_tokens}-{self.config.backend}{vocabulary}"
         path = Path(self.model_path)
         weights = path / "model.safetensors"
         digest = _file_digest(weights) if weights.exists() else hashlib.sha256(str(path).encode()).hexdigest()
@@ -179,6 +206,10 @@ class Embedder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            if self.config.backend in MULTILINGUAL:
+                self._model = _multilingual(self.config, self.model_id)
+                log.info("loaded embedding model %s", self.model_id)
+                return self._model
             if self.config.backend == "model2vec":
                 # The distilled model and the tokenizer are all it needs: no PyTorch (~5 s of a service's start)
                 # unless the model has to be distilled first (once per cache).
@@ -206,7 +237,9 @@ class Embedder:
 
     def _load_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            if (Path(self.model_path) / "tokenizer.json").exists():
+            if self.config.backend in MULTILINGUAL:  # cut in the model's own pieces
+                self._tokenizer = self._load().tokenizer
+            elif (Path(self.model_path) / "tokenizer.json").exists():
                 self._tokenizer = WordPieces(Path(self.model_path) / "tokenizer.json")
             elif self._model is not None and getattr(self._model, "tokenizer", None) is not None:
                 self._tokenizer = self._model.tokenizer
@@ -292,6 +325,17 @@ class WordPieces:
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _multilingual(config: EmbeddingConfig, model_id: str) -> Any:
+    from predictor.features import e5
+
+    if config.backend == "e5":
+        return e5.E5Encoder(config.threads)
+    target = Path(config.cache_dir) / "e5-static" / model_id
+    if not (target / "pieces.json").exists():
+        e5.distill(target, config.static_vocabulary, config.threads)
+    return e5.StaticE5Encoder(target)
 
 
 def _distill(model_path: str, target: Path) -> None:

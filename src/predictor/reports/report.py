@@ -117,6 +117,8 @@ def build(
         "weekday": _by_group(data, "close_weekday", ordered=True),
         "agent": _by_agent(data, config.min_agent_volume),
     }
+    if "language" in data and data["language"].nunique() > 1:  # a centre working in several languages
+        by["language"] = _by_group(data.assign(language=data["language"].replace("", "unknown")), "language")
     if teams:
         by["team"] = _by_group(data, "team")
         team_of = {str(a): teams.get(str(a), NO_TEAM) for a in data["agent_id"].unique()}

@@ -38,6 +38,7 @@ from predictor.compute.base import (
 from predictor.config import Hyperparams, Settings
 from predictor.contacts.labels import DataEnd, data_end
 from predictor.features.build import CATEGORICAL
+from predictor.features.embed import embedding_for
 from predictor.model import evaluate
 from predictor.model.evaluate import Baseline
 from predictor.model.fitted import (
@@ -209,6 +210,12 @@ def fit_on(
     del times
     split = decide(backend.slice_summary(boundaries, end.at), boundaries, settings)
     warnings = [w for w in (end.warning(settings.labels.repeat_window_days), drift_warning(split, settings)) if w]
+    if use_text:  # the log's languages choose the embedding (the model keeps it, so the service embeds alike)
+        embedding, note = embedding_for(settings.embedding, backend.languages())
+        if note:
+            settings = settings.model_copy(update={"embedding": embedding})
+            backend.settings = settings
+            split.notes.append(note)
     # Returned as data (split.notes, warnings, skipped) and printed by the caller: logged at DEBUG only.
     for message in [*split.notes, *warnings]:
         log.debug(message)
