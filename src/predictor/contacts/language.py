@@ -80,21 +80,26 @@ def _latin(lowered: str, letters: Counter[str]) -> str:
     return UNKNOWN
 
 
-def languages(declared: pd.Series, transcripts: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """The language of every contact (aligned with ``declared``): a declared ISO 639-1 code is kept,
-    lower-cased and without its region ("ru-RU", "sr_Latn" -> "ru", "sr"); anything else (blank, "Russian")
-    is read off the transcript.
+_CODE = re.compile(r"([a-z]{2})(?:[-_][a-z]{2,4})?")
 
-    Returns (languages, not_a_code): ``not_a_code`` marks declared values that were not codes (the caller
-    warns)."""
-    code = declared.fillna("").astype(str).str.strip().str.lower()
-    code = code.str.replace(r"^([a-z]{2})[-_][a-z]{2,4}$", r"\1", regex=True)
-    is_code = code.str.fullmatch(r"[a-z]{2}")
-    out = code.where(is_code, UNKNOWN)
-    missing = out == UNKNOWN
-    if missing.any():
-        out[missing] = [detect(t) for t in transcripts[missing]]
-    return out, (code != "") & ~is_code
+
+def language_of(declared: object, transcript: str) -> tuple[str, bool]:
+    """A contact's language: a declared ISO 639-1 code is kept, lower-cased and without its region ("ru-RU",
+    "sr_Latn" -> "ru", "sr"); anything else (blank, "Russian") is read off the transcript. Returns the code
+    and whether a value was declared that is not a code (the caller warns)."""
+    blank = declared is None or (not isinstance(declared, str) and bool(pd.isna(declared)))  # None, NaN, NA
+    code = "" if blank else str(declared).strip().lower()
+    match = _CODE.fullmatch(code)
+    if match:
+        return match.group(1), False
+    return detect(transcript), code != ""
+
+
+def languages(declared: pd.Series, transcripts: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``language_of`` for every contact, aligned with ``declared``: (languages, not_a_code)."""
+    found = [language_of(d, t) for d, t in zip(declared.tolist(), transcripts.tolist(), strict=True)]
+    codes = pd.Series([code for code, _ in found], index=declared.index, dtype=object)
+    return codes, pd.Series([bad for _, bad in found], index=declared.index, dtype=bool)
 
 
 def written(language: str, text: str) -> str:

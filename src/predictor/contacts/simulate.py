@@ -510,10 +510,6 @@ _PHRASES = phrases("en")
 AGENT_NAMES: tuple[str, ...] = _PHRASES["AGENT_NAMES"]
 ISSUE_PHRASES: dict[str, tuple[str, ...]] = _PHRASES["ISSUE_PHRASES"]  # how a customer opens, per issue
 PROACTIVE: dict[str, tuple[str, ...]] = _PHRASES["PROACTIVE"]  # an agent heading off the adjacent issue
-# The outcome sentences are composed from parts (CLEAR_PARTS, CONFUSING_PARTS, ...), so the same meaning comes
-# in hundreds of wordings (as in real conversations) and a model must read meaning, not memorise a handful of
-# phrases.
-
 # How Serbian Latin is typed on a phone without the diacritics ("racun", "sta", "djordje").
 _NO_DIACRITICS = str.maketrans({"č": "c", "ć": "c", "š": "s", "ž": "z", "đ": "dj", "Č": "C", "Ć": "C",
                                 "Š": "S", "Ž": "Z", "Đ": "Dj"})  # fmt: skip
@@ -558,6 +554,9 @@ def _languages(config: SimulatorConfig, n: int) -> list[str]:
     ]
 
 
+# The outcome sentences are composed from parts (CLEAR_PARTS, CONFUSING_PARTS, ...), so the same meaning comes
+# in hundreds of wordings (as in real conversations) and a model must read meaning, not memorise a handful of
+# phrases.
 def _compose(rng: random.Random, parts: tuple[tuple[str, ...], ...], **values: object) -> str:
     text = " ".join(p for p in (rng.choice(options) for options in parts) if p).format(**values)
     return text.replace(" ,", ",").replace(" .", ".")

@@ -163,7 +163,7 @@ def distill(target: Path, size: int, threads: int, progress: Callable[[int, int]
     vocabulary = read_vocabulary()
     ids = select_pieces(vocabulary, size)
     texts = [vocabulary.pieces[i].replace(METASPACE, " ").strip() or vocabulary.pieces[i] for i in ids]
-    log.info("distilling a multilingual static model from %d pieces (once per cache: ~1-2 min on 2 cores)", len(ids))
+    log.info("distilling a multilingual static model from %d pieces (once per cache: 2-4 min on 2 cores)", len(ids))
     started = time.perf_counter()
     model = E5(num_threads=threads)
     vectors = np.zeros((len(texts), 384), dtype=np.float32)

@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from predictor.config import Settings
-from predictor.contacts.language import languages, written
+from predictor.contacts.language import language_of, written
 from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord, content_hash, typed_contacts
 from predictor.features.build import TextViews, history_days
 from predictor.loop.assignment import HELD_OUT, arm
@@ -286,10 +286,9 @@ class Scorer:
                 )
                 issue = UNKNOWN_ISSUE
             row["issue"] = issue
+            row["language"] = language_of(row["language"], row["transcript"])[0]
             rows.append(row)
-        frame = pd.DataFrame(rows)
-        frame["language"] = languages(frame["language"], frame["transcript"])[0]
-        return typed_contacts(frame), warnings
+        return typed_contacts(pd.DataFrame(rows)), warnings
 
     def _score_frame(
         self, frame: pd.DataFrame, warnings: dict[str, list[str]], text: TextViews | None
