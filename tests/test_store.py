@@ -93,6 +93,28 @@ def test_the_content_hash_ignores_offsets_and_number_formats() -> None:
     assert content_hash(rows) == content_hash(moved) != content_hash(other)
 
 
+def test_the_content_hash_is_the_same_with_or_without_a_language() -> None:
+    """The language is read off the transcript when not sent, and contacts stored before the field existed were
+    hashed without it: a retry that does (or does not) say its language replays, across the upgrade too."""
+    import hashlib
+    import json
+
+    from predictor.contacts import contract
+    from predictor.contacts.store import content_hash
+
+    rows = validate(frame(contact("C1"))).contacts
+    assert content_hash(rows) == content_hash(rows.assign(language="ru")) == content_hash(rows.assign(language=""))
+    # What the version before the field hashed: every other field, canonical as content_hash makes them.
+    record = rows.iloc[0]
+    before = {
+        f.name: int(record[f.name].value // 1000) if f.kind == contract.TIME
+        else (float(record[f.name]) if f.kind in (*contract.FLOAT_KINDS, contract.COUNT) and pd.notna(record[f.name])
+              else None if f.kind in (*contract.FLOAT_KINDS, contract.COUNT) else str(record[f.name]).strip())
+        for f in contract.CONTACT_FIELDS if f.name != "language"
+    }  # fmt: skip
+    assert content_hash(rows) == [hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()]
+
+
 def test_a_store_from_before_content_hashes_gains_the_column(tmp_path: Path) -> None:
     from sqlalchemy import create_engine, inspect
 

@@ -139,6 +139,12 @@ class Stored:
     content_hash: str | None
 
 
+# Fields that do not make a contact another one: the language is read off the transcript when not sent (a
+# retry must replay whether or not it says it), and a contact stored before the field existed was hashed
+# without it (a retry across the upgrade must replay, not be a 409).
+NOT_HASHED = frozenset({"language"})
+
+
 def content_hash(contacts: pd.DataFrame) -> list[str]:
     """A hash of each contact's fields as the contract types them (times as UTC microseconds, numbers as
     floats, text stripped), so a retry of the same contact matches whatever offset or number format it used."""
@@ -146,6 +152,8 @@ def content_hash(contacts: pd.DataFrame) -> list[str]:
     for record in contacts[list(CONTACT_COLUMNS)].to_dict("records"):
         canonical = {}
         for f in contract.CONTACT_FIELDS:
+            if f.name in NOT_HASHED:
+                continue
             value = record[f.name]
             if f.kind == contract.TIME:
                 value = int(pd.Timestamp(value).tz_convert("UTC").value // 1000)
