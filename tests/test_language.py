@@ -261,6 +261,17 @@ def test_each_languages_log_trains_with_the_multilingual_backend(language: str, 
     assert result.metrics.loc["model", "roc_auc"] > 0.55
 
 
+def test_only_the_text_to_embed_chooses_the_embedding(settings) -> None:
+    """A Russian log without any transcript has nothing to embed: no multilingual backend, no note saying so."""
+    from predictor.compute.local import LocalBackend
+    from predictor.contacts.schema import validate
+    from predictor.contacts.simulate import SimulatorConfig, simulate
+
+    log = validate(simulate(SimulatorConfig(n_contacts=300, seed=3, days=20, language="ru")).contacts).contacts
+    assert LocalBackend(log, settings).languages().to_dict() == {"ru": int((log["transcript"] != "").sum())}
+    assert LocalBackend(log.assign(transcript=""), settings).languages().empty
+
+
 def test_an_english_log_keeps_the_english_backend(settings) -> None:
     from predictor.features.embed import embedding_for
 

@@ -125,7 +125,8 @@ class Backend(Protocol):
     settings: Settings  # what it embeds and labels with; ``fit_on`` may choose the embedding for the log
 
     def languages(self) -> pd.Series:
-        """How many contacts there are in each language (``validate``'s ``language``; empty without it)."""
+        """How many contacts with a transcript there are in each language (``validate``'s ``language``; empty
+        without it): the text to embed, not the contacts, chooses the embedding."""
         ...
 
     def times(self) -> pd.DataFrame:

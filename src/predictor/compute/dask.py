@@ -72,7 +72,8 @@ class DaskBackend:
     def languages(self) -> pd.Series:
         if "language" not in self.customers.columns:
             return pd.Series(dtype="int64")
-        return self.customers["language"].value_counts().compute()
+        with_text = self.customers["transcript"].str.strip() != ""
+        return self.customers["language"][with_text].value_counts().compute()
 
     def times(self) -> pd.DataFrame:
         # Two 8-byte columns come here: the data end and the slices come from them alone.

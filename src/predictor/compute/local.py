@@ -51,7 +51,8 @@ class LocalBackend:
     def languages(self) -> pd.Series:
         if "language" not in self.contacts:
             return pd.Series(dtype="int64")
-        return self.contacts["language"].value_counts()
+        with_text = self.contacts["transcript"].str.strip() != ""
+        return self.contacts.loc[with_text, "language"].value_counts()
 
     def times(self) -> pd.DataFrame:
         return self.contacts[["opened_at", "closed_at"]]
