@@ -21,7 +21,6 @@ import logging
 import shutil
 import struct
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,13 +106,11 @@ class E5Encoder:
 
         self.model = E5(num_threads=threads)
         self.tokenizer = full_tokenizer()
-        self._lock = threading.Lock()  # one engine, one caller at a time
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         out = []
-        for start in range(0, len(texts), batch_size):
-            with self._lock:
-                out.append(np.asarray(self.model.passage(texts[start : start + batch_size]), dtype=np.float32))
+        for start in range(0, len(texts), batch_size):  # one caller at a time: Embedder holds its lock
+            out.append(np.asarray(self.model.passage(texts[start : start + batch_size]), dtype=np.float32))
         return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
 
 
