@@ -97,6 +97,14 @@ def test_unknown_customer_and_agent_get_neutral_history() -> None:
     assert 0 < f["agent_repeat_rate"] < 1
 
 
+def test_a_new_customers_rate_is_the_logs_own_prior() -> None:
+    """The customer's known rate shrinks to the prior the caller gives (the training slice's repeat rate: 3% in
+    some centres), not to the industry's third: it was passed along and dropped on the way."""
+    new = validate(frame(contact("N1", customer_id="NEW"))).contacts
+    assert build(new, customer_prior=0.03).frame.loc[0, "customer_known_repeat_rate"] == pytest.approx(0.03)
+    assert build(new).frame.loc[0, "customer_known_repeat_rate"] == pytest.approx(1 / 3)
+
+
 def test_empty_transcripts_everywhere_work() -> None:
     rows = validate(frame(contact("C1", transcript=""), contact("C2", opened_hours=3, transcript=""))).contacts
     f = build(rows).frame

@@ -59,7 +59,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ContactStore:
     url = request.getfixturevalue("postgres_url")
     s = ContactStore(url)
     with s.engine.begin() as db:
-        db.exec_driver_sql("TRUNCATE contacts, follow_ups")
+        db.exec_driver_sql("TRUNCATE contacts, follow_ups, agent_windows")
     return s
 
 
@@ -152,6 +152,57 @@ def test_history_subset_gives_the_features_of_the_whole_store(store: ContactStor
     from_subset = build(new.reset_index(drop=True), history).frame
     from_everything = build(new.reset_index(drop=True), past).frame
     pd.testing.assert_frame_equal(from_subset, from_everything)
+
+
+@pytest.mark.parametrize("ticket_days", [0.0, 3.0])
+def test_the_scorers_history_gives_the_features_of_the_whole_store(store: ContactStore, ticket_days: float) -> None:
+    """The scorer reads its customers' contacts and the agents' kept windows, not the contacts behind them:
+    the features equal those of the whole store, before and after windows are kept, and after new contacts of
+    those customers turn labels (tickets open for days: a contact opened inside a window that had ended arrives
+    later, and the kept window of its customer is dropped, not trusted)."""
+    from predictor.contacts.simulate import SimulatorConfig, simulate
+    from predictor.contacts.store import agent_windows_table
+    from predictor.serving.history import scoring_history
+
+    log = simulate(SimulatorConfig(n_contacts=1500, seed=3, days=60, ticket_days=ticket_days))
+    contacts = validate(log.contacts).contacts.sort_values("closed_at", ignore_index=True)
+    past, new = contacts.iloc[:1200], contacts.iloc[1200:1230].reset_index(drop=True)
+    store.load_frame(past)
+    labels = LabelConfig()
+    expected = build(new, past).frame
+    for _ in range(2):  # first derived and kept, then read as kept
+        history, agents = scoring_history(store, new, labels)
+        pd.testing.assert_frame_equal(build(new, history, agent_features=agents).frame, expected)
+    with store.engine.connect() as db:
+        assert db.execute(agent_windows_table.select()).first() is not None
+    # One at a time, as the service sees them: each scored against the store holding everything before it.
+    later = contacts.iloc[1230:1430].reset_index(drop=True)
+    for k in range(0, len(later), 10):
+        chunk = later.iloc[k : k + 10].reset_index(drop=True)
+        known = pd.concat([past, later.iloc[:k]], ignore_index=True)
+        history, agents = scoring_history(store, chunk, labels)
+        pd.testing.assert_frame_equal(build(chunk, history, agent_features=agents).frame, build(chunk, known).frame)
+        store.save(chunk, {c: answer(c) for c in chunk["contact_id"]}, "1")
+
+
+def test_kept_windows_of_a_customer_written_meanwhile_are_dropped(store: ContactStore) -> None:
+    """Derived from a customer's contacts as read, then the customer wrote again before the windows were in:
+    keeping them must not leave the stale ones."""
+    from predictor.contacts.store import agent_windows_table
+    from predictor.features.build import agent_windows
+
+    rows = validate(frame(contact("C1", customer_id="U1"), contact("C2", customer_id="U1", opened_hours=400))).contacts
+    store.load_frame(rows.head(1))
+    read = store.pseudonymous_history([store.pseudonym("U1")])
+    windows = agent_windows(read, LabelConfig(), as_of=pd.Timestamp("2030-01-01", tz="UTC"))
+    store.load_frame(rows.tail(1))  # meanwhile
+    store.keep_windows(windows, "rules", read["customer_id"].value_counts().to_dict())
+    with store.engine.connect() as db:
+        assert db.execute(agent_windows_table.select()).first() is None
+    read = store.pseudonymous_history([store.pseudonym("U1")])
+    store.keep_windows(agent_windows(read, LabelConfig()), "rules", read["customer_id"].value_counts().to_dict())
+    with store.engine.connect() as db:
+        assert len(db.execute(agent_windows_table.select()).fetchall()) == 1  # C1's (C2's window is open)
 
 
 def test_sqlite_store_passes_its_integrity_check(tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -106,6 +108,24 @@ follow_ups_table = Table(
     Column("channel", String(16), nullable=False),
     Column("template", String(128), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+)
+# Agents' closed repeat windows, kept as scoring needs them: an agent's repeat rate reads the labels of every
+# contact the agent closed in the look-back, and deriving them afresh took the rows of all those contacts'
+# customers on every /score (hundreds to thousands of rows, most of its time). A row is the label of one
+# contact whose window had ended, under one set of label rules, derived from its customer's contacts as the
+# store held them; writing any contact of that customer drops the customer's rows (a late contact can turn
+# a label), so a kept row is always what deriving it again would give.
+agent_windows_table = Table(
+    "agent_windows",
+    metadata,
+    Column("contact_id", String(128), primary_key=True),
+    Column("labels", String(32), primary_key=True),  # the label rules' fingerprint (``LabelConfig``)
+    Column("agent_id", String(128), nullable=False),
+    Column("customer_id", String(128), nullable=False),
+    Column("window_end_us", BigInteger, nullable=False),
+    Column("is_repeat", Float, nullable=False),
+    Index("ix_agent_windows_agent", "labels", "agent_id", "window_end_us", "customer_id", "is_repeat"),
+    Index("ix_agent_windows_customer", "customer_id"),
 )
 # What the store is: the pseudonym key (when the store keeps its own), a check of the key, the id scheme.
 meta_table = Table("store_meta", metadata, Column("name", String(64), primary_key=True), Column("value", Text))
@@ -248,6 +268,7 @@ class ContactStore:
                 rename = contacts_table.update().where(c.customer_id == customer)
                 db.execute(rename.values(customer_id=self.pseudonym(customer)))
             db.execute(meta_table.insert().values(name="customer_ids", value=PSEUDONYMS))
+            db.execute(agent_windows_table.delete())
 
     def _update_indexes(self) -> None:
         """A store written by an earlier version gets today's indexes (``create_all`` makes them only with the
@@ -300,7 +321,10 @@ class ContactStore:
 
     def history_for(self, contacts: pd.DataFrame, lookback_days: float) -> pd.DataFrame:
         """Everything the features of ``contacts`` may use: their customers' contacts, their agents' recent
-        contacts, and the recent contacts of the customers those agents served (their repeat labels)."""
+        contacts, and the recent contacts of the customers those agents served (their repeat labels).
+
+        The scorer reads less (``customers_history`` and the kept ``agent_windows``); this is the whole of it,
+        for callers that derive the agents' labels themselves."""
         if contacts.empty:
             return _empty_frame()
         since = contacts["closed_at"].min().to_pydatetime() - timedelta(days=lookback_days)
@@ -308,18 +332,27 @@ class ContactStore:
         recent = c.closed_at >= since
         agents_customers = select(c.customer_id).where(c.agent_id.in_(contacts["agent_id"].unique().tolist()), recent)
         raw_of = {self.pseudonym(customer): customer for customer in contacts["customer_id"].unique().tolist()}
-        customers = set(raw_of)
-        # Only what the feature function reads of history (its index covers them); the rest typed empty.
-        columns = list(contract.HISTORY_FIELDS)
         # The customer's own contacts for all time (their contact count and tenure have no look-back);
         # the agents' other customers only as far as the agent's rate looks back.
-        query = select(*[c[name] for name in columns]).where(
-            (c.customer_id.in_(customers)) | (recent & c.customer_id.in_(agents_customers))
+        return self._history_rows(
+            (c.customer_id.in_(set(raw_of))) | (recent & c.customer_id.in_(agents_customers)), raw_of
         )
+
+    def customers_history(self, contacts: pd.DataFrame) -> pd.DataFrame:
+        """The contacts of the customers of ``contacts``, all time, under the ids the caller knows them by."""
+        if contacts.empty:
+            return _empty_frame()
+        raw_of = {self.pseudonym(customer): customer for customer in contacts["customer_id"].unique().tolist()}
+        return self._history_rows(contacts_table.c.customer_id.in_(set(raw_of)), raw_of)
+
+    def _history_rows(self, condition: Any, raw_of: dict[str, str]) -> pd.DataFrame:
+        c = contacts_table.c
+        # Only what the feature function reads of history (its index covers them); the rest typed empty.
+        columns = list(contract.HISTORY_FIELDS)
         with self.engine.connect() as db:
             # The driver's own rows: SQLAlchemy's per-row processing (a datetime parsed per cell on SQLite) took
             # most of a /score; pandas types the columns at once below.
-            rows = db.execute(query).cursor.fetchall()
+            rows = db.execute(select(*[c[name] for name in columns]).where(condition)).cursor.fetchall()
         values = dict(zip(columns, zip(*rows, strict=True), strict=True)) if rows else {}
         # The scored customers under the ids the caller knows them by; other customers stay pseudonyms
         # (features only compare customer ids, never read them). Mapped before pandas holds them: iterating
@@ -330,6 +363,92 @@ class ContactStore:
             {name: values.get(name, [_UNREAD.get(name, float("nan"))] * n) for name in CONTACT_COLUMNS}
         )
         return typed_contacts(frame)
+
+    # -- agents' closed windows (``agent_windows_table``) ------------------------------------------------------
+    def unwindowed_customers(
+        self, agent_ids: list[str], labels: str, closed_after: datetime, closed_by: datetime
+    ) -> list[str]:
+        """Customers (pseudonyms) of the agents' contacts closed in (``closed_after``, ``closed_by``] whose
+        window under the ``labels`` rules is not kept yet."""
+        c, w = contacts_table.c, agent_windows_table.c
+        kept = select(w.contact_id).where(w.labels == labels, w.contact_id == c.contact_id).exists()
+        query = (
+            select(c.customer_id)
+            .where(c.agent_id.in_(agent_ids), c.closed_at > closed_after, c.closed_at <= closed_by, ~kept)
+            .distinct()
+        )
+        with self.engine.connect() as db:
+            return [row[0] for row in db.execute(query).cursor.fetchall()]
+
+    def pseudonymous_history(self, customers: list[str]) -> pd.DataFrame:
+        """All contacts of these customers, by the store's pseudonyms (for their labels: ids compared only)."""
+        return self._history_rows(contacts_table.c.customer_id.in_(customers), {}) if customers else _empty_frame()
+
+    def keep_windows(self, windows: pd.DataFrame, labels: str, counts: dict[str, int]) -> None:
+        """Keep closed windows (``features.build.agent_windows`` rows of pseudonymous customers), once each.
+
+        ``counts``: how many contacts each customer had in the rows the windows were derived from. A customer
+        written meanwhile (by another request or process) would leave stale rows: so the rows are checked
+        after they are in, and those of a customer whose count moved are dropped again. With ``save`` dropping
+        a customer's rows both in its transaction and after it commits, every interleaving ends without them."""
+        if windows.empty:
+            return
+        rows = [
+            {"contact_id": k, "labels": labels, "agent_id": a, "customer_id": c, "window_end_us": int(t), "is_repeat": float(r)}
+            for k, a, c, t, r in zip(
+                windows["contact_id"], windows["agent_id"], windows["customer_id"], windows["window_end_us"],
+                windows["repeat"], strict=True,
+            )
+        ]  # fmt: skip
+        statement = _insert(self.dialect)(agent_windows_table).on_conflict_do_nothing(
+            index_elements=["contact_id", "labels"]
+        )
+        with self.engine.begin() as db:
+            for start in range(0, len(rows), 1000):
+                db.execute(statement, rows[start : start + 1000])
+        c = contacts_table.c
+        customers = sorted(counts)
+        now: dict[str, int] = {}
+        with self.engine.connect() as db:
+            for start in range(0, len(customers), 1000):
+                chunk = customers[start : start + 1000]
+                query = select(c.customer_id, func.count()).where(c.customer_id.in_(chunk)).group_by(c.customer_id)
+                now.update((customer, int(n)) for customer, n in db.execute(query))
+        moved = {customer for customer in customers if now.get(customer, 0) != counts[customer]}
+        if moved:
+            with self.engine.begin() as db:
+                _forget_windows(db, dict.fromkeys(moved))
+
+    def kept_windows(
+        self,
+        agent_ids: list[str],
+        labels: str,
+        after_us: int,
+        until_us: int,
+        except_customers: Iterable[str] = (),
+        except_pseudonyms: Iterable[str] = (),
+    ) -> pd.DataFrame:
+        """The agents' kept windows that ended in (``after_us``, ``until_us``], but those of the customers
+        named (raw ids or pseudonyms: the caller derived theirs itself)."""
+        w = agent_windows_table.c
+        skipped = [self.pseudonym(customer) for customer in set(except_customers)] + list(except_pseudonyms)
+        query = select(w.agent_id, w.window_end_us, w.is_repeat).where(
+            w.labels == labels,
+            w.agent_id.in_(agent_ids),
+            w.window_end_us > after_us,
+            w.window_end_us <= until_us,
+            w.customer_id.not_in(skipped),
+        )
+        with self.engine.connect() as db:
+            rows = db.execute(query).cursor.fetchall()
+        agents, ends, repeats = zip(*rows, strict=True) if rows else ((), (), ())
+        return pd.DataFrame(
+            {
+                "agent_id": pd.Series(agents, dtype=object),
+                "window_end_us": np.asarray(ends, dtype=np.int64),
+                "repeat": np.asarray(repeats, dtype=float),
+            }
+        )
 
     def save(
         self,
@@ -379,6 +498,10 @@ class ContactStore:
         with self.engine.begin() as db:
             for row in rows:  # one by one: executemany cannot return what each row did
                 inserted.update(r[0] for r in db.execute(statement, row))
+            turned = _earliest_openings([r["customer_id"] for r in rows], [r["opened_at"] for r in rows])
+            _forget_windows(db, turned)
+        with self.engine.begin() as db:  # again once committed (``keep_windows`` says why)
+            _forget_windows(db, turned)
         return inserted
 
     # -- the follow-up experiment ---------------------------------------------------------------------------
@@ -491,6 +614,10 @@ class ContactStore:
         with self.engine.begin() as db:
             for start in range(0, len(payload), 1000):
                 db.execute(statement, payload[start : start + 1000])
+            turned = _earliest_openings(records["customer_id"], records["opened_at"])
+            _forget_windows(db, turned)
+        with self.engine.begin() as db:  # again once committed (``keep_windows`` says why)
+            _forget_windows(db, turned)
 
     def all_contacts(self) -> pd.DataFrame:
         """Every stored contact as kept: redacted text, pseudonymised customer ids (``pseudonymised``)."""
@@ -507,6 +634,28 @@ class ContactStore:
             return True
         with self.engine.connect() as db:
             return db.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def _forget_windows(db: Any, customers: dict[str, int | None]) -> None:
+    """A customer's new contact can turn the labels of their earlier ones: the kept windows it can turn go (in
+    the transaction that writes the contact), to be derived again when next read. A label reads only the
+    openings from its contact's close to its window's end, so a contact opened at ``o`` turns no window that
+    ended before ``o``: customer -> earliest opening written (µs), or None for all of the customer's windows."""
+    w = agent_windows_table.c
+    whole = sorted(c for c, opened in customers.items() if opened is None)
+    for start in range(0, len(whole), 1000):
+        db.execute(agent_windows_table.delete().where(w.customer_id.in_(whole[start : start + 1000])))
+    for customer, opened in sorted((c, o) for c, o in customers.items() if o is not None):
+        db.execute(agent_windows_table.delete().where(w.customer_id == customer, w.window_end_us >= opened))
+
+
+def _earliest_openings(customers: Iterable[str], opened: Iterable[Any]) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for customer, when in zip(customers, opened, strict=True):
+        us = int(pd.Timestamp(when).value // 1000)
+        earlier = out.get(customer)
+        out[customer] = us if earlier is None else min(earlier, us)
+    return out
 
 
 def _stamp(value: Any) -> pd.Timestamp:

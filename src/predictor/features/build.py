@@ -85,7 +85,8 @@ def build(
     labels = labels or LabelConfig()
     known = _union(history, contacts)
     meta = _metadata(contacts)
-    hist = _history(contacts, known, labels, as_of, agent_features)
+    prior = DEFAULT_REPEAT_RATE if customer_prior is None else customer_prior
+    hist = _history(contacts, known, labels, as_of, agent_features, prior)
     frame = pd.concat([meta, hist], axis=1)
     if embedder is None:
         return FeatureSet(frame=frame)
@@ -187,7 +188,7 @@ def _history(
     Plain arrays throughout: the service calls this for one contact at a time, where pandas' per-call
     overhead would cost more than the arithmetic.
     """
-    window_us = _days_us(labels.repeat_window_days)
+    window_us = days_us(labels.repeat_window_days)
     labelled = label_arrays(known, labels, as_of)
     ids = known["contact_id"].to_numpy(dtype=object)
     customers, _ = pd.factorize(known["customer_id"].to_numpy(dtype=object))
@@ -213,14 +214,14 @@ def _history(
     cum_return = np.r_[0.0, np.cumsum(is_return[ordered])]
     out: dict[str, np.ndarray] = {}
     for days in HISTORY_WINDOWS_DAYS:
-        since = keys.count_upto(query_code, t - _days_us(days))
+        since = keys.count_upto(query_code, t - days_us(days))
         out[f"customer_contacts_{days}d"] = (upto - since - 1).astype(float)
         out[f"customer_returns_{days}d"] = cum_return[upto] - cum_return[since] - self_return
 
     # The latest earlier contact within the look-back: the last one up to this close, not this contact.
     last = upto - 1
     last = np.where(ordered[np.maximum(last, 0)] == position, last - 1, last)
-    lookback_start = keys.count_upto(query_code, t - _days_us(LOOKBACK_DAYS) - 1)
+    lookback_start = keys.count_upto(query_code, t - days_us(LOOKBACK_DAYS) - 1)
     has_prev = last >= lookback_start
     previous = ordered[np.maximum(last, 0)]
     since_hours = (epoch_us(contacts["opened_at"]) - closed[previous]) / 3.6e9
@@ -289,6 +290,8 @@ def _agent_windows(known: pd.DataFrame, labelled: LabelArrays) -> pd.DataFrame:
     kept = ~labelled.censored
     return pd.DataFrame(
         {
+            "contact_id": known["contact_id"].to_numpy(dtype=object)[kept],
+            "customer_id": known["customer_id"].to_numpy(dtype=object)[kept],
             "agent_id": known["agent_id"].to_numpy(dtype=object)[kept],
             "window_end_us": labelled.window_end_ms[kept] * 1000,
             "repeat": labelled.repeat[kept].astype(float),
@@ -312,7 +315,7 @@ def _agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFra
     t = epoch_us(contacts["closed_at"])
     rate, volume = _shrunk_rate(
         agents, windows["window_end_us"].to_numpy(dtype=np.int64), windows["repeat"].to_numpy(dtype=float),
-        query_code, t, t - _days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE, AGENT_PRIOR_STRENGTH,
+        query_code, t, t - days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE, AGENT_PRIOR_STRENGTH,
     )  # fmt: skip
     return pd.DataFrame({"agent_repeat_rate": rate, "agent_closed_windows": volume}, index=contacts.index)
 
@@ -338,7 +341,8 @@ def _shrunk_rate(
     return (cum[upto] - cum[start] + strength * prior) / (volume + strength), volume
 
 
-def _days_us(days: float) -> int:
+def days_us(days: float) -> int:
+    """A span of days in whole microseconds (the unit of every time key here)."""
     return int(pd.Timedelta(days=days) / pd.Timedelta(microseconds=1))
 
 

@@ -118,8 +118,13 @@ class RepeatContactModel:
 
     # -- scoring ---------------------------------------------------------------------------------------
     def features(
-        self, contacts: pd.DataFrame, history: pd.DataFrame | None = None, text: TextViews | None = None
+        self,
+        contacts: pd.DataFrame,
+        history: pd.DataFrame | None = None,
+        text: TextViews | None = None,
+        agent_features: pd.DataFrame | None = None,
     ) -> FeatureSet:
+        """``build`` with this model's embedder and label rules (``agent_features``: as ``build`` takes them)."""
         return build(
             contacts,
             history,
@@ -127,6 +132,7 @@ class RepeatContactModel:
             labels=self.label_config,
             customer_prior=self.customer_prior,
             text=text,
+            agent_features=agent_features,
         )
 
     def text_views(self, contacts: pd.DataFrame) -> TextViews | None:

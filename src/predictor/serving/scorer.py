@@ -21,10 +21,11 @@ from pydantic import ValidationError
 from predictor.config import Settings
 from predictor.contacts.language import language_of, written
 from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord, content_hash, typed_contacts
-from predictor.features.build import TextViews, history_days
+from predictor.features.build import TextViews
 from predictor.loop.assignment import HELD_OUT, arm
 from predictor.model.fitted import TOP_K, RepeatContactModel
 from predictor.reports.plan import FollowUp, FollowUpPlan, follow_up_plan
+from predictor.serving.history import scoring_history
 from predictor.serving.api import (
     BatchItem,
     BatchResponse,
@@ -293,8 +294,9 @@ class Scorer:
     def _score_frame(
         self, frame: pd.DataFrame, warnings: dict[str, list[str]], text: TextViews | None
     ) -> tuple[dict[str, dict[str, Any]], dict[str, Experimented]]:
-        history = self.store.history_for(frame, lookback_days=history_days(self.model.label_config))
-        feature_set = self.model.features(frame.reset_index(drop=True), history, text=text)
+        frame = frame.reset_index(drop=True)
+        history, agents = scoring_history(self.store, frame, self.model.label_config)
+        feature_set = self.model.features(frame, history, text=text, agent_features=agents)
         X = self.model.model_input(feature_set)
         predictions = self.model.predict_from_input(X, frame["contact_id"].to_numpy())
         reasons = self.model.reasons(X)

@@ -1,0 +1,65 @@
+"""What the features of contacts being scored read of the store, and no more.
+
+``features.build`` needs two things of history: the scored customers' own contacts (all time), and their
+agents' closed repeat windows in the look-back. Deriving the windows from the contacts behind them took the
+rows of every customer the agents served (hundreds to thousands a /score); the store keeps them instead
+(``ContactStore.keep_windows``), derived by the same function the first time they are read, and the rate is
+the same arithmetic (``features.build.agent_features``) on the same windows: the features equal those of
+the whole store (tested).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from predictor.config import LabelConfig
+from predictor.contacts.labels import epoch_us
+from predictor.contacts.store import ContactStore
+from predictor.features.build import LOOKBACK_DAYS, agent_features, agent_windows, days_us
+
+# Contacts a little older than the windows strictly need are looked at too: the labels round to the
+# millisecond, and reading a few extra windows costs nothing (the rate counts only those in range).
+SLACK_US = 1_000_000
+
+
+def labels_key(labels: LabelConfig) -> str:
+    """The label rules a kept window was derived under (another model's rules need their own)."""
+    return f"w{labels.repeat_window_days:g}d-g{labels.transfer_gap_minutes:g}m"
+
+
+def scoring_history(
+    store: ContactStore, contacts: pd.DataFrame, labels: LabelConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The scored customers' contacts (``build``'s ``history``) and each contact's agent features
+    (``build``'s ``agent_features``, row for row with ``contacts``)."""
+    known = store.customers_history(contacts)
+    if contacts.empty:
+        return known, agent_features(contacts, agent_windows(contacts, labels))
+    key = labels_key(labels)
+    t = epoch_us(contacts["closed_at"])
+    window = days_us(labels.repeat_window_days)
+    after, until = int(t.min()) - days_us(LOOKBACK_DAYS) - 1, int(t.max())
+    agents = contacts["agent_id"].astype(str).unique().tolist()
+    batch_customers = set(contacts["customer_id"].astype(str))
+
+    # Windows of the agents' contacts that ended by now and are not kept yet: derived from all of their
+    # customers' contacts, used as derived and kept for the next caller.
+    scored = {store.pseudonym(c) for c in batch_customers}
+    found = store.unwindowed_customers(agents, key, _at(after - window - SLACK_US), _at(until - window + SLACK_US))
+    missing = [p for p in found if p not in scored]
+    derived = pd.DataFrame(columns=["agent_id", "window_end_us", "repeat"])
+    if missing:
+        rows = store.pseudonymous_history(missing)
+        windows = agent_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
+        store.keep_windows(windows, key, rows["customer_id"].value_counts().to_dict())
+        derived = windows[windows["agent_id"].isin(agents)]
+    kept = store.kept_windows(agents, key, after, until, except_customers=batch_customers, except_pseudonyms=missing)
+    # The scored customers' own windows from their contacts as the caller has them (this call's included).
+    own = agent_windows(pd.concat([known, contacts], ignore_index=True).drop_duplicates("contact_id"), labels)
+    columns = ["agent_id", "window_end_us", "repeat"]
+    every = pd.concat([kept[columns], derived[columns], own[columns]], ignore_index=True)
+    return known, agent_features(contacts, every)
+
+
+def _at(us: int) -> pd.Timestamp:
+    return pd.Timestamp(us, unit="us", tz="UTC").to_pydatetime()
