@@ -394,7 +394,8 @@ class ContactStore:
         if windows.empty:
             return
         rows = [
-            {"contact_id": k, "labels": labels, "agent_id": a, "customer_id": c, "window_end_us": int(t), "is_repeat": float(r)}
+            {"contact_id": k, "labels": labels, "agent_id": a, "customer_id": c, "window_end_us": int(t),
+             "is_repeat": float(r)}
             for k, a, c, t, r in zip(
                 windows["contact_id"], windows["agent_id"], windows["customer_id"], windows["window_end_us"],
                 windows["repeat"], strict=True,

@@ -25,7 +25,6 @@ from predictor.features.build import TextViews
 from predictor.loop.assignment import HELD_OUT, arm
 from predictor.model.fitted import TOP_K, RepeatContactModel
 from predictor.reports.plan import FollowUp, FollowUpPlan, follow_up_plan
-from predictor.serving.history import scoring_history
 from predictor.serving.api import (
     BatchItem,
     BatchResponse,
@@ -45,6 +44,7 @@ from predictor.serving.api import (
     UnknownContact,
     item_errors,
 )
+from predictor.serving.history import scoring_history
 
 log = logging.getLogger(__name__)
 UNKNOWN_ISSUE = "other"
