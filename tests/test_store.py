@@ -171,8 +171,8 @@ def test_the_scorers_history_gives_the_features_of_the_whole_store(store: Contac
     labels = LabelConfig()
     expected = build(new, past).frame
     for _ in range(2):  # first derived and kept, then read as kept
-        history, agents = scoring_history(store, new, labels)
-        pd.testing.assert_frame_equal(build(new, history, agent_features=agents).frame, expected)
+        history, windows = scoring_history(store, new, labels)
+        pd.testing.assert_frame_equal(build(new, history, other_windows=windows).frame, expected)
     with store.engine.connect() as db:
         assert db.execute(agent_windows_table.select()).first() is not None
     # One at a time, as the service sees them: each scored against the store holding everything before it.
@@ -180,8 +180,8 @@ def test_the_scorers_history_gives_the_features_of_the_whole_store(store: Contac
     for k in range(0, len(later), 10):
         chunk = later.iloc[k : k + 10].reset_index(drop=True)
         known = pd.concat([past, later.iloc[:k]], ignore_index=True)
-        history, agents = scoring_history(store, chunk, labels)
-        pd.testing.assert_frame_equal(build(chunk, history, agent_features=agents).frame, build(chunk, known).frame)
+        history, windows = scoring_history(store, chunk, labels)
+        pd.testing.assert_frame_equal(build(chunk, history, other_windows=windows).frame, build(chunk, known).frame)
         store.save(chunk, {c: answer(c) for c in chunk["contact_id"]}, "1")
 
 

@@ -696,18 +696,22 @@ def _empty_frame() -> pd.DataFrame:
 
 
 def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Contact rows typed as the schema types them; naive datetimes are UTC (SQLite hands them back so)."""
+    """Contact rows typed as the schema types them; naive datetimes are UTC (SQLite hands them back so).
+
+    Columns converted one by one and framed once: a scorer types a few rows several times per contact, where
+    copying the frame and setting each column back cost more than the conversions (4.3 -> 1.6 ms)."""
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CONTACT_COLUMNS})
-    out = frame.copy()
+    typed: dict[str, Any] = {}
     for column in contract.names(contract.TIME):
         # utc=True: a batch may mix offsets (one zone across a DST change); naive values are UTC already.
         # ISO-8601 (SQLite's text, or datetimes): no per-call guessing of the format, mixed forms parse too.
-        out[column] = pd.to_datetime(out[column], utc=True, format="ISO8601").astype("datetime64[ns, UTC]")
+        times = pd.to_datetime(frame[column].array, utc=True, format="ISO8601")
+        typed[column] = times.as_unit("ns")
     for column in contract.names(*contract.TEXT_KINDS):
-        out[column] = out[column].astype(str)
+        typed[column] = frame[column].array.astype(str)
     for column in contract.names(*contract.FLOAT_KINDS):
-        out[column] = pd.to_numeric(out[column]).astype(float)
+        typed[column] = pd.to_numeric(frame[column].array).astype(float)
     for column in contract.names(contract.COUNT):
-        out[column] = pd.to_numeric(out[column]).astype("int64")
-    return out
+        typed[column] = pd.to_numeric(frame[column].array).astype("int64")
+    return pd.DataFrame({c: typed.get(c, frame[c].array) for c in frame.columns}, index=frame.index)

@@ -70,6 +70,7 @@ def build(
     agent_features: pd.DataFrame | None = None,
     customer_prior: float | None = None,
     text: TextViews | None = None,
+    other_windows: pd.DataFrame | None = None,
 ) -> FeatureSet:
     """Features of ``contacts`` as of each one's close (``text``: their ``text_views``, if already embedded).
 
@@ -81,12 +82,15 @@ def build(
     On a cluster (``predictor.compute.cluster``) a partition holds whole customers but not whole agents: there
     ``as_of`` is the end of the whole log, and the ``AGENT_COLUMNS`` of each row are passed in, computed
     by the function of that name on agent partitions of ``agent_windows``; the arithmetic is the same.
+
+    A scorer's ``history`` holds its customers' contacts only; ``other_windows`` are the closed windows of the
+    agents' other customers (``agent_windows`` rows, as its store keeps them), counted beside those derived here.
     """
     labels = labels or LabelConfig()
     known = _union(history, contacts)
     meta = _metadata(contacts)
     prior = DEFAULT_REPEAT_RATE if customer_prior is None else customer_prior
-    hist = _history(contacts, known, labels, as_of, agent_features, prior)
+    hist = _history(contacts, known, labels, as_of, agent_features, prior, other_windows)
     frame = pd.concat([meta, hist], axis=1)
     if embedder is None:
         return FeatureSet(frame=frame)
@@ -182,6 +186,7 @@ def _history(
     as_of: pd.Timestamp | None = None,
     agent_features: pd.DataFrame | None = None,
     customer_prior: float = DEFAULT_REPEAT_RATE,
+    other_windows: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Customer and agent history as of each contact's close (nothing later can reach it).
 
@@ -253,7 +258,11 @@ def _history(
 
     frame = pd.DataFrame(out, index=contacts.index)
     if agent_features is None:
-        agent_features = _agent_features(contacts, _agent_windows(known, labelled))
+        windows = _agent_windows(known, labelled)
+        if other_windows is not None:
+            columns = ["agent_id", "window_end_us", "repeat"]
+            windows = pd.concat([windows[columns], other_windows[columns]], ignore_index=True)
+        agent_features = _agent_features(contacts, windows)
     for column in AGENT_COLUMNS:
         frame[column] = agent_features[column].to_numpy(dtype=float)
     return frame

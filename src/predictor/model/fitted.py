@@ -122,9 +122,9 @@ class RepeatContactModel:
         contacts: pd.DataFrame,
         history: pd.DataFrame | None = None,
         text: TextViews | None = None,
-        agent_features: pd.DataFrame | None = None,
+        other_windows: pd.DataFrame | None = None,
     ) -> FeatureSet:
-        """``build`` with this model's embedder and label rules (``agent_features``: as ``build`` takes them)."""
+        """``build`` with this model's embedder and label rules (``other_windows``: as ``build`` takes them)."""
         return build(
             contacts,
             history,
@@ -132,7 +132,7 @@ class RepeatContactModel:
             labels=self.label_config,
             customer_prior=self.customer_prior,
             text=text,
-            agent_features=agent_features,
+            other_windows=other_windows,
         )
 
     def text_views(self, contacts: pd.DataFrame) -> TextViews | None:

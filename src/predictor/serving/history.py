@@ -3,9 +3,9 @@
 ``features.build`` needs two things of history: the scored customers' own contacts (all time), and their
 agents' closed repeat windows in the look-back. Deriving the windows from the contacts behind them took the
 rows of every customer the agents served (hundreds to thousands a /score); the store keeps them instead
-(``ContactStore.keep_windows``), derived by the same function the first time they are read, and the rate is
-the same arithmetic (``features.build.agent_features``) on the same windows: the features equal those of
-the whole store (tested).
+(``ContactStore.keep_windows``), derived by the same function the first time they are read, and ``build``
+counts them beside the windows it derives of the scored customers: the features equal those of the whole
+store (tested).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import pandas as pd
 from predictor.config import LabelConfig
 from predictor.contacts.labels import epoch_us
 from predictor.contacts.store import ContactStore
-from predictor.features.build import LOOKBACK_DAYS, agent_features, agent_windows, days_us
+from predictor.features.build import LOOKBACK_DAYS, agent_windows, days_us
+
+WINDOW_COLUMNS = ("agent_id", "window_end_us", "repeat")
 
 # Contacts a little older than the windows strictly need are looked at too: the labels round to the
 # millisecond, and reading a few extra windows costs nothing (the rate counts only those in range).
@@ -30,11 +32,11 @@ def labels_key(labels: LabelConfig) -> str:
 def scoring_history(
     store: ContactStore, contacts: pd.DataFrame, labels: LabelConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The scored customers' contacts (``build``'s ``history``) and each contact's agent features
-    (``build``'s ``agent_features``, row for row with ``contacts``)."""
+    """What ``build`` needs of the store to describe ``contacts``: their customers' contacts (its ``history``)
+    and their agents' closed windows of other customers (its ``other_windows``)."""
     known = store.customers_history(contacts)
     if contacts.empty:
-        return known, agent_features(contacts, agent_windows(contacts, labels))
+        return known, pd.DataFrame(columns=list(WINDOW_COLUMNS))
     key = labels_key(labels)
     t = epoch_us(contacts["closed_at"])
     window = days_us(labels.repeat_window_days)
@@ -43,22 +45,18 @@ def scoring_history(
     batch_customers = set(contacts["customer_id"].astype(str))
 
     # Windows of the agents' contacts that ended by now and are not kept yet: derived from all of their
-    # customers' contacts, used as derived and kept for the next caller.
+    # customers' contacts, used as derived and kept for the next caller. The scored customers' own windows
+    # ``build`` derives from their contacts as this call has them.
     scored = {store.pseudonym(c) for c in batch_customers}
     found = store.unwindowed_customers(agents, key, _at(after - window - SLACK_US), _at(until - window + SLACK_US))
     missing = [p for p in found if p not in scored]
-    derived = pd.DataFrame(columns=["agent_id", "window_end_us", "repeat"])
+    parts = [store.kept_windows(agents, key, after, until, except_customers=batch_customers, except_pseudonyms=missing)]
     if missing:
         rows = store.pseudonymous_history(missing)
         windows = agent_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
         store.keep_windows(windows, key, rows["customer_id"].value_counts().to_dict())
-        derived = windows[windows["agent_id"].isin(agents)]
-    kept = store.kept_windows(agents, key, after, until, except_customers=batch_customers, except_pseudonyms=missing)
-    # The scored customers' own windows from their contacts as the caller has them (this call's included).
-    own = agent_windows(pd.concat([known, contacts], ignore_index=True).drop_duplicates("contact_id"), labels)
-    columns = ["agent_id", "window_end_us", "repeat"]
-    every = pd.concat([kept[columns], derived[columns], own[columns]], ignore_index=True)
-    return known, agent_features(contacts, every)
+        parts.append(windows[windows["agent_id"].isin(agents)])
+    return known, pd.concat([part[list(WINDOW_COLUMNS)] for part in parts], ignore_index=True)
 
 
 def _at(us: int) -> pd.Timestamp:
