@@ -641,13 +641,19 @@ def _forget_windows(db: Any, customers: dict[str, int | None]) -> None:
     """A customer's new contact can turn the labels of their earlier ones: the kept windows it can turn go (in
     the transaction that writes the contact), to be derived again when next read. A label reads only the
     openings from its contact's close to its window's end, so a contact opened at ``o`` turns no window that
-    ended before ``o``: customer -> earliest opening written (µs), or None for all of the customer's windows."""
+    ended before ``o``: customer -> earliest opening written (µs), or None for all of the customer's windows.
+
+    One statement per thousand customers, from the earliest opening among them (a batch's contacts close
+    close together, so this drops little more than needed; per customer it cost ~0.2 ms each)."""
     w = agent_windows_table.c
-    whole = sorted(c for c, opened in customers.items() if opened is None)
-    for start in range(0, len(whole), 1000):
-        db.execute(agent_windows_table.delete().where(w.customer_id.in_(whole[start : start + 1000])))
-    for customer, opened in sorted((c, o) for c, o in customers.items() if o is not None):
-        db.execute(agent_windows_table.delete().where(w.customer_id == customer, w.window_end_us >= opened))
+    ordered = sorted(customers)
+    for start in range(0, len(ordered), 1000):
+        chunk = ordered[start : start + 1000]
+        openings = [customers[c] for c in chunk]
+        statement = agent_windows_table.delete().where(w.customer_id.in_(chunk))
+        if None not in openings:
+            statement = statement.where(w.window_end_us >= min(openings))  # type: ignore[type-var]
+        db.execute(statement)
 
 
 def _earliest_openings(customers: Iterable[str], opened: Iterable[Any]) -> dict[str, int | None]:
