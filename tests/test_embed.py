@@ -200,3 +200,22 @@ def test_the_tokenizer_file_reads_as_transformers_does(small_log) -> None:
     for row in ids:
         for cut in (row[:40], row[-80:]):
             assert ours.decode(cut) == reference.decode(cut)
+
+
+def test_a_distilled_model_is_published_whole_and_once(tmp_path: Path) -> None:
+    """Written aside and renamed: a second writer (a Dask worker sharing the cache) keeps the first copy, and
+    a writer that fails leaves nothing half-written behind."""
+    from predictor.features.embed import publish_folder
+
+    target = tmp_path / "cache" / "model"
+    assert publish_folder(target, lambda folder: (folder / "weights").write_text("first"))
+    assert not publish_folder(target, lambda folder: (folder / "weights").write_text("second"))
+    assert (target / "weights").read_text() == "first"
+
+    def broken(folder: Path) -> None:
+        (folder / "weights").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        publish_folder(tmp_path / "cache" / "other", broken)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["model"]

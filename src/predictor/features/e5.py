@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,17 +172,16 @@ def distill(target: Path, size: int, threads: int, progress: Callable[[int, int]
     scripts = np.array([_script(vocabulary.pieces[i]) for i in ids])
     for kind in set(scripts):
         vectors[scripts == kind] -= vectors[scripts == kind].mean(axis=0)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    staging.chmod(0o755)
-    np.save(staging / "vectors.npy", vectors.astype(np.float16))
     meta = {"pieces": [vocabulary.pieces[i] for i in ids], "scores": [float(vocabulary.scores[i]) for i in ids]}
-    (staging / "pieces.json").write_text(json.dumps(meta, ensure_ascii=False))
-    try:
-        staging.rename(target)
+
+    def write(staging: Path) -> None:
+        np.save(staging / "vectors.npy", vectors.astype(np.float16))
+        (staging / "pieces.json").write_text(json.dumps(meta, ensure_ascii=False))
+
+    from predictor.features.embed import publish_folder
+
+    if publish_folder(target, write):
         log.info("distilled the multilingual static model in %.0f s to %s", time.perf_counter() - started, target)
-    except OSError:  # another process got there first: use its copy
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 class StaticE5Encoder:

@@ -19,7 +19,7 @@ import sqlite3
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -348,15 +348,26 @@ def _distill(model_path: str, target: Path) -> None:
     # Its tqdm bar ignores TQDM_DISABLE once tqdm is imported, and would flood logs with one long line.
     with contextlib.redirect_stderr(io.StringIO()):
         static = distill(model_name=model_path, pca_dims=_StaticEncoder.PCA_DIMS)
-    # Written aside, then renamed: Dask workers sharing the folder may distill at the same time, and none may
-    # read a half-written model.
+    if publish_folder(target, lambda staging: static.save_pretrained(str(staging))):
+        log.info("distilled a static embedding model to %s", target)
+
+
+def publish_folder(target: Path, write: Callable[[Path], None]) -> bool:
+    """Write a folder aside (``write`` fills it), then rename it to ``target``: Dask workers sharing a cache
+    may distill at the same time, and none may read a half-written model. False when another process got
+    there first (its copy is used, ours removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
-    static.save_pretrained(str(staging))
     try:
+        write(staging)
         staging.rename(target)
-        log.info("distilled a static embedding model to %s", target)
-    except OSError:  # another process got there first: use its copy
+        return True
+    except OSError:
+        if not target.exists():
+            raise
+        return False
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
