@@ -50,6 +50,9 @@ def main() -> None:
         "--across-only", action="store_true",
         help="only part 3 (train on English, score the others): for the slow e5 backend on a smaller --n",
     )  # fmt: skip
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep embeddings here (a folder per backend) to rerun without embedding again; "
+                        "default: a fresh one, deleted after")  # fmt: skip
     args = parser.parse_args()
     logs = {}
     for language in ("en", *LANGUAGES):
@@ -58,20 +61,23 @@ def main() -> None:
     no_words = copy.deepcopy(load_hyperparams())
     no_words["text_heads"].pop("words", None)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as fresh:
+        cache = args.cache_dir or fresh
 
         def settings(backend: str) -> Settings:
             # The backend as named: not the one the log's languages would choose (``multilingual_backend``).
             config = EmbeddingConfig(backend=backend, multilingual_backend=None, cache_dir=Path(cache) / backend)
             return Settings(embedding=config)
 
-        def train(language: str, backend: str, words: bool = True) -> tuple[dict, object]:
+        def train(language: str, backend: str, words: bool = True, text: bool = True) -> tuple[dict, object]:
             started = time.perf_counter()
-            result = fit(logs[language], settings(backend), ablation=False, hyperparams=None if words else no_words)
+            hyperparams = None if words else no_words
+            result = fit(logs[language], settings(backend), ablation=False, hyperparams=hyperparams, use_text=text)
             row = {
                 "log": language,
                 "backend": backend,
                 "words_head": words,
+                "text": text,
                 "roc_auc": round(float(result.metrics.loc["model", "roc_auc"]), 4),
                 "ece": round(float(result.metrics.loc["model", "ece"]), 4),
                 "next_issue_top3": round(result.next_issue_metrics["top3_accuracy"], 4),
@@ -97,12 +103,14 @@ def main() -> None:
             scored = result.model.predict(logs[language], logs[language]).set_index("contact_id")
             across[language] = round(float(roc_auc_score(y, scored.loc[test["contact_id"], "repeat_probability"])), 4)
         print({"across_languages": across}, flush=True)
+        why = across_analysis(result, logs, train("en", args.backend, words=False, text=False)[0]["roc_auc"])
+        print(why, flush=True)
         if args.across_only:
             lines = [f"Trained on the English log ({args.n:,} contacts, seed {args.seed}) with {args.backend} (words "
                      "head off), scoring "
                      "the same contacts in other languages (repeat AUC): "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in across.items())]  # fmt: skip
-            payload = {"rows": rows, "across_languages": across}
+                     + ", ".join(f"{k} {v:.4f}" for k, v in across.items()), "", *analysis_lines(why)]  # fmt: skip
+            payload = {"rows": rows, "across_languages": across, "across_analysis": why}
             results.write(args.out, f"languages-across-{args.backend}", payload, lines)
             return
         speed = {}
@@ -132,16 +140,79 @@ def main() -> None:
         "Trained on the English log (words head off), scoring the same contacts in other languages (repeat AUC): "
         + ", ".join(f"{k} {v:.4f}" for k, v in across.items()),
         "",
+        *analysis_lines(why),
+        "",
         "Embedding throughput on the Russian log's transcripts (texts/s, loaded, no cache): "
         + ", ".join(f"{k} {v:,.1f}" for k, v in speed.items()),
     ]
     results.write(
         args.out,
         "languages",
-        {"rows": rows, "embeddings_only_gap": gap, "across_languages": across, "texts_per_second": speed,
+        {"rows": rows, "embeddings_only_gap": gap, "across_languages": across, "across_analysis": why,
+         "texts_per_second": speed,
          "mean_ru_length": float(np.mean([len(t) for t in texts]))},
         lines,
     )  # fmt: skip
+
+
+def across_analysis(result: object, logs: dict, no_text_auc: float) -> dict:
+    """Why the English model carries over as far as it does, on these parallel logs (the same contacts in each
+    language): how near each contact's transcript lands to its English original, and what the model scores
+    when the other language's vectors are (a) centred on the English mean (each language's mean taken from its
+    own log) or (b) mapped onto English by a ridge map fitted on the parallel transcripts of the contacts
+    outside the test slice: information no centre has, so an upper bound of what alignment could give."""
+    from sklearn.linear_model import Ridge
+
+    from predictor.features.build import TextViews, text_views
+
+    model = result.model
+    embedder = model.embedder()
+    test = result.test_predictions
+    y = test["is_repeat"].to_numpy().astype(int)
+    views = {lang: text_views(logs[lang]["transcript"].tolist(), embedder) for lang in ("en", "ru", "sr")}
+    has = logs["en"]["transcript"].str.strip().str.len().to_numpy() > 0
+    fit_on = has & ~logs["en"]["contact_id"].isin(test["contact_id"]).to_numpy()
+
+    def auc(language: str, text: TextViews) -> float:
+        frame = logs[language]
+        X = model.model_input(model.features(frame, frame, text=text))
+        scored = model.predict_from_input(X, frame["contact_id"].to_numpy()).set_index("contact_id")
+        return round(float(roc_auc_score(y, scored.loc[test["contact_id"], "repeat_probability"])), 4)
+
+    def unit(m: np.ndarray) -> np.ndarray:
+        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
+
+    out: dict = {"no_text_en": no_text_auc}
+    for language in ("ru", "sr"):
+        centred, mapped = {}, {}
+        for view, vectors in views[language].vectors.items():
+            english = views["en"].vectors[view]
+            shift = english[has].mean(0) - vectors[has].mean(0)
+            centred[view] = np.where(has[:, None], vectors + shift, vectors).astype(np.float32)
+            ridge = Ridge(alpha=1.0).fit(vectors[fit_on], english[fit_on])
+            mapped[view] = np.where(has[:, None], ridge.predict(vectors), vectors).astype(np.float32)
+            a, b = unit(english[has] - english[has].mean(0)), unit(vectors[has] - vectors[has].mean(0))
+            k = min(1000, len(a))
+            out[f"{language}_{view}_centred_cosine"] = round(float((a * b).sum(1).mean()), 3)
+            hits = (b[:k] @ a[:k].T).argmax(1) == np.arange(k)
+            out[f"{language}_{view}_top1"] = round(float(hits.mean()), 4)
+            out["top1_among"] = k
+        redacted = views[language].redacted
+        out[f"{language}_centred_auc"] = auc(language, TextViews(centred, redacted))
+        out[f"{language}_parallel_map_auc"] = auc(language, TextViews(mapped, redacted))
+    return out
+
+
+def analysis_lines(why: dict) -> list[str]:
+    return [
+        f"Without text features the English model reaches {why['no_text_en']:.4f}.",
+        "Centred cosine of a contact's transcript to its English original (whole view): "
+        f"ru {why['ru_whole_centred_cosine']}, sr {why['sr_whole_centred_cosine']}; found among "
+        f"{why['top1_among']:,}: ru {why['ru_whole_top1']:.1%}, sr {why['sr_whole_top1']:.1%}.",
+        f"Each language centred on its own log's mean: ru {why['ru_centred_auc']:.4f}, sr {why['sr_centred_auc']:.4f}; "
+        "mapped onto English by a map fitted on parallel transcripts (upper bound): "
+        f"ru {why['ru_parallel_map_auc']:.4f}, sr {why['sr_parallel_map_auc']:.4f}.",
+    ]
 
 
 if __name__ == "__main__":

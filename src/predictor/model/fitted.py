@@ -153,7 +153,7 @@ class RepeatContactModel:
         X = self.model_input(self.features(contacts, history))
         return self.predict_from_input(X, contacts["contact_id"].to_numpy())
 
-    def predict_from_input(self, X: pd.DataFrame, contact_ids: np.ndarray) -> pd.DataFrame:
+    def predict_from_input(self, X: pd.DataFrame | np.ndarray, contact_ids: np.ndarray) -> pd.DataFrame:
         n_classes = len(self.next_issue_classes)
         if not len(X):
             p, proba, median, p90 = np.array([]), np.zeros((0, n_classes)), np.array([]), np.array([])
@@ -176,9 +176,10 @@ class RepeatContactModel:
         out["hours_to_repeat_p90"] = np.maximum(np.clip(p90, 0.0, None), out["hours_to_repeat_median"])
         return pd.DataFrame({name: out[name] for name in OUTPUT_COLUMNS})
 
-    def reasons(self, X: pd.DataFrame, top: int = 3) -> list[list[dict[str, Any]]]:
-        """The features that pushed each score up or down most (SHAP values of the booster), in words."""
-        contrib = booster_predict(self.repeat_booster, as_matrix(X), pred_contrib=True)
+    def reasons(self, X: pd.DataFrame, top: int = 3, matrix: np.ndarray | None = None) -> list[list[dict[str, Any]]]:
+        """The features that pushed each score up or down most (SHAP values of the booster), in words.
+        ``matrix``: ``as_matrix(X)`` if the caller has it already (a scorer converts once, for both)."""
+        contrib = booster_predict(self.repeat_booster, as_matrix(X) if matrix is None else matrix, pred_contrib=True)
         columns = list(X.columns)
         text = [i for i, c in enumerate(columns) if c.startswith(TEXT_HEAD_PREFIX)]
         named = [i for i, c in enumerate(columns) if not c.startswith(TEXT_HEAD_PREFIX)]
