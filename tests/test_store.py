@@ -290,3 +290,10 @@ def test_experiment_arms_and_follow_ups_round_trip(store: ContactStore) -> None:
     assert statuses == ["recorded", "replayed", "conflict", "unknown", "early"]
     kept = store.follow_ups()
     assert list(kept["contact_id"]) == ["C1"] and kept["sent_at"].iloc[0] == pd.Timestamp(sent)
+
+
+def test_the_same_contact_twice_in_one_save_keeps_the_first(store: ContactStore) -> None:
+    rows = validate(frame(contact("C1"), contact("C2", opened_hours=1))).contacts
+    twice = pd.concat([rows, rows.head(1)], ignore_index=True)
+    assert store.save(twice, {"C1": answer("C1"), "C2": answer("C2")}, "3", hashes=["a", "b", "c"]) == {"C1", "C2"}
+    assert store.stored(["C1"])["C1"].content_hash == "a"

@@ -497,8 +497,12 @@ class ContactStore:
         ).returning(contacts_table.c.contact_id)
         inserted: set[str] = set()
         with self.engine.begin() as db:
-            for row in rows:  # one by one: executemany cannot return what each row did
-                inserted.update(r[0] for r in db.execute(statement, row))
+            # All rows in one statement per thousand (SQLAlchemy's "insertmanyvalues"), each row written
+            # returning its id; one statement a row cost ~0.3 ms each in a batch.
+            # The same id twice in one statement is an error on PostgreSQL; one at a time, the second was never
+            # written (the first took the answer), so the first is kept.
+            first = list({row["contact_id"]: row for row in reversed(rows)}.values())
+            inserted.update(db.execute(statement, first).scalars())
             turned = _earliest_openings([r["customer_id"] for r in rows], [r["opened_at"] for r in rows])
             _forget_windows(db, turned)
         with self.engine.begin() as db:  # again once committed (``keep_windows`` says why)
