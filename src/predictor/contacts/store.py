@@ -113,8 +113,8 @@ follow_ups_table = Table(
 # contact the agent closed in the look-back, and deriving them afresh took the rows of all those contacts'
 # customers on every /score (hundreds to thousands of rows, most of its time). A row is the label of one
 # contact whose window had ended, under one set of label rules, derived from its customer's contacts as the
-# store held them; writing any contact of that customer drops the customer's rows (a late contact can turn
-# a label), so a kept row is always what deriving it again would give.
+# store held them; writing a contact of that customer drops the rows it can turn (``_forget_windows``: a late
+# contact can turn a label), so a kept row is always what deriving it again would give.
 agent_windows_table = Table(
     "agent_windows",
     metadata,
@@ -426,13 +426,12 @@ class ContactStore:
         labels: str,
         after_us: int,
         until_us: int,
-        except_customers: Iterable[str] = (),
         except_pseudonyms: Iterable[str] = (),
     ) -> pd.DataFrame:
         """The agents' kept windows that ended in (``after_us``, ``until_us``], but those of the customers
-        named (raw ids or pseudonyms: the caller derived theirs itself)."""
+        named (by the store's pseudonyms: the caller derived theirs itself)."""
         w = agent_windows_table.c
-        skipped = [self.pseudonym(customer) for customer in set(except_customers)] + list(except_pseudonyms)
+        skipped = sorted(set(except_pseudonyms))
         query = select(w.agent_id, w.window_end_us, w.is_repeat).where(
             w.labels == labels,
             w.agent_id.in_(agent_ids),

@@ -37,6 +37,8 @@ def history_days(labels: LabelConfig) -> float:
 
 
 AGENT_COLUMNS: tuple[str, ...] = ("agent_repeat_rate", "agent_closed_windows")
+# What an agent's rate reads of each closed window (``agent_windows`` rows carry more: whose, which contact).
+WINDOW_COLUMNS: tuple[str, ...] = ("agent_id", "window_end_us", "repeat")
 
 EMBEDDING_PREFIX = "emb_"  # the whole conversation, cut to head + tail
 CLOSING_PREFIX = "close_"  # the last few turns alone: whether (and how) it was resolved
@@ -260,7 +262,7 @@ def _history(
     if agent_features is None:
         windows = _agent_windows(known, labelled)
         if other_windows is not None:
-            columns = ["agent_id", "window_end_us", "repeat"]
+            columns = list(WINDOW_COLUMNS)
             windows = pd.concat([windows[columns], other_windows[columns]], ignore_index=True)
         agent_features = _agent_features(contacts, windows)
     for column in AGENT_COLUMNS:

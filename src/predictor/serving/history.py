@@ -10,14 +10,14 @@ store (tested).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 
 from predictor.config import LabelConfig
 from predictor.contacts.labels import epoch_us
 from predictor.contacts.store import ContactStore
-from predictor.features.build import LOOKBACK_DAYS, agent_windows, days_us
-
-WINDOW_COLUMNS = ("agent_id", "window_end_us", "repeat")
+from predictor.features.build import LOOKBACK_DAYS, WINDOW_COLUMNS, agent_windows, days_us
 
 # Contacts a little older than the windows strictly need are looked at too: the labels round to the
 # millisecond, and reading a few extra windows costs nothing (the rate counts only those in range).
@@ -42,15 +42,14 @@ def scoring_history(
     window = days_us(labels.repeat_window_days)
     after, until = int(t.min()) - days_us(LOOKBACK_DAYS) - 1, int(t.max())
     agents = contacts["agent_id"].astype(str).unique().tolist()
-    batch_customers = set(contacts["customer_id"].astype(str))
 
     # Windows of the agents' contacts that ended by now and are not kept yet: derived from all of their
     # customers' contacts, used as derived and kept for the next caller. The scored customers' own windows
     # ``build`` derives from their contacts as this call has them.
-    scored = {store.pseudonym(c) for c in batch_customers}
+    scored = {store.pseudonym(c) for c in contacts["customer_id"].astype(str).unique()}
     found = store.unwindowed_customers(agents, key, _at(after - window - SLACK_US), _at(until - window + SLACK_US))
     missing = [p for p in found if p not in scored]
-    parts = [store.kept_windows(agents, key, after, until, except_customers=batch_customers, except_pseudonyms=missing)]
+    parts = [store.kept_windows(agents, key, after, until, except_pseudonyms=scored | set(missing))]
     if missing:
         rows = store.pseudonymous_history(missing)
         windows = agent_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
@@ -59,5 +58,5 @@ def scoring_history(
     return known, pd.concat([part[list(WINDOW_COLUMNS)] for part in parts], ignore_index=True)
 
 
-def _at(us: int) -> pd.Timestamp:
+def _at(us: int) -> datetime:
     return pd.Timestamp(us, unit="us", tz="UTC").to_pydatetime()
