@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import results
 from sklearn.metrics import roc_auc_score
 
@@ -173,16 +174,41 @@ def across_analysis(result: object, logs: dict, no_text_auc: float) -> dict:
     has = logs["en"]["transcript"].str.strip().str.len().to_numpy() > 0
     fit_on = has & ~logs["en"]["contact_id"].isin(test["contact_id"]).to_numpy()
 
-    def auc(language: str, text: TextViews) -> float:
+    def inputs(language: str, text: TextViews) -> pd.DataFrame:
         frame = logs[language]
-        X = model.model_input(model.features(frame, frame, text=text))
-        scored = model.predict_from_input(X, frame["contact_id"].to_numpy()).set_index("contact_id")
+        return model.model_input(model.features(frame, frame, text=text))
+
+    def auc(language: str, text: TextViews | None = None, X: pd.DataFrame | None = None) -> float:
+        X = inputs(language, text) if X is None else X
+        scored = model.predict_from_input(X, logs[language]["contact_id"].to_numpy()).set_index("contact_id")
         return round(float(roc_auc_score(y, scored.loc[test["contact_id"], "repeat_probability"])), 4)
 
     def unit(m: np.ndarray) -> np.ndarray:
         return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
 
     out: dict = {"no_text_en": no_text_auc}
+    # Each text head's own AUC on the test slice, per language: a head that ranks the Russian contacts worse
+    # than the English ones has lost information no per-language recalibration can bring back; quantile
+    # matching (each head's scores in the other language moved onto the English scores' distribution, the
+    # strongest fix that needs no parallel text, and one that assumes the same outcome mix) shows it.
+    heads = list(model.text_heads.columns) if model.text_heads is not None else []
+    english_input = inputs("en", views["en"])
+    in_test = logs["en"]["contact_id"].isin(test["contact_id"]).to_numpy()
+    y_rows = test.set_index("contact_id").loc[logs["en"]["contact_id"][in_test], "is_repeat"].to_numpy().astype(int)
+    for language in ("en", "ru", "sr"):
+        X = english_input if language == "en" else inputs(language, views[language])
+        for head in heads:
+            values = X[head].to_numpy()[in_test]
+            known = ~np.isnan(values)
+            out[f"{language}_{head}_auc"] = round(float(roc_auc_score(y_rows[known], values[known])), 4)
+        if language != "en":
+            matched = X.copy()
+            for head in heads:
+                english, other = english_input[head].to_numpy()[has], X[head].to_numpy()[has]
+                ranks = pd.Series(other).rank(pct=True).fillna(0.5).to_numpy()
+                matched.loc[has, head] = np.nanquantile(english, ranks)
+            out[f"{language}_quantile_matched_auc"] = auc(language, X=matched)
+    out["heads"] = heads
     for language in ("ru", "sr"):
         centred, mapped = {}, {}
         for view, vectors in views[language].vectors.items():
@@ -212,6 +238,12 @@ def analysis_lines(why: dict) -> list[str]:
         f"Each language centred on its own log's mean: ru {why['ru_centred_auc']:.4f}, sr {why['sr_centred_auc']:.4f}; "
         "mapped onto English by a map fitted on parallel transcripts (upper bound): "
         f"ru {why['ru_parallel_map_auc']:.4f}, sr {why['sr_parallel_map_auc']:.4f}.",
+        "Each text head's AUC on the test slice (en / ru / sr): "
+        + "; ".join(
+            f"{h} {why[f'en_{h}_auc']:.3f} / {why[f'ru_{h}_auc']:.3f} / {why[f'sr_{h}_auc']:.3f}" for h in why["heads"]
+        )
+        + f". Heads' scores quantile-matched onto English: ru {why['ru_quantile_matched_auc']:.4f}, "
+        f"sr {why['sr_quantile_matched_auc']:.4f}.",
     ]
 
 
