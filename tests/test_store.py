@@ -16,7 +16,7 @@ from conftest import contact, frame
 from predictor.config import LabelConfig
 from predictor.contacts.schema import validate
 from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord
-from predictor.features.build import build, history_days
+from predictor.features.build import build
 from predictor.serving.devserver import free_port
 
 
@@ -141,19 +141,6 @@ def test_round_trip_keeps_types_and_zones(store: ContactStore, small_log) -> Non
     assert back["csat"].isna().sum() == contacts["csat"].isna().sum()
 
 
-def test_history_subset_gives_the_features_of_the_whole_store(store: ContactStore, small_log) -> None:
-    contacts = validate(small_log.contacts).contacts.sort_values("closed_at", ignore_index=True)
-    past, new = contacts.iloc[:1200], contacts.iloc[1200:1230]
-    store.load_frame(past)
-    # The look-back the scorer uses: a feature reading beyond it, or a column the store drops (past
-    # transcripts), makes the two frames differ.
-    history = store.history_for(new, lookback_days=history_days(LabelConfig()))
-    assert len(history) <= len(past)
-    from_subset = build(new.reset_index(drop=True), history).frame
-    from_everything = build(new.reset_index(drop=True), past).frame
-    pd.testing.assert_frame_equal(from_subset, from_everything)
-
-
 @pytest.mark.parametrize("ticket_days", [0.0, 3.0])
 def test_the_scorers_history_gives_the_features_of_the_whole_store(store: ContactStore, ticket_days: float) -> None:
     """The scorer reads its customers' contacts and the agents' kept windows, not the contacts behind them:
@@ -227,7 +214,7 @@ def test_customer_ids_are_pseudonymised_and_queues_redacted(store: ContactStore)
     kept = store.all_contacts()
     assert set(kept["customer_id"]) == {store.pseudonym(secret)}
     # The history a scorer asks for by the raw id comes back under that id (the features link on it).
-    history = store.history_for(rows.tail(1), lookback_days=30)
+    history = store.customers_history(rows.tail(1))
     assert set(history["customer_id"]) == {secret} and len(history) == 2
 
 
@@ -255,7 +242,7 @@ def test_a_store_with_raw_customer_ids_is_pseudonymised_once(tmp_path: Path) -> 
     assert set(reopened.all_contacts()["customer_id"]) == {reopened.pseudonym("U1")}
     again = ContactStore(url)  # once: a second opening rewrites nothing
     assert set(again.all_contacts()["customer_id"]) == {reopened.pseudonym("U1")}
-    assert len(again.history_for(rows.tail(1), lookback_days=30)) == 2
+    assert len(again.customers_history(rows.tail(1))) == 2
 
 
 def test_another_pseudonym_key_is_refused(tmp_path: Path) -> None:

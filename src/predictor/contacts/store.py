@@ -16,7 +16,7 @@ import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -318,25 +318,6 @@ class ContactStore:
                 row.contact_id: Stored(json.loads(row.response) if row.response else None, row.content_hash)
                 for row in db.execute(query)
             }
-
-    def history_for(self, contacts: pd.DataFrame, lookback_days: float) -> pd.DataFrame:
-        """Everything the features of ``contacts`` may use: their customers' contacts, their agents' recent
-        contacts, and the recent contacts of the customers those agents served (their repeat labels).
-
-        The scorer reads less (``customers_history`` and the kept ``agent_windows``); this is the whole of it,
-        for callers that derive the agents' labels themselves."""
-        if contacts.empty:
-            return _empty_frame()
-        since = contacts["closed_at"].min().to_pydatetime() - timedelta(days=lookback_days)
-        c = contacts_table.c
-        recent = c.closed_at >= since
-        agents_customers = select(c.customer_id).where(c.agent_id.in_(contacts["agent_id"].unique().tolist()), recent)
-        raw_of = {self.pseudonym(customer): customer for customer in contacts["customer_id"].unique().tolist()}
-        # The customer's own contacts for all time (their contact count and tenure have no look-back);
-        # the agents' other customers only as far as the agent's rate looks back.
-        return self._history_rows(
-            (c.customer_id.in_(set(raw_of))) | (recent & c.customer_id.in_(agents_customers)), raw_of
-        )
 
     def customers_history(self, contacts: pd.DataFrame) -> pd.DataFrame:
         """The contacts of the customers of ``contacts``, all time, under the ids the caller knows them by."""

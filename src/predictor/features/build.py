@@ -30,12 +30,6 @@ CUSTOMER_PRIOR_STRENGTH = 3.0
 LOOKBACK_DAYS = max(HISTORY_WINDOWS_DAYS)
 
 
-def history_days(labels: LabelConfig) -> float:
-    """How far back a scorer's store must reach for ``build`` to see all it reads: the longest look-back,
-    plus the repeat window that the oldest of those contacts' labels needed (and a day of slack)."""
-    return LOOKBACK_DAYS + labels.repeat_window_days + 1
-
-
 AGENT_COLUMNS: tuple[str, ...] = ("agent_repeat_rate", "agent_closed_windows")
 # What an agent's rate reads of each closed window (``agent_windows`` rows carry more: whose, which contact).
 WINDOW_COLUMNS: tuple[str, ...] = ("agent_id", "window_end_us", "repeat")
