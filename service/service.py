@@ -56,6 +56,9 @@ def _limits() -> BodyLimits:
 @bentoml.service(name="repeat-contact-predictor", traffic={"timeout": 120})
 class Predictor:
     def __init__(self) -> None:
+        from predictor.model.lean import lightgbm_alone
+
+        lightgbm_alone()  # this process only scores: the model's lean copy needs no scikit-learn (~1.5 s)
         from predictor.serving.scorer import Scorer
 
         logs.setup(plain=True)  # a log file: one plain line per record

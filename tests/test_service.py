@@ -438,9 +438,12 @@ def test_past_its_time_budget_a_request_is_answered_and_nothing_is_stored(served
     assert store.count() == before
 
 
-def test_train_serve_parity(served) -> None:
-    """/score_batch gives the registered pyfunc's probabilities for the same contacts and history."""
+def test_train_serve_parity(served, workdir: Path) -> None:
+    """/score_batch gives the registered pyfunc's probabilities for the same contacts and history (the service
+    scores with the model's lean copy, the pyfunc with the full bundle)."""
     import mlflow
+
+    assert "its lean copy (serving.pkl; no scikit-learn)" in (workdir / "bentoml.log").read_text()
 
     to_score = served["to_score"].iloc[10:40]
     response = served["client"].post("/score_batch", json={"contacts": [as_json(r) for _, r in to_score.iterrows()]})

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from predictor.contacts.labels import derive
-from predictor.registry.tracking import CHAMPION, connect, log_and_register, promote, pyfunc_input
+from predictor.registry.tracking import CHAMPION, connect, local_bundle, log_and_register, promote, pyfunc_input
 from predictor.training.train import fit, load_hyperparams, time_split
 
 
@@ -113,10 +113,44 @@ print(json.dumps(dict(zip(out.contact_id, out.repeat_probability))))
     for contact_id, p in fresh.items():
         assert p == pytest.approx(expected[contact_id], abs=1e-6)
 
+    # A service worker, in a fresh process: LightGBM without scikit-learn, the champion's lean copy, the same
+    # probabilities; and a version without a lean copy (registered before there was one) still loads, whole.
+    from predictor.model.lean import SERVING_FILE
+
+    without = local_bundle(settings.registry, second.version)[0].with_name(SERVING_FILE)
+    assert without.exists()
+    without.unlink()
+    worker = f"""
+import json, sys, pandas as pd
+from predictor.model import lean
+lean.lightgbm_alone()
+from predictor.config import get_settings
+from predictor.registry.tracking import load_version
+settings = get_settings()
+model, version, _ = load_version(settings, serving=True)
+rows, history = pd.read_pickle({str(workdir / "lean_rows.pkl")!r})
+out = model.predict(rows, history)
+alone = "sklearn" not in sys.modules
+whole, _, _ = load_version(settings, {second.version!r}, serving=True)
+kinds = {{"lean": type(model.repeat.booster).__name__, "whole": type(whole.repeat.booster).__name__}}
+p = dict(zip(out.contact_id, out.repeat_probability))
+print(json.dumps({{"alone": alone, **kinds, "p": p, "rows": len(whole.predict(rows, history))}}))
+"""
+    pd.to_pickle((test, contacts), workdir / "lean_rows.pkl")
+    registry = {"TRACKING_URI": settings.registry.tracking_uri, "MODEL_NAME": name,
+                "ARTIFACT_ROOT": str(settings.registry.artifact_root)}  # fmt: skip
+    env_worker = {**env, **{f"PREDICTOR_REGISTRY__{k}": v for k, v in registry.items()}}
+    done = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, env=env_worker, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["alone"] and seen["lean"] == "LeanBooster" and seen["whole"] == "LGBMClassifier"
+    assert seen["rows"] == len(test)
+    full = result.model.predict(test, contacts).set_index("contact_id")["repeat_probability"]
+    for contact_id, p in seen["p"].items():
+        assert p == pytest.approx(full[contact_id], abs=1e-12)
+
     # The scorer reads the registry file without MLflow: the same versions and files as MLflow's answer.
     import mlflow
-
-    from predictor.registry.tracking import local_bundle
 
     for version in (None, second.version):
         bundle, found = local_bundle(settings.registry, version)

@@ -163,6 +163,12 @@ def log_and_register(
 
         bundle = tables / "model.joblib"
         joblib.dump(result.model, bundle)
+        from predictor.model import lean
+
+        serving = tables / lean.SERVING_FILE  # the same model without scikit-learn, for the service
+        has_serving = lean.save(result.model, serving)
+        if not has_serving:
+            log.info("no lean copy of this model for the service: it loads the full bundle (with scikit-learn)")
         example = input_example(contacts)
         signature = ModelSignature(
             inputs=Schema(
@@ -179,6 +185,8 @@ def log_and_register(
             ),
         )
         artifacts = {"bundle": str(bundle)}
+        if has_serving:
+            artifacts["serving"] = str(serving)
         if plan is not None:
             artifacts["plan"] = str(plan)
         # MLflow prints its registration steps to stderr itself ("Registered model ... already exists"): kept
@@ -254,8 +262,16 @@ def load_bundle(settings: Settings, version: str | None = None) -> tuple[RepeatC
     return model, version
 
 
-def load_version(settings: Settings, version: str | None = None) -> tuple[RepeatContactModel, str, Path | None]:
-    """A registered version (the champion by default): its model, its number, and its follow-up plan."""
+def load_version(
+    settings: Settings, version: str | None = None, serving: bool = False
+) -> tuple[RepeatContactModel, str, Path | None]:
+    """A registered version (the champion by default): its model, its number, and its follow-up plan.
+
+    ``serving``: the model as the service scores with it, its lean copy (``model.lean``) where the version has
+    one: the same answers, without importing scikit-learn. Anything that fits, evaluates or compares models
+    needs the full one."""
+    from predictor.model import lean
+
     config = settings.registry
     found = local_bundle(config, version)
     if found is None:
@@ -263,7 +279,13 @@ def load_version(settings: Settings, version: str | None = None) -> tuple[Repeat
     else:
         bundle, version = found
         log.info("model version %s read from the registry file %s", version, config.tracking_uri)
-    model: RepeatContactModel = joblib.load(bundle)
+    lean_file = bundle.with_name(lean.SERVING_FILE)
+    if serving and lean_file.exists():
+        model: RepeatContactModel = lean.load(lean_file)
+        log.info("model version %s: its lean copy (%s; no scikit-learn)", version, lean.SERVING_FILE)
+    else:
+        lean.lightgbm_whole()  # a service worker imported LightGBM without scikit-learn, for a lean copy
+        model = joblib.load(bundle)
     model.embedder(cache_dir=str(settings.embedding.cache_dir))
     return model, str(version), version_plan(bundle)
 

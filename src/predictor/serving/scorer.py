@@ -106,7 +106,7 @@ class Scorer:
     def from_settings(cls, settings: Settings) -> Scorer:
         from predictor.registry.tracking import load_version
 
-        model, version, mined = load_version(settings, settings.service.model_version)
+        model, version, mined = load_version(settings, settings.service.model_version, serving=True)
         store = ContactStore.for_service(settings.service)
         plan = follow_up_plan(settings.service, mined)
         source = mined or settings.service.plan_path
