@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
 import pandas as pd
 
@@ -161,6 +160,8 @@ def log_and_register(
         mlflow.log_artifact(str(tables / "repeat_metrics.csv"), artifact_path="tables")
         mlflow.log_artifact(str(tables / "split.json"), artifact_path="tables")
 
+        import joblib
+
         bundle = tables / "model.joblib"
         joblib.dump(result.model, bundle)
         from predictor.model import lean
@@ -284,6 +285,8 @@ def load_version(
         model: RepeatContactModel = lean.load(lean_file)
         log.info("model version %s: its lean copy (%s; no scikit-learn)", version, lean.SERVING_FILE)
     else:
+        import joblib  # not at the top: a service worker reading a lean copy needs none of it
+
         lean.lightgbm_whole()  # a service worker imported LightGBM without scikit-learn, for a lean copy
         model = joblib.load(bundle)
     model.embedder(cache_dir=str(settings.embedding.cache_dir))
