@@ -10,6 +10,8 @@ The logic lives in `predictor.serving.scorer`; this file only wires it to HTTP.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from http import HTTPStatus
 
 import bentoml
@@ -56,6 +58,7 @@ def _limits() -> BodyLimits:
 @bentoml.service(name="repeat-contact-predictor", traffic={"timeout": 120})
 class Predictor:
     def __init__(self) -> None:
+        started = time.perf_counter()
         from predictor.model.lean import lightgbm_alone
 
         lightgbm_alone()  # this process only scores: the model's lean copy needs no scikit-learn (~1.5 s)
@@ -63,9 +66,13 @@ class Predictor:
 
         logs.setup(plain=True)  # a log file: one plain line per record
         self.settings = get_settings()
+        log = logging.getLogger(__name__)
         if notice := auth_notice(self.settings.api_token):
-            logging.getLogger(__name__).warning(notice)
+            log.warning(notice)
         self.scorer = Scorer.from_settings(self.settings)
+        sklearn = "scikit-learn loaded: a model without a lean copy" if "sklearn" in sys.modules else "no scikit-learn"
+        log.info("worker ready in %.1f s (model version %s; %s)", time.perf_counter() - started,
+                 self.scorer.model_version, sklearn)  # fmt: skip
 
     def __is_ready__(self) -> bool:
         return self.scorer is not None

@@ -443,7 +443,9 @@ def test_train_serve_parity(served, workdir: Path) -> None:
     scores with the model's lean copy, the pyfunc with the full bundle)."""
     import mlflow
 
-    assert "its lean copy (serving.pkl; no scikit-learn)" in (workdir / "bentoml.log").read_text()
+    log = (workdir / "bentoml.log").read_text()
+    assert "its lean copy (serving.pkl; no scikit-learn)" in log
+    assert "; no scikit-learn)" in log.split("worker ready in")[1].splitlines()[0]
 
     to_score = served["to_score"].iloc[10:40]
     response = served["client"].post("/score_batch", json={"contacts": [as_json(r) for _, r in to_score.iterrows()]})
