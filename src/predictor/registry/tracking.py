@@ -167,7 +167,11 @@ def log_and_register(
         from predictor.model import lean
 
         serving = tables / lean.SERVING_FILE  # the same model without scikit-learn, for the service
-        has_serving = lean.save(result.model, serving)
+        try:
+            has_serving = lean.save(result.model, serving)
+        except Exception as exc:  # a copy that cannot be made must not stop the registration: the bundle serves
+            log.warning("could not write the lean copy of the model (%s): the service loads the full bundle", exc)
+            has_serving = False
         if not has_serving:
             log.info("no lean copy of this model for the service: it loads the full bundle (with scikit-learn)")
         example = input_example(contacts)
