@@ -124,3 +124,26 @@ def _parts(model) -> list:
         getattr(model.next_issue, "model", None), model.hours_median, model.hours_p90,
         *([heads.vectorizer_] if heads is not None and hasattr(heads, "vectorizer_") else []),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["full", "lean"])
+def test_the_scorers_matrix_is_the_model_input(trained, form: str) -> None:
+    """``model_matrix`` (the scorer's path: no typed frame in between) gives ``as_matrix(model_input)`` and its
+    columns exactly, also for values the model never saw, missing scores and contacts without a transcript."""
+    from predictor.model.fitted import as_matrix
+
+    result, contacts = trained
+    model = result.model if form == "full" else lean.lean(result.model)
+    rows = contacts.tail(120).reset_index(drop=True)
+    rows.loc[:9, "queue"] = "a queue never seen"
+    rows.loc[10:19, "csat"] = np.nan
+    rows.loc[20:29, "transcript"] = ""
+    rows.loc[30:39, "channel"] = "social"
+    for k in (1, 3, 120):  # the scorer's one row, a few, many
+        features = model.features(rows.head(k), contacts)
+        expected = model.model_input(features)
+        matrix, columns = model.model_matrix(features)
+        assert columns == list(expected.columns)
+        np.testing.assert_array_equal(matrix, as_matrix(expected))
+        assert model.reasons_from(matrix, columns) == model.reasons(expected)
+    assert np.isnan(matrix[:10, columns.index("queue")]).all()

@@ -49,6 +49,9 @@ class FeatureSet:
     # which the model's word-level reader needs; empty without an embedder.
     views: dict[str, list[str]] = field(default_factory=dict)
     transcripts: list[str] = field(default_factory=list)
+    # The views' vectors as embedded, row for row with ``frame`` (whose columns hold the same numbers): the
+    # text heads read these, not 256 frame columns per view back out of a frame.
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -99,6 +102,7 @@ def build(
         text_columns=[c for columns in text.columns.values() for c in columns],
         views=text.columns,
         transcripts=text.redacted,
+        vectors=text.vectors,
     )
 
 

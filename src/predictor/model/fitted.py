@@ -6,6 +6,7 @@ One object serves the MLflow pyfunc, the scoring service and the reports, and al
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -148,6 +149,28 @@ class RepeatContactModel:
             X = pd.concat([X, scores], axis=1)
         return X
 
+    def model_matrix(self, feature_set: FeatureSet) -> tuple[np.ndarray, list[str]]:
+        """``as_matrix(model_input(feature_set))`` and its column names, built column by column without the
+        typed frame in between: what a scorer needs of a few rows (the frame cost ~5 ms a contact to build)."""
+        frame = feature_set.frame
+        columns = []
+        for name in self.feature_columns:
+            values = frame[name]
+            if name in self.categories:
+                # As ``as_model_input``: the value as text, its place among the training levels (unseen: missing).
+                codes = _level_codes(tuple(self.categories[name]))
+                found = [codes.get(v, np.nan) for v in values.astype(str).to_numpy(dtype=object)]
+                columns.append(np.asarray(found, dtype=np.float64))
+            else:
+                columns.append(values.to_numpy(dtype=np.float64, na_value=np.nan))
+        names = list(self.feature_columns)
+        if self.text_heads is not None:
+            scores = self.text_heads.scores(TextInputs.from_features(feature_set))
+            columns.extend(scores.T)
+            names += self.text_heads.columns
+        matrix = np.column_stack(columns) if columns else np.zeros((len(frame), 0))
+        return matrix, names
+
     def predict(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
         """Score validated contacts at close; ``history`` is what was known (may include them)."""
         X = self.model_input(self.features(contacts, history))
@@ -176,11 +199,13 @@ class RepeatContactModel:
         out["hours_to_repeat_p90"] = np.maximum(np.clip(p90, 0.0, None), out["hours_to_repeat_median"])
         return pd.DataFrame({name: out[name] for name in OUTPUT_COLUMNS})
 
-    def reasons(self, X: pd.DataFrame, top: int = 3, matrix: np.ndarray | None = None) -> list[list[dict[str, Any]]]:
-        """The features that pushed each score up or down most (SHAP values of the booster), in words.
-        ``matrix``: ``as_matrix(X)`` if the caller has it already (a scorer converts once, for both)."""
-        contrib = booster_predict(self.repeat_booster, as_matrix(X) if matrix is None else matrix, pred_contrib=True)
-        columns = list(X.columns)
+    def reasons(self, X: pd.DataFrame, top: int = 3) -> list[list[dict[str, Any]]]:
+        """The features that pushed each score up or down most (SHAP values of the booster), in words."""
+        return self.reasons_from(as_matrix(X), list(X.columns), top)
+
+    def reasons_from(self, matrix: np.ndarray, columns: list[str], top: int = 3) -> list[list[dict[str, Any]]]:
+        """``reasons`` of the boosters' input as a matrix and its column names (``model_matrix``)."""
+        contrib = booster_predict(self.repeat_booster, matrix, pred_contrib=True)
         text = [i for i, c in enumerate(columns) if c.startswith(TEXT_HEAD_PREFIX)]
         named = [i for i, c in enumerate(columns) if not c.startswith(TEXT_HEAD_PREFIX)]
         result = []
@@ -214,8 +239,12 @@ class TextInputs:
     @classmethod
     def from_features(cls, feature_set: FeatureSet) -> TextInputs:
         frame = feature_set.frame
+        kept = feature_set.vectors
         return cls(
-            embeddings={view: frame[columns].to_numpy() for view, columns in feature_set.views.items()},
+            embeddings={
+                view: kept[view] if view in kept else frame[columns].to_numpy()
+                for view, columns in feature_set.views.items()
+            },
             texts=feature_set.transcripts,
             has_text=frame["has_transcript"].to_numpy() > 0,
         )
@@ -335,12 +364,16 @@ class TextHeads:
         return pd.DataFrame(oof, columns=self.columns, index=index)
 
     def transform(self, inputs: TextInputs, index: pd.Index) -> pd.DataFrame:
+        return pd.DataFrame(self.scores(inputs), columns=self.columns, index=index)
+
+    def scores(self, inputs: TextInputs) -> np.ndarray:
+        """Every head's score of every row (``columns``' order); missing for a row without a transcript."""
         scores = np.full((len(inputs.has_text), len(self.columns)), np.nan)
         keep = inputs.has_text  # no transcript: missing, not "a transcript that says nothing"
         if keep.any():
             matrices = self.matrices(inputs.rows(np.flatnonzero(keep)))
             scores[keep] = np.column_stack([self._scores(view, matrices[view]) for view in self.models_])
-        return pd.DataFrame(scores, columns=self.columns, index=index)
+        return scores
 
     def _scores(self, view: str, matrix: Any) -> np.ndarray:
         """Every head of a view at once: the logistic regressions' probability of class 1, as their
@@ -396,6 +429,12 @@ def logistic(C: float, sparse: bool) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, max_iter=3000, solver="lbfgs" if sparse else "newton-cholesky")
+
+
+@functools.lru_cache(maxsize=64)
+def _level_codes(levels: tuple[str, ...]) -> dict[str, float]:
+    # Built once per set of training levels: a scorer converts a few rows at a time.
+    return {level: float(code) for code, level in enumerate(levels)}
 
 
 def as_matrix(X: pd.DataFrame | np.ndarray) -> np.ndarray:

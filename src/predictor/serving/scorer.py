@@ -24,7 +24,7 @@ from predictor.contacts.language import language_of, written
 from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord, content_hash, typed_contacts
 from predictor.features.build import TextViews
 from predictor.loop.assignment import HELD_OUT, arm
-from predictor.model.fitted import TOP_K, RepeatContactModel, as_matrix
+from predictor.model.fitted import TOP_K, RepeatContactModel
 from predictor.reports.plan import FollowUp, FollowUpPlan, follow_up_plan
 from predictor.serving.api import (
     BatchItem,
@@ -298,10 +298,9 @@ class Scorer:
         frame = frame.reset_index(drop=True)
         history, windows = scoring_history(self.store, frame, self.model.label_config)
         feature_set = self.model.features(frame, history, text=text, other_windows=windows)
-        X = self.model.model_input(feature_set)
-        matrix = as_matrix(X)  # once, for the predictions and their reasons
+        matrix, columns = self.model.model_matrix(feature_set)  # once, for the predictions and their reasons
         predictions = self.model.predict_from_input(matrix, frame["contact_id"].to_numpy())
-        reasons = self.model.reasons(X, matrix=matrix)
+        reasons = self.model.reasons_from(matrix, columns)
         service = self.settings.service
         answers = {}
         recommended: dict[str, FollowUp] = {}
