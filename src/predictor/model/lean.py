@@ -177,8 +177,7 @@ def lean(model: RepeatContactModel) -> RepeatContactModel | None:
 
 
 def _lean_heads(heads: TextHeads) -> TextHeads | None:
-    out = copy.copy(heads)
-    out.__dict__ = {k: v for k, v in heads.__dict__.items() if k != "_stacked"}
+    out = copy.copy(heads)  # its own attributes: the ones replaced below are not the full model's
     vectorizer = getattr(heads, "vectorizer_", None)
     if vectorizer is not None:
         if not LeanTfidf.can_stand_in_for(vectorizer):
