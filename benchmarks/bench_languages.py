@@ -172,7 +172,8 @@ def across_analysis(result: object, logs: dict, no_text_auc: float) -> dict:
     y = test["is_repeat"].to_numpy().astype(int)
     views = {lang: text_views(logs[lang]["transcript"].tolist(), embedder) for lang in ("en", "ru", "sr")}
     has = logs["en"]["transcript"].str.strip().str.len().to_numpy() > 0
-    fit_on = has & ~logs["en"]["contact_id"].isin(test["contact_id"]).to_numpy()
+    in_test = logs["en"]["contact_id"].isin(test["contact_id"]).to_numpy()
+    fit_on = has & ~in_test
 
     def inputs(language: str, text: TextViews) -> pd.DataFrame:
         frame = logs[language]
@@ -193,7 +194,6 @@ def across_analysis(result: object, logs: dict, no_text_auc: float) -> dict:
     # strongest fix that needs no parallel text, and one that assumes the same outcome mix) shows it.
     heads = list(model.text_heads.columns) if model.text_heads is not None else []
     english_input = inputs("en", views["en"])
-    in_test = logs["en"]["contact_id"].isin(test["contact_id"]).to_numpy()
     y_rows = test.set_index("contact_id").loc[logs["en"]["contact_id"][in_test], "is_repeat"].to_numpy().astype(int)
     for language in ("en", "ru", "sr"):
         X = english_input if language == "en" else inputs(language, views[language])

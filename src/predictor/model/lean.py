@@ -183,11 +183,8 @@ def _lean_heads(heads: TextHeads) -> TextHeads | None:
         if not LeanTfidf.can_stand_in_for(vectorizer):
             return None
         out.vectorizer_ = LeanTfidf(vectorizer)
-    # The weights as the heads score with them (``TextHeads._scores``); the regressions themselves go.
-    out._stacked = {
-        view: (np.column_stack([m.coef_[0] for m in models]), np.array([m.intercept_[0] for m in models]))
-        for view, models in heads.models_.items()
-    }
+    # The weights the heads score with; the regressions themselves go.
+    out._stacked = dict(heads.weights())
     out.models_ = dict.fromkeys(heads.models_, ())
     return out
 
