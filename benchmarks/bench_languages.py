@@ -11,7 +11,9 @@ run, is the English log with the default backend (model2vec, distilled from the 
    the embedding views alone, English-only backend vs multilingual;
 3. across languages: a model trained on the English log (multilingual backend, words head off: English words
    say nothing about a Russian transcript) scores the Russian and Serbian logs, judged on the same
-   test-slice contacts as its English AUC;
+   test-slice contacts as its English AUC, and why it does not carry over: how near each transcript lands to
+   its English original, the text heads per language, and the ceiling of any English-trained reading of the
+   vectors (linear probes fitted on the simulator's own outcome of each conversation, which no centre has);
 4. throughput of each backend on the Russian log's transcripts (model loaded, no cache).
 
 Results go to bench-results/languages.{json,md}.
@@ -58,7 +60,10 @@ def main() -> None:
     logs = {}
     for language in ("en", *LANGUAGES):
         config = SimulatorConfig(n_contacts=args.n, seed=args.seed, language=language)
-        logs[language] = validate(simulate(config).contacts).contacts
+        simulated = simulate(config)
+        logs[language] = validate(simulated.contacts).contacts
+        if language == "en":  # the same contacts and outcomes in every language: one truth serves all
+            truth = simulated.truth.set_index("contact_id")
     no_words = copy.deepcopy(load_hyperparams())
     no_words["text_heads"].pop("words", None)
     rows: list[dict] = []
@@ -104,7 +109,8 @@ def main() -> None:
             scored = result.model.predict(logs[language], logs[language]).set_index("contact_id")
             across[language] = round(float(roc_auc_score(y, scored.loc[test["contact_id"], "repeat_probability"])), 4)
         print({"across_languages": across}, flush=True)
-        why = across_analysis(result, logs, train("en", args.backend, words=False, text=False)[0]["roc_auc"])
+        no_text = train("en", args.backend, words=False, text=False)[0]["roc_auc"]
+        why = across_analysis(result, logs, no_text, truth)
         print(why, flush=True)
         if args.across_only:
             lines = [f"Trained on the English log ({args.n:,} contacts, seed {args.seed}) with {args.backend} (words "
@@ -156,7 +162,7 @@ def main() -> None:
     )  # fmt: skip
 
 
-def across_analysis(result: object, logs: dict, no_text_auc: float) -> dict:
+def across_analysis(result: object, logs: dict, no_text_auc: float, truth: pd.DataFrame) -> dict:
     """Why the English model carries over as far as it does, on these parallel logs (the same contacts in each
     language): how near each contact's transcript lands to its English original, and what the model scores
     when the other language's vectors are (a) centred on the English mean (each language's mean taken from its
@@ -226,6 +232,93 @@ def across_analysis(result: object, logs: dict, no_text_auc: float) -> dict:
         redacted = views[language].redacted
         out[f"{language}_centred_auc"] = auc(language, TextViews(centred, redacted))
         out[f"{language}_parallel_map_auc"] = auc(language, TextViews(mapped, redacted))
+    metadata = {
+        language: (english_input if language == "en" else inputs(language, views[language])).drop(columns=heads)
+        for language in ("en", "ru", "sr")
+    }
+    out.update(reading_ceiling(result, logs, truth, views, metadata))
+    return out
+
+
+# What the simulator writes each conversation from, beside its issue: how it ended. The text says nothing else
+# about a repeat that the metadata does not (the phrasing is drawn at random within an outcome).
+OUTCOMES = ("clear", "resolved", "confused", "mentioned_adjacent")
+PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
+CEILING_BOOSTER = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 50,
+                   "feature_fraction": 0.8, "verbose": -1, "seed": 1}  # fmt: skip
+
+
+def reading_ceiling(result: object, logs: dict, truth: pd.DataFrame, views: dict, metadata: dict) -> dict:
+    """The best any English-trained reading of the vectors can carry to another language, by privileged
+    supervision: linear probes fitted on the English vectors to the simulator's own outcome of each conversation
+    (``OUTCOMES``; no centre has them, and the product's heads learn from the repeat label alone, a noisier
+    target of the same outcomes), then a repeat model (LightGBM) over the metadata and the probes' scores,
+    fitted on English and scoring the same contacts in Russian and Serbian. Beside it: the true outcomes in
+    place of the probes (a perfect reading: the same in every language, the ceiling of what text can add here)
+    and the probes fitted in each language (is the information in that language's vectors at all)."""
+    import lightgbm as lgb
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from predictor.contacts.labels import derive
+
+    english = logs["en"]
+    test = result.test_predictions
+    in_test = english["contact_id"].isin(test["contact_id"]).to_numpy()
+    labelled = derive(english, result.model.label_config)
+    known = (labelled["window_complete"].astype(bool) & ~labelled["censored"].astype(bool)).to_numpy()
+    y = labelled["is_repeat"].astype("Float64").fillna(0).to_numpy().astype(int)
+    fit_rows = known & ~in_test  # the slices before the test slice: time-based, as the product splits
+    test_rows = known & in_test
+    has = english["transcript"].str.strip().str.len().to_numpy() > 0
+    outcomes = truth.loc[english["contact_id"], list(OUTCOMES)].astype(int).reset_index(drop=True)
+    vectors = {lang: np.hstack([v.vectors[k] for k in sorted(v.vectors)]) for lang, v in views.items()}
+    out: dict = {"outcomes": list(OUTCOMES)}
+    probes = {lang: pd.DataFrame(index=english.index) for lang in views}
+    for outcome in OUTCOMES:
+        target = outcomes[outcome].to_numpy()
+        rows, scored = fit_rows & has, test_rows & has
+        for c in PROBE_C:  # the transfer at every strength (a more general probe is not a better one across)
+            probe = LogisticRegression(C=c, max_iter=3000).fit(vectors["en"][rows], target[rows])
+            for lang in views:
+                score = roc_auc_score(target[scored], probe.decision_function(vectors[lang][scored]))
+                out[f"probe_{outcome}_{lang}_C{c:g}"] = round(float(score), 4)
+            if c == 1.0:
+                # The English rows' scores out of fold, as the repeat model will meet scores of unseen rows.
+                own = cross_val_predict(probe, vectors["en"][rows], target[rows], cv=5, method="decision_function")
+                for lang in views:
+                    values = np.full(len(english), np.nan)
+                    values[has] = probe.decision_function(vectors[lang][has])
+                    if lang == "en":
+                        values[rows] = own
+                    probes[lang][outcome] = values
+        for lang in ("ru", "sr"):
+            probe = LogisticRegression(C=1.0, max_iter=3000).fit(vectors[lang][rows], target[rows])
+            score = roc_auc_score(target[scored], probe.decision_function(vectors[lang][scored]))
+            out[f"probe_{outcome}_{lang}_own"] = round(float(score), 4)
+
+    def repeat_auc(name: str, extra: dict) -> None:
+        frames = {lang: pd.concat([metadata[lang].reset_index(drop=True), extra[lang].reset_index(drop=True)], axis=1)
+                  for lang in views}  # fmt: skip
+        booster = lgb.train(CEILING_BOOSTER, lgb.Dataset(frames["en"][fit_rows], y[fit_rows]), num_boost_round=400)
+        for lang in views:
+            out[f"ceiling_{name}_{lang}"] = round(
+                float(roc_auc_score(y[test_rows], booster.predict(frames[lang][test_rows]))), 4
+            )
+
+    matched = {"en": probes["en"]}
+    for lang in ("ru", "sr"):
+        matched[lang] = probes[lang].copy()
+        for outcome in OUTCOMES:
+            ranks = pd.Series(probes[lang][outcome].to_numpy()[has]).rank(pct=True).to_numpy()
+            matched[lang].loc[has, outcome] = np.quantile(probes["en"][outcome].to_numpy()[has], ranks)
+    repeat_auc("metadata", {lang: pd.DataFrame(index=english.index) for lang in views})
+    repeat_auc("true_outcomes", dict.fromkeys(views, outcomes.astype(float)))
+    repeat_auc("probes", probes)
+    repeat_auc("probes_matched", matched)
+    out["bayes_test_auc"] = round(
+        float(roc_auc_score(y[test_rows], truth.loc[english["contact_id"][test_rows], "true_repeat_probability"])), 4
+    )
     return out
 
 
@@ -244,6 +337,39 @@ def analysis_lines(why: dict) -> list[str]:
         )
         + f". Heads' scores quantile-matched onto English: ru {why['ru_quantile_matched_auc']:.4f}, "
         f"sr {why['sr_quantile_matched_auc']:.4f}.",
+        *ceiling_lines(why),
+    ]
+
+
+def ceiling_lines(why: dict) -> list[str]:
+    def spread(outcome: str, lang: str) -> str:
+        values = [why[f"probe_{outcome}_{lang}_C{c:g}"] for c in PROBE_C]
+        return f"{min(values):.3f}-{max(values):.3f}"
+
+    triple = "en {:.4f}, ru {:.4f}, sr {:.4f}"
+    return [
+        "",
+        "The ceiling of an English-trained reading (privileged: probes fitted on the simulator's own outcome of each "
+        "conversation, which no centre has; the product's heads learn the same outcomes from the repeat label alone):",
+        "",
+        "| outcome | read in English | in Russian | in Serbian | fitted in Russian | fitted in Serbian |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {o} | {spread(o, 'en')} | {spread(o, 'ru')} | {spread(o, 'sr')} | {why[f'probe_{o}_ru_own']:.3f} | "
+            f"{why[f'probe_{o}_sr_own']:.3f} |"
+            for o in why["outcomes"]
+        ],
+        "",
+        f"(AUC of each probe on its outcome, test slice; a range over C {', '.join(f'{c:g}' for c in PROBE_C)}.) "
+        "A repeat model (LightGBM) fitted on English over the metadata and:",
+        "- nothing else: " + triple.format(*(why[f"ceiling_metadata_{k}"] for k in ("en", "ru", "sr"))),
+        "- the true outcomes (a perfect reading, the same in every language): "
+        + triple.format(*(why[f"ceiling_true_outcomes_{k}"] for k in ("en", "ru", "sr"))),
+        "- the English-trained probes' scores: "
+        + triple.format(*(why[f"ceiling_probes_{k}"] for k in ("en", "ru", "sr"))),
+        "- those scores quantile-matched onto English: "
+        + triple.format(*(why[f"ceiling_probes_matched_{k}"] for k in ("en", "ru", "sr"))),
+        f"(The true repeat probability itself ranks the test slice at {why['bayes_test_auc']:.4f}.)",
     ]
 
 
