@@ -340,10 +340,9 @@ class ContactStore:
         # an Arrow string column costs ~10x a tuple's.
         values["customer_id"] = [raw_of.get(p, p) for p in values.get("customer_id", ())]
         n = len(rows)
-        frame = pd.DataFrame(
+        return typed_columns(
             {name: values.get(name, [_UNREAD.get(name, float("nan"))] * n) for name in CONTACT_COLUMNS}
         )
-        return typed_contacts(frame)
 
     # -- agents' closed windows (``agent_windows_table``) ------------------------------------------------------
     def unwindowed_customers(
@@ -686,22 +685,36 @@ def _empty_frame() -> pd.DataFrame:
 
 
 def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Contact rows typed as the schema types them; naive datetimes are UTC (SQLite hands them back so).
-
-    Columns converted one by one and framed once: a scorer types a few rows several times per contact, where
-    copying the frame and setting each column back cost more than the conversions (4.3 -> 1.6 ms)."""
+    """Contact rows typed as the schema types them; naive datetimes are UTC (SQLite hands them back so)."""
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CONTACT_COLUMNS})
+    return typed_columns({c: frame[c].array for c in frame.columns}, frame.index)
+
+
+def _array(values: Any) -> Any:
+    """A column's values as an array (a frame's own array as it is; a list or tuple as objects)."""
+    return values if hasattr(values, "dtype") else np.asarray(values, dtype=object)
+
+
+def typed_columns(columns: dict[str, Any], index: pd.Index | None = None) -> pd.DataFrame:
+    """``typed_contacts`` of columns as sequences (a driver's rows, a request's fields), framed once.
+
+    A scorer types a few rows several times per contact: a frame built first only to be typed, columns read
+    back out of it, then set one by one cost more than the conversions themselves (4.3 -> 1.6 -> 0.9 ms)."""
     typed: dict[str, Any] = {}
     for column in contract.names(contract.TIME):
         # utc=True: a batch may mix offsets (one zone across a DST change); naive values are UTC already.
         # ISO-8601 (SQLite's text, or datetimes): no per-call guessing of the format, mixed forms parse too.
-        times = pd.to_datetime(frame[column].array, utc=True, format="ISO8601")
-        typed[column] = times.as_unit("ns")
+        if column in columns:
+            typed[column] = pd.to_datetime(columns[column], utc=True, format="ISO8601").as_unit("ns")
     for column in contract.names(*contract.TEXT_KINDS):
-        typed[column] = frame[column].array.astype(str)
+        if column in columns:
+            values = columns[column]
+            typed[column] = values.astype(str) if hasattr(values, "dtype") else pd.array(values, dtype="str")
     for column in contract.names(*contract.FLOAT_KINDS):
-        typed[column] = pd.to_numeric(frame[column].array).astype(float)
+        if column in columns:
+            typed[column] = pd.to_numeric(_array(columns[column])).astype(float)
     for column in contract.names(contract.COUNT):
-        typed[column] = pd.to_numeric(frame[column].array).astype("int64")
-    return pd.DataFrame({c: typed.get(c, frame[c].array) for c in frame.columns}, index=frame.index)
+        if column in columns:
+            typed[column] = pd.to_numeric(_array(columns[column])).astype("int64")
+    return pd.DataFrame({c: typed.get(c, columns[c]) for c in columns}, index=index)

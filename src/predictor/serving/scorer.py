@@ -21,7 +21,14 @@ from pydantic import ValidationError
 
 from predictor.config import Settings
 from predictor.contacts.language import language_of, written
-from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord, content_hash, typed_contacts
+from predictor.contacts.store import (
+    ContactStore,
+    Experimented,
+    FollowUpRecord,
+    content_hash,
+    typed_columns,
+    typed_contacts,
+)
 from predictor.features.build import TextViews
 from predictor.loop.assignment import HELD_OUT, arm
 from predictor.model.fitted import TOP_K, RepeatContactModel
@@ -290,7 +297,9 @@ class Scorer:
             row["issue"] = issue
             row["language"] = language_of(row["language"], row["transcript"])[0]
             rows.append(row)
-        return typed_contacts(pd.DataFrame(rows)), warnings
+        if not rows:
+            return typed_contacts(pd.DataFrame()), warnings
+        return typed_columns({name: [row[name] for row in rows] for name in rows[0]}), warnings
 
     def _score_frame(
         self, frame: pd.DataFrame, warnings: dict[str, list[str]], text: TextViews | None
