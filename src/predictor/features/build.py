@@ -155,25 +155,32 @@ def _union(history: pd.DataFrame | None, contacts: pd.DataFrame) -> pd.DataFrame
     if history is None:
         return contacts
     both = pd.concat([history, contacts], ignore_index=True)
+    if both["contact_id"].is_unique:  # a scorer's contacts are new to its store: nothing to drop
+        return both
     return both.drop_duplicates("contact_id", keep="first").reset_index(drop=True)
 
 
 def _metadata(contacts: pd.DataFrame) -> pd.DataFrame:
-    closed = contacts["closed_at"]
-    words = contacts["transcript"].str.split().str.len().fillna(0)
+    """The contact's own fields. Numbers as arrays, words counted by Python's ``str.split`` (what pandas'
+    ``.str.split()`` does on these strings, without its per-call overhead: 3x faster on a log, 20x on the one
+    row a scorer asks for); the close hour and weekday from UTC microseconds."""
+    words = np.fromiter(
+        (len(t.split()) if isinstance(t, str) else 0 for t in contacts["transcript"].tolist()), float, len(contacts)
+    )
+    hours = epoch_us(contacts["closed_at"]) // 3_600_000_000
     return pd.DataFrame(
         {
             "channel": contacts["channel"].astype(str),
             "issue": contacts["issue"].astype(str),
             "queue": contacts["queue"].astype(str),
-            "log_handle_seconds": np.log1p(contacts["handle_seconds"].astype(float)),
-            "log_hold_seconds": np.log1p(contacts["hold_seconds"].astype(float)),
-            "transfers": contacts["transfers"].astype(float),
-            "close_hour": closed.dt.hour.astype(float),
-            "close_weekday": closed.dt.day_of_week.astype(float),
-            "csat": contacts["csat"].astype(float),
+            "log_handle_seconds": np.log1p(contacts["handle_seconds"].to_numpy(dtype=float)),
+            "log_hold_seconds": np.log1p(contacts["hold_seconds"].to_numpy(dtype=float)),
+            "transfers": contacts["transfers"].to_numpy(dtype=float),
+            "close_hour": (hours % 24).astype(float),
+            "close_weekday": ((hours // 24 + 3) % 7).astype(float),  # 1970-01-01 was a Thursday (Monday is 0)
+            "csat": contacts["csat"].to_numpy(dtype=float),
             "has_transcript": (words > 0).astype(float),
-            "transcript_words": words.astype(float),
+            "transcript_words": words,
         },
         index=contacts.index,
     )
@@ -256,16 +263,22 @@ def _history(
         query_code, t, never, customer_prior, CUSTOMER_PRIOR_STRENGTH,
     )  # fmt: skip
 
-    frame = pd.DataFrame(out, index=contacts.index)
     if agent_features is None:
-        windows = _agent_windows(known, labelled)
+        # The windows as arrays (those derived here, then the caller's): a scorer's one row paid more for
+        # framing and concatenating them than for the rates.
+        kept = ~labelled.censored
+        agents = known["agent_id"].to_numpy(dtype=object)[kept]
+        ends = labelled.window_end_ms[kept] * 1000
+        repeats = labelled.repeat[kept].astype(float)
         if other_windows is not None:
-            columns = list(WINDOW_COLUMNS)
-            windows = pd.concat([windows[columns], other_windows[columns]], ignore_index=True)
-        agent_features = _agent_features(contacts, windows)
-    for column in AGENT_COLUMNS:
-        frame[column] = agent_features[column].to_numpy(dtype=float)
-    return frame
+            agents = np.concatenate([agents, other_windows["agent_id"].to_numpy(dtype=object)])
+            ends = np.concatenate([ends, other_windows["window_end_us"].to_numpy(dtype=np.int64)])
+            repeats = np.concatenate([repeats, other_windows["repeat"].to_numpy(dtype=float)])
+        out["agent_repeat_rate"], out["agent_closed_windows"] = _agent_rates(contacts, agents, ends, repeats)
+    else:
+        for column in AGENT_COLUMNS:
+            out[column] = agent_features[column].to_numpy(dtype=float)
+    return pd.DataFrame(out, index=contacts.index)
 
 
 class _Keyed:
@@ -318,15 +331,24 @@ def agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFram
 
 
 def _agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
-    agents, agent_ids = pd.factorize(windows["agent_id"].to_numpy(dtype=object))
+    rate, volume = _agent_rates(
+        contacts, windows["agent_id"].to_numpy(dtype=object), windows["window_end_us"].to_numpy(dtype=np.int64),
+        windows["repeat"].to_numpy(dtype=float),
+    )  # fmt: skip
+    return pd.DataFrame({"agent_repeat_rate": rate, "agent_closed_windows": volume}, index=contacts.index)
+
+
+def _agent_rates(
+    contacts: pd.DataFrame, window_agents: np.ndarray, window_end_us: np.ndarray, repeat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    agents, agent_ids = pd.factorize(window_agents)
     query_code = pd.Index(agent_ids).get_indexer(contacts["agent_id"].to_numpy(dtype=object)).astype(float)
     query_code[query_code < 0] = np.nan  # an agent with no closed window yet
     t = epoch_us(contacts["closed_at"])
-    rate, volume = _shrunk_rate(
-        agents, windows["window_end_us"].to_numpy(dtype=np.int64), windows["repeat"].to_numpy(dtype=float),
-        query_code, t, t - days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE, AGENT_PRIOR_STRENGTH,
+    return _shrunk_rate(
+        agents, window_end_us, repeat, query_code, t, t - days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE,
+        AGENT_PRIOR_STRENGTH,
     )  # fmt: skip
-    return pd.DataFrame({"agent_repeat_rate": rate, "agent_closed_windows": volume}, index=contacts.index)
 
 
 def _shrunk_rate(
@@ -350,6 +372,7 @@ def _shrunk_rate(
     return (cum[upto] - cum[start] + strength * prior) / (volume + strength), volume
 
 
+@functools.lru_cache(maxsize=64)
 def days_us(days: float) -> int:
     """A span of days in whole microseconds (the unit of every time key here)."""
     return int(pd.Timedelta(days=days) / pd.Timedelta(microseconds=1))
