@@ -112,6 +112,23 @@ def test_empty_transcripts_everywhere_work() -> None:
     assert T0 is not None
 
 
+def test_contact_fields_are_what_pandas_reads_of_them() -> None:
+    """The metadata reads arrays (one scored row cost 1.7 ms through pandas' accessors): word counts must stay
+    pandas' ``.str.split().str.len()`` on any whitespace, and the close hour and weekday ``.dt``'s, before
+    1970 and across a day's end too."""
+    texts = ["", "  \n ", "one", "a\x1cb c\u00a0d\u2003e", "tab\tand\r\nlines", "Привет, как дела?"]
+    rows = [contact(f"C{i}", opened_hours=i, transcript=t) for i, t in enumerate(texts)]
+    contacts = validate(frame(*rows)).contacts
+    closes = ["1969-12-31 23:59:59.999999", "1960-02-29 05:30", "2026-03-08 23:59:59", "2026-03-09 00:00"]
+    contacts.loc[: len(closes) - 1, "closed_at"] = pd.to_datetime(closes, utc=True, format="ISO8601").as_unit("ns")
+    f = build(contacts).frame
+    words = contacts["transcript"].str.split().str.len().fillna(0).astype(float)
+    assert f["transcript_words"].tolist() == words.tolist()
+    assert f["has_transcript"].tolist() == (words > 0).astype(float).tolist()
+    assert f["close_hour"].tolist() == contacts["closed_at"].dt.hour.astype(float).tolist()
+    assert f["close_weekday"].tolist() == contacts["closed_at"].dt.day_of_week.astype(float).tolist()
+
+
 def test_closing_turns_keeps_the_last_turns_or_the_last_words() -> None:
     conversation = "Agent: hello\nCustomer: my bill is wrong\n\nAgent: fixed it\nCustomer: that didn't help"
     assert closing_turns(conversation, 2) == "Agent: fixed it\nCustomer: that didn't help"
