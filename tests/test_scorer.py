@@ -23,7 +23,9 @@ def scorer(trained, settings, tmp_path: Path) -> Scorer:
     service = settings.service.model_copy(update={"batch_chunk": 2, "store_url": f"sqlite:///{tmp_path / 's.db'}"})
     configured = settings.model_copy(update={"service": service})
     store = ContactStore(service.store_url)
-    return Scorer(result.model, "1", store, follow_up_plan(service), configured)
+    scorer = Scorer(result.model, "1", store, follow_up_plan(service), configured)
+    scorer.warm_up()  # as the service's worker does before it takes requests
+    return scorer
 
 
 def as_items(contacts: list[ContactIn]) -> list[dict]:
