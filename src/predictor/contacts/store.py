@@ -482,15 +482,10 @@ class ContactStore:
         raw_of = {self.pseudonym(c): c for c in set(customer_ids)}
         if not raw_of:
             return {}
-        c = contacts_table.c
-        query = (
-            select(c.customer_id, c.contact_id, c.closed_at, c.arm)
-            .where(c.customer_id.in_(list(raw_of)), c.arm.is_not(None), c.closed_at >= since, c.closed_at <= until)
-            .order_by(c.closed_at)
-        )
+        bound = {"customers": list(raw_of), "since": since, "until": until}
         out: dict[str, list] = {}
         with self.engine.connect() as db:
-            for row in db.execute(query):
+            for row in db.execute(_queries().experiment, bound):
                 out.setdefault(raw_of[row.customer_id], []).append((row.contact_id, _stamp(row.closed_at), row.arm))
         return out
 
@@ -672,6 +667,14 @@ def _queries() -> SimpleNamespace:
             ~kept,
         )
         .distinct(),
+        experiment=select(c.customer_id, c.contact_id, c.closed_at, c.arm)
+        .where(
+            c.customer_id.in_(bindparam("customers", expanding=True)),
+            c.arm.is_not(None),
+            c.closed_at >= bindparam("since"),
+            c.closed_at <= bindparam("until"),
+        )
+        .order_by(c.closed_at),
         kept_windows=select(w.agent_id, w.window_end_us, w.is_repeat).where(
             w.labels == bindparam("labels"),
             w.agent_id.in_(bindparam("agents", expanding=True)),
