@@ -199,10 +199,10 @@ def across_analysis(result: object, logs: dict, no_text_auc: float, truth: pd.Da
     # matching (each head's scores in the other language moved onto the English scores' distribution, the
     # strongest fix that needs no parallel text, and one that assumes the same outcome mix) shows it.
     heads = list(model.text_heads.columns) if model.text_heads is not None else []
-    english_input = inputs("en", views["en"])
+    model_inputs = {language: inputs(language, views[language]) for language in ("en", "ru", "sr")}
+    english_input = model_inputs["en"]
     y_rows = test.set_index("contact_id").loc[logs["en"]["contact_id"][in_test], "is_repeat"].to_numpy().astype(int)
-    for language in ("en", "ru", "sr"):
-        X = english_input if language == "en" else inputs(language, views[language])
+    for language, X in model_inputs.items():
         for head in heads:
             values = X[head].to_numpy()[in_test]
             known = ~np.isnan(values)
@@ -232,11 +232,8 @@ def across_analysis(result: object, logs: dict, no_text_auc: float, truth: pd.Da
         redacted = views[language].redacted
         out[f"{language}_centred_auc"] = auc(language, TextViews(centred, redacted))
         out[f"{language}_parallel_map_auc"] = auc(language, TextViews(mapped, redacted))
-    metadata = {
-        language: (english_input if language == "en" else inputs(language, views[language])).drop(columns=heads)
-        for language in ("en", "ru", "sr")
-    }
-    out.update(reading_ceiling(result, logs, truth, views, metadata))
+    metadata = {language: X.drop(columns=heads) for language, X in model_inputs.items()}
+    out.update(reading_ceiling(result, logs, truth, views, metadata, has, in_test))
     return out
 
 
@@ -248,14 +245,17 @@ CEILING_BOOSTER = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 1
                    "feature_fraction": 0.8, "verbose": -1, "seed": 1}  # fmt: skip
 
 
-def reading_ceiling(result: object, logs: dict, truth: pd.DataFrame, views: dict, metadata: dict) -> dict:
+def reading_ceiling(
+    result: object, logs: dict, truth: pd.DataFrame, views: dict, metadata: dict, has: np.ndarray, in_test: np.ndarray
+) -> dict:
     """The best any English-trained reading of the vectors can carry to another language, by privileged
     supervision: linear probes fitted on the English vectors to the simulator's own outcome of each conversation
     (``OUTCOMES``; no centre has them, and the product's heads learn from the repeat label alone, a noisier
     target of the same outcomes), then a repeat model (LightGBM) over the metadata and the probes' scores,
     fitted on English and scoring the same contacts in Russian and Serbian. Beside it: the true outcomes in
     place of the probes (a perfect reading: the same in every language, the ceiling of what text can add here)
-    and the probes fitted in each language (is the information in that language's vectors at all)."""
+    and the probes fitted in each language (is the information in that language's vectors at all).
+    ``has``, ``in_test``: the English log's rows with a transcript, and in the model's test slice."""
     import lightgbm as lgb
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
@@ -263,14 +263,11 @@ def reading_ceiling(result: object, logs: dict, truth: pd.DataFrame, views: dict
     from predictor.contacts.labels import derive
 
     english = logs["en"]
-    test = result.test_predictions
-    in_test = english["contact_id"].isin(test["contact_id"]).to_numpy()
     labelled = derive(english, result.model.label_config)
     known = (labelled["window_complete"].astype(bool) & ~labelled["censored"].astype(bool)).to_numpy()
     y = labelled["is_repeat"].astype("Float64").fillna(0).to_numpy().astype(int)
     fit_rows = known & ~in_test  # the slices before the test slice: time-based, as the product splits
     test_rows = known & in_test
-    has = english["transcript"].str.strip().str.len().to_numpy() > 0
     outcomes = truth.loc[english["contact_id"], list(OUTCOMES)].astype(int).reset_index(drop=True)
     vectors = {lang: np.hstack([v.vectors[k] for k in sorted(v.vectors)]) for lang, v in views.items()}
     out: dict = {"outcomes": list(OUTCOMES)}
