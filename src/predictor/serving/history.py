@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
 from predictor.contacts.labels import epoch_us
 from predictor.contacts.store import ContactStore
-from predictor.features.build import LOOKBACK_DAYS, WINDOW_COLUMNS, agent_windows, days_us
+from predictor.features.build import LOOKBACK_DAYS, WINDOW_COLUMNS, agent_windows, days_us, join_windows
 
 # Contacts a little older than the windows strictly need are looked at too: the labels round to the
 # millisecond, and reading a few extra windows costs nothing (the rate counts only those in range).
@@ -57,12 +56,8 @@ def scoring_history(
     windows = agent_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
     store.keep_windows(windows, key, rows["customer_id"].value_counts().to_dict())
     ours = windows["agent_id"].isin(agents).to_numpy()
-    # Joined as arrays: concatenating the two frames cost more than reading either.
     return known, pd.DataFrame(
-        {
-            column: np.concatenate([kept[column].to_numpy(dtype=kind), windows[column].to_numpy(dtype=kind)[ours]])
-            for column, kind in zip(WINDOW_COLUMNS, (object, np.int64, float), strict=True)
-        }
+        join_windows(kept, {column: windows[column].to_numpy()[ours] for column in WINDOW_COLUMNS})
     )
 
 
