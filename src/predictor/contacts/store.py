@@ -564,15 +564,15 @@ class ContactStore:
 
     def load_frame(self, contacts: pd.DataFrame) -> None:
         """Bulk-load a validated log (e.g. history from before the service started), without answers."""
-        records = contacts[list(CONTACT_COLUMNS)].copy()
-        records["content_hash"] = content_hash(contacts)
-        records["customer_id"] = records["customer_id"].map(self.pseudonym)
-        records["transcript"] = records["transcript"].map(redact)
-        records["queue"] = records["queue"].map(redact)
-        records["csat"] = records["csat"].astype(object).where(records["csat"].notna(), None)
+        table = contacts[list(CONTACT_COLUMNS)].copy()
+        table["content_hash"] = content_hash(contacts)
+        table["customer_id"] = table["customer_id"].map(self.pseudonym)
+        table["transcript"] = table["transcript"].map(redact)
+        table["queue"] = table["queue"].map(redact)
+        table["csat"] = table["csat"].astype(object).where(table["csat"].notna(), None)
         insert = _insert(self.dialect)
         statement = insert(contacts_table).on_conflict_do_nothing(index_elements=["contact_id"])
-        payload = records.to_dict("records")
+        payload = table.to_dict("records")
         for row in payload:
             row["opened_at"] = row["opened_at"].to_pydatetime()
             row["closed_at"] = row["closed_at"].to_pydatetime()
@@ -580,7 +580,7 @@ class ContactStore:
         with self.engine.begin() as db:
             for start in range(0, len(payload), 1000):
                 db.execute(statement, payload[start : start + 1000])
-            turned = _earliest_openings(records["customer_id"], records["opened_at"])
+            turned = _earliest_openings(table["customer_id"], table["opened_at"])
             _forget_windows(db, turned)
         with self.engine.begin() as db:  # again once committed (``keep_windows`` says why)
             _forget_windows(db, turned)

@@ -27,6 +27,7 @@ from predictor.contacts.store import (
     Experimented,
     FollowUpRecord,
     content_hash,
+    records,
     typed_columns,
     typed_contacts,
 )
@@ -420,7 +421,4 @@ class Scorer:
 
 def _rows(frame: pd.DataFrame) -> list[SimpleNamespace]:
     """A small frame's rows as attribute records (``itertuples`` without its per-cell cost)."""
-    columns = {name: frame[name].tolist() for name in frame.columns}
-    return [
-        SimpleNamespace(**dict(zip(columns, values, strict=True))) for values in zip(*columns.values(), strict=True)
-    ]
+    return [SimpleNamespace(**record) for record in records(frame, list(frame.columns))]
