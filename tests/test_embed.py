@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,58 @@ def test_the_tokenizer_file_reads_as_transformers_does(small_log) -> None:
     for row in ids:
         for cut in (row[:40], row[-80:]):
             assert ours.decode(cut) == reference.decode(cut)
+
+
+def _cut_of_whole_text(embedder: Embedder, text: str, strategy: str) -> str:
+    """How ``prepare`` cut a text when it tokenized all of it: the reference the ends-only reading must equal."""
+    tokenizer = embedder._load_tokenizer()
+    budget = embedder.config.max_tokens - 2
+    ids = tokenizer([text])["input_ids"][0]
+    if len(ids) <= budget:
+        return text
+    if strategy == "head":
+        return tokenizer.decode(ids[:budget])
+    room = budget - 3
+    head = int(room * embedder.config.head_fraction)
+    return tokenizer.decode(ids[:head]) + SEPARATOR + tokenizer.decode(ids[-(room - head) :])
+
+
+@pytest.mark.parametrize(("max_tokens", "head_fraction"), [(128, 0.3), (32, 0.5), (16, 0.0)])
+def test_reading_only_the_ends_of_a_long_text_cuts_it_as_reading_all_of_it(
+    small_log, tmp_path: Path, max_tokens: int, head_fraction: float
+) -> None:
+    """Long texts are tokenized at their ends only (cut at spaces): the model sees exactly what it saw when
+    the whole text was tokenized, for the simulated log and for texts built to break the cut."""
+    embedder = Embedder(EmbeddingConfig(cache_dir=tmp_path, max_tokens=max_tokens, head_fraction=head_fraction))
+    filler = "I have been waiting for this for quite a while and I checked the app twice already. "
+    odd = [
+        filler * 20,
+        filler * 250,  # 21,000 characters
+        "x" * 20_000,  # no space at all
+        "word " * 5 + "y" * 5_000 + " end",  # one word over the word-piece limit
+        ("ΟΔΟΣ ΣΟΦΟΣ " * 300).strip(),  # final sigma at every cut
+        "回复 " + "我的账单有问题" * 400,  # CJK split per character, spaces rare
+        (" \u0301e" * 2_000),  # a combining accent right after each space
+        "tabs\tand\nnew lines\r\n" * 500,
+        "a\x1cb " * 3_000,  # a separator Python calls space and BERT drops
+        "Клиент: у меня не проходит оплата картой, помогите. " * 100,
+        "🙏 " * 3_000 + "thanks",
+        " " * 5_000 + "late start",
+        "early end" + " " * 5_000,
+        ("  ".join(["double  spaced"] * 800)),
+    ]
+    # Texts whose ends hold just about the tokens asked for, where a cut inside a word would show.
+    rng = random.Random(7)
+    words = ["a", "ok", "bill", "waiting", "internationalization", "x" * 30, "ünïcödé", "don't", "re-sent", "4.5"]
+    near = [
+        "".join(rng.choice(words) + rng.choice([" ", "  ", "\t", "\n", ", "]) for _ in range(rng.randint(5, 80)))
+        for _ in range(3_000)
+    ]
+    texts = [t for t in small_log.contacts["transcript"].head(300) if isinstance(t, str)] + odd + near
+    for strategy in ("head_tail", "head"):
+        prepared = embedder.prepare(texts, truncation=strategy)
+        expected = [_cut_of_whole_text(embedder, redact(t), strategy) for t in texts]
+        assert prepared == expected, strategy
 
 
 def test_a_distilled_model_is_published_whole_and_once(tmp_path: Path) -> None:

@@ -315,7 +315,7 @@ class Scorer:
         history, windows = scoring_history(self.store, frame, self.model.label_config)
         feature_set = self.model.features(frame, history, text=text, other_windows=windows)
         matrix, columns = self.model.model_matrix(feature_set)  # once, for the predictions and their reasons
-        predictions = self.model.predict_from_input(matrix, frame["contact_id"].to_numpy())
+        predictions = self.model.prediction_columns(matrix, frame["contact_id"].to_numpy())
         reasons = self.model.reasons_from(matrix, columns)
         service = self.settings.service
         answers = {}
@@ -419,6 +419,10 @@ class Scorer:
         return out, counted
 
 
-def _rows(frame: pd.DataFrame) -> list[SimpleNamespace]:
-    """A small frame's rows as attribute records (``itertuples`` without its per-cell cost)."""
-    return [SimpleNamespace(**record) for record in records(frame, list(frame.columns))]
+def _rows(table: pd.DataFrame | dict[str, Any]) -> list[SimpleNamespace]:
+    """A small frame's rows (or those of arrays by column name) as attribute records (``itertuples`` without
+    its per-cell cost)."""
+    if isinstance(table, pd.DataFrame):
+        return [SimpleNamespace(**record) for record in records(table, list(table.columns))]
+    names = list(table)
+    return [SimpleNamespace(**dict(zip(names, row, strict=True))) for row in zip(*table.values(), strict=True)]
