@@ -332,9 +332,7 @@ class WordPieces:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
-    def ends(
-        self, texts: list[str], budget: int, head: int, tail: int
-    ) -> list[tuple[list[int], list[int]] | None]:
+    def ends(self, texts: list[str], budget: int, head: int, tail: int) -> list[tuple[list[int], list[int]] | None]:
         """Per text: None if it has at most ``budget`` tokens, else ids that begin with its first ``head``
         tokens and ids that end with its last ``tail`` (``head`` + ``tail`` < ``budget``).
 
