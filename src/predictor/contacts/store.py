@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -364,14 +364,17 @@ class ContactStore:
         """All contacts of these customers, by the store's pseudonyms (for their labels: ids compared only)."""
         return self._history_rows(list(customers), {}) if customers else _empty_frame()
 
-    def keep_windows(self, windows: pd.DataFrame, labels: str, counts: dict[str, int]) -> None:
-        """Keep closed windows (``features.build.agent_windows`` rows of pseudonymous customers), once each.
+    def keep_windows(
+        self, windows: pd.DataFrame | Mapping[str, np.ndarray], labels: str, counts: dict[str, int]
+    ) -> None:
+        """Keep closed windows (``features.build.agent_windows`` rows of pseudonymous customers, as a frame or
+        as ``closed_windows``' arrays), once each.
 
         ``counts``: how many contacts each customer had in the rows the windows were derived from. A customer
         written meanwhile (by another request or process) would leave stale rows: so the rows are checked
         after they are in, and those of a customer whose count moved are dropped again. With ``save`` dropping
         a customer's rows both in its transaction and after it commits, every interleaving ends without them."""
-        if windows.empty:
+        if not len(windows["contact_id"]):
             return
         rows = [
             {"contact_id": k, "labels": labels, "agent_id": a, "customer_id": c, "window_end_us": int(t),
@@ -405,9 +408,10 @@ class ContactStore:
         after_us: int,
         until_us: int,
         except_pseudonyms: Iterable[str] = (),
-    ) -> pd.DataFrame:
+    ) -> dict[str, np.ndarray]:
         """The agents' kept windows that ended in (``after_us``, ``until_us``], but those of the customers
-        named (by the store's pseudonyms: the caller derived theirs itself)."""
+        named (by the store's pseudonyms: the caller derived theirs itself): ``WINDOW_COLUMNS`` as arrays, which
+        is all the feature function reads of them (a frame of them cost more than the query)."""
         bound = {
             "labels": labels, "agents": agent_ids, "after": after_us, "until": until_us,
             "skipped": sorted(set(except_pseudonyms)),
@@ -415,13 +419,11 @@ class ContactStore:
         with self.engine.connect() as db:
             rows = db.execute(_queries().kept_windows, bound).cursor.fetchall()
         agents, ends, repeats = zip(*rows, strict=True) if rows else ((), (), ())
-        return pd.DataFrame(
-            {
-                "agent_id": pd.Series(agents, dtype=object),
-                "window_end_us": np.asarray(ends, dtype=np.int64),
-                "repeat": np.asarray(repeats, dtype=float),
-            }
-        )
+        return {
+            "agent_id": np.asarray(agents, dtype=object),
+            "window_end_us": np.asarray(ends, dtype=np.int64),
+            "repeat": np.asarray(repeats, dtype=float),
+        }
 
     def save(
         self,

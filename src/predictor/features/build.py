@@ -8,7 +8,7 @@ labels whose window had ended or whose repeat had been seen by then), and its tr
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,7 @@ def build(
     agent_features: pd.DataFrame | None = None,
     customer_prior: float | None = None,
     text: TextViews | None = None,
-    other_windows: pd.DataFrame | None = None,
+    other_windows: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
 ) -> FeatureSet:
     """Features of ``contacts`` as of each one's close (``text``: their ``text_views``, if already embedded).
 
@@ -194,7 +194,7 @@ def _history(
     as_of: pd.Timestamp | None = None,
     agent_features: pd.DataFrame | None = None,
     customer_prior: float = DEFAULT_REPEAT_RATE,
-    other_windows: pd.DataFrame | None = None,
+    other_windows: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Customer and agent history as of each contact's close (nothing later can reach it).
 
@@ -299,7 +299,14 @@ def agent_windows(contacts: pd.DataFrame, labels: LabelConfig, as_of: pd.Timesta
 
     Needs the contacts of whole customers (labels follow a customer), not of whole agents.
     """
-    return pd.DataFrame(_closed_windows(contacts, label_arrays(contacts, labels, as_of)))
+    return pd.DataFrame(closed_windows(contacts, labels, as_of))
+
+
+def closed_windows(
+    contacts: pd.DataFrame, labels: LabelConfig, as_of: pd.Timestamp | None = None
+) -> dict[str, np.ndarray]:
+    """``agent_windows`` as arrays by column name (a scorer keeps and reads them without a frame between)."""
+    return _closed_windows(contacts, label_arrays(contacts, labels, as_of))
 
 
 def _closed_windows(known: pd.DataFrame, labelled: LabelArrays) -> dict[str, np.ndarray]:
@@ -319,7 +326,7 @@ def join_windows(*parts: Any) -> dict[str, np.ndarray]:
     """Agents' windows (frames, or mappings of arrays, holding ``WINDOW_COLUMNS``) as one set of arrays, in
     order: a scorer's one row paid more for concatenating frames than for the rates read off them."""
     return {
-        column: np.concatenate([np.asarray(part[column], dtype=kind) for part in parts])
+        column: np.concatenate([np.empty(0, dtype=kind), *(np.asarray(part[column], dtype=kind) for part in parts)])
         for column, kind in zip(WINDOW_COLUMNS, (object, np.int64, float), strict=True)
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,7 +123,7 @@ class RepeatContactModel:
         contacts: pd.DataFrame,
         history: pd.DataFrame | None = None,
         text: TextViews | None = None,
-        other_windows: pd.DataFrame | None = None,
+        other_windows: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
     ) -> FeatureSet:
         """``build`` with this model's embedder and label rules (``other_windows``: as ``build`` takes them)."""
         return build(

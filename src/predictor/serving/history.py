@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
 from predictor.contacts.labels import epoch_us
 from predictor.contacts.store import ContactStore
-from predictor.features.build import LOOKBACK_DAYS, WINDOW_COLUMNS, agent_windows, days_us, join_windows
+from predictor.features.build import LOOKBACK_DAYS, WINDOW_COLUMNS, closed_windows, days_us, join_windows
 
 # Contacts a little older than the windows strictly need are looked at too: the labels round to the
 # millisecond, and reading a few extra windows costs nothing (the rate counts only those in range).
@@ -31,12 +32,12 @@ def labels_key(labels: LabelConfig) -> str:
 
 def scoring_history(
     store: ContactStore, contacts: pd.DataFrame, labels: LabelConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """What ``build`` needs of the store to describe ``contacts``: their customers' contacts (its ``history``)
-    and their agents' closed windows of other customers (its ``other_windows``)."""
+    and their agents' closed windows of other customers (its ``other_windows``, ``WINDOW_COLUMNS`` as arrays)."""
     known = store.customers_history(contacts)
     if contacts.empty:
-        return known, pd.DataFrame(columns=list(WINDOW_COLUMNS))
+        return known, join_windows()
     key = labels_key(labels)
     t = epoch_us(contacts["closed_at"])
     window = days_us(labels.repeat_window_days)
@@ -53,12 +54,10 @@ def scoring_history(
     if not missing:
         return known, kept
     rows = store.pseudonymous_history(missing)
-    windows = agent_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
+    windows = closed_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
     store.keep_windows(windows, key, rows["customer_id"].value_counts().to_dict())
-    ours = windows["agent_id"].isin(agents).to_numpy()
-    return known, pd.DataFrame(
-        join_windows(kept, {column: windows[column].to_numpy()[ours] for column in WINDOW_COLUMNS})
-    )
+    ours = np.isin(windows["agent_id"], agents)
+    return known, join_windows(kept, {column: windows[column][ours] for column in WINDOW_COLUMNS})
 
 
 def _at(us: int) -> datetime:
