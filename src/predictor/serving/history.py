@@ -56,7 +56,10 @@ def scoring_history(
     rows = store.pseudonymous_history(missing)
     windows = closed_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
     store.keep_windows(windows, key, rows["customer_id"].value_counts().to_dict())
-    ours = np.isin(windows["agent_id"], agents)
+    # A set, not np.isin: on object arrays it sorts (8 ms for a batch's 20k windows; pandas' isin pays ~0.1 ms
+    # a call for a /score's few).
+    wanted = set(agents)
+    ours = np.fromiter((agent in wanted for agent in windows["agent_id"]), bool, len(windows["agent_id"]))
     return known, join_windows(kept, {column: windows[column][ours] for column in WINDOW_COLUMNS})
 
 
