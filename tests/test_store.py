@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -123,6 +124,28 @@ def test_a_store_from_before_content_hashes_gains_the_column(tmp_path: Path) -> 
         db.exec_driver_sql("CREATE TABLE contacts (contact_id VARCHAR(128) PRIMARY KEY, response TEXT)")
     ContactStore(url)
     assert "content_hash" in {c["name"] for c in inspect(create_engine(url)).get_columns("contacts")}
+
+
+def test_a_store_from_before_gets_the_agents_covering_index(tmp_path: Path) -> None:
+    """The look-up of the agents' contacts without kept windows (every /score) reads the index alone; a store
+    written with the index it replaces gets the new one and loses the old when opened."""
+    from sqlalchemy import create_engine, inspect
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    ContactStore(url)
+    with create_engine(url).begin() as db:
+        db.exec_driver_sql("DROP INDEX ix_contacts_agent_windows")
+        db.exec_driver_sql("CREATE INDEX ix_contacts_agent_history ON contacts (agent_id, closed_at, customer_id)")
+    store = ContactStore(url)
+    names = {index["name"] for index in inspect(create_engine(url)).get_indexes("contacts")}
+    assert "ix_contacts_agent_windows" in names and "ix_contacts_agent_history" not in names
+    from predictor.contacts.store import _queries
+
+    bound = {"agents": ["A1"], "labels": "w7d-g30m", "after": datetime(2026, 1, 1), "by": datetime(2026, 2, 1)}
+    sql = _queries().unwindowed.params(**bound).compile(store.engine, compile_kwargs={"literal_binds": True})
+    with store.engine.connect() as db:
+        details = " ".join(str(row[-1]) for row in db.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "COVERING INDEX ix_contacts_agent_windows" in details, details
 
 
 def test_transcripts_are_redacted_on_the_way_in(store: ContactStore) -> None:
