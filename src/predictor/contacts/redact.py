@@ -68,12 +68,18 @@ _PII_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 NUL = "\x00"
 # What each pattern cannot match without (searched once, in C): most transcripts skip the costly ones. The
-# spelled-out address needs an "at" token and a top-level domain after a dot; the rest need a digit or an @.
-_NEEDS: tuple[re.Pattern[str], ...] = (
+# spelled-out address needs an "at" token and a top-level domain after a dot; the e-mail an @.
+_NEEDS: tuple[re.Pattern[str] | None, ...] = (
     re.compile("@"),
     re.compile(rf"(?i)(?:\.|{_DOT}){_TLD}\b"),
-    *[re.compile(r"\d")] * 7,
+    *[None] * 7,
 )
+# The fewest digits each pattern's every form holds (IBAN: its check digits; national ids: six, in the UK
+# form; a card 13; a phone with a + two, as "+1 (...) 2" can be; the other phones 7; a bare number 6). A text
+# with fewer is not scanned for it: one count instead of seven scans, and a substitution never adds a digit,
+# so the count before the first one bounds every later one.
+_MIN_DIGITS: tuple[int, ...] = (0, 0, 2, 6, 13, 2, 7, 7, 6)
+_DIGIT = re.compile(r"\d")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -84,7 +90,8 @@ def redact(text: str) -> str:
     Cached: a scored transcript is redacted for its embedding views, its word view and the store alike."""
     if NUL in text:
         text = text.replace(NUL, "")
-    for (pattern, placeholder), needed in zip(_PII_PATTERNS, _NEEDS, strict=True):
-        if needed.search(text):
+    digits = len(_DIGIT.findall(text))
+    for (pattern, placeholder), needed, fewest in zip(_PII_PATTERNS, _NEEDS, _MIN_DIGITS, strict=True):
+        if digits >= fewest and (needed is None or needed.search(text)):
             text = pattern.sub(placeholder, text)
     return text
