@@ -17,6 +17,7 @@ import copy
 import pickle
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +109,15 @@ class LeanTfidf:
         pattern = re.compile(self.token_pattern)
         low, high = self.ngram_range
         indptr, indices, data = [0], [], []
+        lookup = self.vocabulary.get
         for text in texts:
             tokens = pattern.findall(text.lower() if self.lowercase else text)
-            counts: dict[int, int] = {}
+            # The n-grams as scikit-learn joins them, built and looked up by map and zip (an index per n-gram
+            # in Python cost ~0.2 ms of each scored contact).
+            counts: Counter[int] = Counter()
             for n in range(low, min(high, len(tokens)) + 1):
-                for i in range(len(tokens) - n + 1):
-                    column = self.vocabulary.get(" ".join(tokens[i : i + n]) if n > 1 else tokens[i])
-                    if column is not None:
-                        counts[column] = counts.get(column, 0) + 1
+                grams = tokens if n == 1 else map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False))
+                counts.update(column for column in map(lookup, grams) if column is not None)
             columns = sorted(counts)
             values = np.array([counts[c] for c in columns], dtype=np.float64)
             if self.sublinear_tf:
