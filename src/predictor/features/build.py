@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
+from predictor.contacts.contract import HISTORY_FIELDS
 from predictor.contacts.labels import LabelArrays, epoch_us, label_arrays
 from predictor.contacts.redact import redact
 from predictor.features.embed import Embedder
@@ -153,9 +154,11 @@ def closing_turns(transcript: str, turns: int) -> str:
 
 
 def _union(history: pd.DataFrame | None, contacts: pd.DataFrame) -> pd.DataFrame:
+    """Every contact known, of the fields read of history (a scorer's history rows hold no others)."""
     if history is None:
         return contacts
-    both = pd.concat([history, contacts], ignore_index=True)
+    fields = list(HISTORY_FIELDS)
+    both = pd.concat([history[fields], contacts[fields]], ignore_index=True)
     if both["contact_id"].is_unique:  # a scorer's contacts are new to its store: nothing to drop
         return both
     return both.drop_duplicates("contact_id", keep="first").reset_index(drop=True)

@@ -185,7 +185,7 @@ class Scorer:
         Chunk by chunk, each under its own customers' locks; past the deadline the rest is ``OutOfTime``."""
         frame, warnings = self._frame(contacts)
         # Of the contact as sent (an unknown issue code is scored as another, but is not another contact).
-        hashes = content_hash(frame.assign(issue=[c.issue.lower() for c in contacts]))
+        hashes = content_hash(frame, issues=[c.issue.lower() for c in contacts])
         out: list[Outcome | None] = [None] * len(contacts)
         chunk = self.settings.service.batch_chunk
         budget = self.settings.service.request_budget_s
