@@ -153,16 +153,20 @@ class RepeatContactModel:
         """``as_matrix(model_input(feature_set))`` and its column names, built column by column without the
         typed frame in between: what a scorer needs of a few rows (the frame cost ~5 ms a contact to build)."""
         frame = feature_set.frame
+        computed = feature_set.columns  # the frame's columns as computed: numbers read here without a Series
         columns = []
         for name in self.feature_columns:
-            values = frame[name]
+            values = computed.get(name)
             if name in self.categories:
                 # As ``as_model_input``: the value as text, its place among the training levels (unseen: missing).
                 codes = _level_codes(tuple(self.categories[name]))
-                found = [codes.get(v, np.nan) for v in values.astype(str).to_numpy(dtype=object)]
+                text = values if isinstance(values, pd.Series) else frame[name]
+                found = [codes.get(v, np.nan) for v in text.astype(str).to_numpy(dtype=object)]
                 columns.append(np.asarray(found, dtype=np.float64))
+            elif isinstance(values, np.ndarray) and values.dtype.kind == "f":
+                columns.append(values.astype(np.float64, copy=False))
             else:
-                columns.append(values.to_numpy(dtype=np.float64, na_value=np.nan))
+                columns.append(frame[name].to_numpy(dtype=np.float64, na_value=np.nan))
         names = list(self.feature_columns)
         if self.text_heads is not None:
             scores = self.text_heads.scores(TextInputs.from_features(feature_set))
