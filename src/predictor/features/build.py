@@ -163,7 +163,11 @@ def _union(history: pd.DataFrame | None, contacts: pd.DataFrame) -> pd.DataFrame
     if history is None:
         return contacts
     fields = list(HISTORY_FIELDS)
-    both = pd.concat([history[fields], contacts[fields]], ignore_index=True)
+    # reindex, not frame[fields]: a column list took 0.3-0.45 ms of a scorer's one row, reindex 0.19.
+    both = pd.concat(
+        [part if list(part.columns) == fields else part.reindex(columns=fields) for part in (history, contacts)],
+        ignore_index=True,
+    )
     if both["contact_id"].is_unique:  # a scorer's contacts are new to its store: nothing to drop
         return both
     return both.drop_duplicates("contact_id", keep="first").reset_index(drop=True)
