@@ -388,14 +388,12 @@ class ContactStore:
         with self.engine.begin() as db:
             for start in range(0, len(rows), 1000):
                 db.execute(statement, rows[start : start + 1000])
-        c = contacts_table.c
         customers = sorted(counts)
         now: dict[str, int] = {}
         with self.engine.connect() as db:
             for start in range(0, len(customers), 1000):
                 chunk = customers[start : start + 1000]
-                query = select(c.customer_id, func.count()).where(c.customer_id.in_(chunk)).group_by(c.customer_id)
-                now.update((customer, int(n)) for customer, n in db.execute(query))
+                now.update((customer, int(n)) for customer, n in db.execute(_queries().counts, {"customers": chunk}))
         moved = {customer for customer in customers if now.get(customer, 0) != counts[customer]}
         if moved:
             with self.engine.begin() as db:
@@ -612,15 +610,14 @@ def _forget_windows(db: Any, customers: dict[str, int | None]) -> None:
 
     One statement per thousand customers, from the earliest opening among them (a batch's contacts close
     close together, so this drops little more than needed; per customer it cost ~0.2 ms each)."""
-    w = agent_windows_table.c
     ordered = sorted(customers)
     for start in range(0, len(ordered), 1000):
         chunk = ordered[start : start + 1000]
         openings = [customers[c] for c in chunk]
-        statement = agent_windows_table.delete().where(w.customer_id.in_(chunk))
-        if None not in openings:
-            statement = statement.where(w.window_end_us >= min(openings))  # type: ignore[type-var]
-        db.execute(statement)
+        if None in openings:
+            db.execute(_queries().forget_all, {"customers": chunk})
+        else:
+            db.execute(_queries().forget_since, {"customers": chunk, "since": min(openings)})  # type: ignore[type-var]
 
 
 def _earliest_openings(customers: Iterable[str], opened: Iterable[Any]) -> dict[str, int | None]:
@@ -677,6 +674,13 @@ def _queries() -> SimpleNamespace:
             c.closed_at <= bindparam("until"),
         )
         .order_by(c.closed_at),
+        counts=select(c.customer_id, func.count())
+        .where(c.customer_id.in_(bindparam("customers", expanding=True)))
+        .group_by(c.customer_id),
+        forget_all=agent_windows_table.delete().where(w.customer_id.in_(bindparam("customers", expanding=True))),
+        forget_since=agent_windows_table.delete().where(
+            w.customer_id.in_(bindparam("customers", expanding=True)), w.window_end_us >= bindparam("since")
+        ),
         kept_windows=select(w.agent_id, w.window_end_us, w.is_repeat).where(
             w.labels == bindparam("labels"),
             w.agent_id.in_(bindparam("agents", expanding=True)),
