@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import contact, frame
@@ -146,6 +147,27 @@ def test_a_store_from_before_gets_the_agents_covering_index(tmp_path: Path) -> N
     with store.engine.connect() as db:
         details = " ".join(str(row[-1]) for row in db.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
     assert "COVERING INDEX ix_contacts_agent_windows" in details, details
+
+
+def test_records_are_what_to_dict_reads(small_log) -> None:
+    """``records`` reads a frame of exactly the columns asked for in one piece, others column by column: both
+    give ``to_dict("records")``'s Python values, missing ones included."""
+    from predictor.contacts.store import CONTACT_COLUMNS, records
+
+    rows = validate(small_log.contacts).contacts.head(50).reset_index(drop=True)
+    rows.loc[:9, "csat"] = np.nan
+    rows.loc[10:19, "queue"] = None
+    rows.loc[20:29, "transcript"] = None
+    columns = list(CONTACT_COLUMNS)
+    expected = rows[columns].to_dict("records")
+    for table in (rows[columns], rows[columns[::-1]], rows[columns].head(1)):
+        got = records(table, columns)
+        assert len(got) == len(table)
+        for have, want in zip(got, expected, strict=False):
+            assert list(have) == columns
+            for name in columns:
+                a, b = have[name], want[name]
+                assert type(a) is type(b) and (a == b or (pd.isna(a) and pd.isna(b))), (name, a, b)
 
 
 def test_transcripts_are_redacted_on_the_way_in(store: ContactStore) -> None:
