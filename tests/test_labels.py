@@ -112,3 +112,17 @@ def test_window_is_configurable() -> None:
     rows = [contact("C1"), contact("C2", opened_hours=30)]
     assert bool(labelled(*rows, window_days=1).loc["C1", "is_repeat"]) is False
     assert bool(labelled(*rows, window_days=2).loc["C1", "is_repeat"]) is True
+
+
+def test_an_empty_log_has_no_labels_and_no_error() -> None:
+    """A Dask customer partition of a tiny log can be empty: its labels, agents' windows and features are empty
+    (they failed on a maximum of nothing, or a broadcast with ``as_of``)."""
+    from predictor.contacts.labels import label_arrays
+    from predictor.contacts.store import typed_contacts
+    from predictor.features.build import agent_windows, build
+
+    empty = typed_contacts(pd.DataFrame())
+    assert len(label_arrays(empty).repeat) == 0
+    assert agent_windows(empty, LabelConfig()).empty
+    assert agent_windows(empty, LabelConfig(), as_of=pd.Timestamp("2026-01-01", tz="UTC")).empty
+    assert len(build(empty).frame) == 0

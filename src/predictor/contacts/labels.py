@@ -152,6 +152,12 @@ def label_arrays(
     window_ms = int(pd.Timedelta(days=config.repeat_window_days) / pd.Timedelta("1ms"))
     gap_ms = int(pd.Timedelta(minutes=config.transfer_gap_minutes) / pd.Timedelta("1ms"))
     n = len(contacts)
+    if n == 0:  # an empty log or partition (a Dask customer partition of a tiny log): no labels, no error
+        empty = np.zeros(0)
+        return LabelArrays(
+            repeat=empty.astype(bool), censored=empty.astype(bool), next_row=empty.astype(np.int64), hours=empty,
+            window_end_ms=empty.astype(np.int64), window_complete=empty.astype(bool), continues=empty.astype(bool),
+        )  # fmt: skip
     opened_all = _epoch_ms(contacts["opened_at"])
     closed_all = _epoch_ms(contacts["closed_at"])
     as_of_ms = (
