@@ -282,6 +282,23 @@ def test_reading_only_the_ends_of_a_long_text_cuts_it_as_reading_all_of_it(
         assert prepared == expected, strategy
 
 
+def test_another_tokenizer_cuts_as_the_word_pieces_do(small_log, tmp_path: Path) -> None:
+    """A tokenizer without the ends-only reading (the multilingual backends' own) tokenizes whole texts: short
+    ones stay as they are, long ones are cut alike (transformers' tokenizer of the same vocabulary stands in)."""
+    from transformers import AutoTokenizer
+
+    from predictor.features.embed import default_model_path
+
+    words = Embedder(EmbeddingConfig(cache_dir=tmp_path, max_tokens=32, head_fraction=0.5))
+    other = Embedder(EmbeddingConfig(cache_dir=tmp_path, max_tokens=32, head_fraction=0.5))
+    other._tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    other._tokenizer.model_max_length = 1_000_000
+    texts = ["short text", *[t for t in small_log.contacts["transcript"].head(100) if isinstance(t, str)]]
+    for strategy in ("head_tail", "head"):
+        assert other.prepare(texts, truncation=strategy) == words.prepare(texts, truncation=strategy)
+    assert other.prepare(["short text"]) == ["short text"]
+
+
 def test_a_distilled_model_is_published_whole_and_once(tmp_path: Path) -> None:
     """Written aside and renamed: a second writer (a Dask worker sharing the cache) keeps the first copy, and
     a writer that fails leaves nothing half-written behind."""

@@ -121,8 +121,9 @@ class Embedder:
         tail = 0 if strategy == "head" else room - head
         if isinstance(tokenizer, WordPieces):
             ends = tokenizer.ends(redacted, budget, head, tail)
-        else:
-            ends = [(ids, ids) for ids in tokenizer(redacted, add_special_tokens=False, truncation=False)["input_ids"]]
+        else:  # another tokenizer reads each text whole; the same answer as ``ends``
+            encoded = tokenizer(redacted, add_special_tokens=False, truncation=False)["input_ids"]
+            ends = [None if len(ids) <= budget else (ids, ids) for ids in encoded]
         out = []
         for text, end in zip(redacted, ends, strict=True):
             if end is None:  # within the budget
