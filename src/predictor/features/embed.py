@@ -345,9 +345,9 @@ class WordPieces:
         out: list[tuple[list[int], list[int]] | None] = [None] * len(texts)
         whole: list[int] = []
         cuts: list[tuple[int, str, str]] = []
+        reach_head = CHARS_PER_TOKEN * max(head, 1)
+        reach_tail = CHARS_PER_TOKEN * max(tail, budget + 1 - head)
         for k, text in enumerate(texts):
-            reach_head = CHARS_PER_TOKEN * max(head, 1)
-            reach_tail = CHARS_PER_TOKEN * max(tail, budget + 1 - head)
             if len(text) <= reach_head + reach_tail:
                 whole.append(k)
                 continue
