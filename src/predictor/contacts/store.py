@@ -333,14 +333,14 @@ class ContactStore:
     def customers_history(self, contacts: pd.DataFrame) -> pd.DataFrame:
         """The contacts of the customers of ``contacts``, all time, under the ids the caller knows them by: their
         ``contract.HISTORY_FIELDS``, all the feature function reads of history."""
-        if contacts.empty:
-            return _empty_frame()[list(contract.HISTORY_FIELDS)]
         raw_of = {self.pseudonym(customer): customer for customer in contacts["customer_id"].unique().tolist()}
         return self._history_rows(sorted(raw_of), raw_of)
 
     def _history_rows(self, customers: list[str], raw_of: dict[str, str]) -> pd.DataFrame:
         # Only what the feature function reads of history (``contract.HISTORY_FIELDS``: its index covers them).
         columns = list(contract.HISTORY_FIELDS)
+        if not customers:
+            return typed_columns({name: () for name in columns})
         with self.engine.connect() as db:
             # The driver's own rows: SQLAlchemy's per-row processing (a datetime parsed per cell on SQLite) took
             # most of a /score; pandas types the columns at once below.
@@ -366,7 +366,7 @@ class ContactStore:
     def pseudonymous_history(self, customers: list[str]) -> pd.DataFrame:
         """All contacts of these customers, by the store's pseudonyms (for their labels: ids compared only);
         their ``contract.HISTORY_FIELDS``."""
-        return self._history_rows(list(customers), {}) if customers else _empty_frame()[list(contract.HISTORY_FIELDS)]
+        return self._history_rows(list(customers), {})
 
     def keep_windows(
         self, windows: pd.DataFrame | Mapping[str, np.ndarray], labels: str, counts: dict[str, int]
