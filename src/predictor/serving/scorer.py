@@ -422,7 +422,5 @@ class Scorer:
 def _rows(table: pd.DataFrame | dict[str, Any]) -> list[SimpleNamespace]:
     """A small frame's rows (or those of arrays by column name) as attribute records (``itertuples`` without
     its per-cell cost)."""
-    if isinstance(table, pd.DataFrame):
-        return [SimpleNamespace(**record) for record in records(table, list(table.columns))]
-    names = list(table)
-    return [SimpleNamespace(**dict(zip(names, row, strict=True))) for row in zip(*table.values(), strict=True)]
+    names = list(table.columns) if isinstance(table, pd.DataFrame) else list(table)
+    return [SimpleNamespace(**record) for record in records(table, names)]
