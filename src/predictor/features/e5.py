@@ -78,7 +78,7 @@ class UnigramPieces:
         self.model_max_length = 1_000_000
 
     def __call__(self, texts: list[str], add_special_tokens: bool = False, truncation: bool = False) -> dict:
-        return {"input_ids": [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]}
+        return {"input_ids": [e.ids for e in self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]}
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)

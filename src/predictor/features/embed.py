@@ -327,7 +327,7 @@ class WordPieces:
         self.model_max_length = 1_000_000
 
     def __call__(self, texts: list[str], add_special_tokens: bool = False, truncation: bool = False) -> dict:
-        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        encoded = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
         return {"input_ids": [e.ids for e in encoded]}
 
     def decode(self, ids: list[int]) -> str:
@@ -359,7 +359,8 @@ class WordPieces:
             cuts.append((k, text[:i], text[j + 1 :]))
         if cuts:
             pieces = [part for _, first, last in cuts for part in (first, last)]
-            encoded = self._tokenizer.encode_batch(pieces, add_special_tokens=False)
+            # The ids alone (``_fast``: no character offsets), ~30% less than ``encode_batch``.
+            encoded = self._tokenizer.encode_batch_fast(pieces, add_special_tokens=False)
             for n, (k, _, _) in enumerate(cuts):
                 first, last = encoded[2 * n].ids, encoded[2 * n + 1].ids
                 if len(first) >= head and len(last) >= tail and len(first) + len(last) > budget:
@@ -367,7 +368,7 @@ class WordPieces:
                 else:
                     whole.append(k)
         if whole:
-            encoded = self._tokenizer.encode_batch([texts[k] for k in whole], add_special_tokens=False)
+            encoded = self._tokenizer.encode_batch_fast([texts[k] for k in whole], add_special_tokens=False)
             for k, e in zip(whole, encoded, strict=True):
                 if len(e.ids) > budget:
                     out[k] = (e.ids, e.ids)
