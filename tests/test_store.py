@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -329,3 +330,25 @@ def test_the_same_contact_twice_in_one_save_keeps_the_first(store: ContactStore)
     twice = pd.concat([rows, rows.head(1)], ignore_index=True)
     assert store.save(twice, {"C1": answer("C1"), "C2": answer("C2")}, "3", hashes=["a", "b", "c"]) == {"C1", "C2"}
     assert store.stored(["C1"])["C1"].content_hash == "a"
+
+
+def _open_at_once(url: str, barrier: Any) -> None:
+    barrier.wait()
+    ContactStore(url)
+
+
+def test_processes_opening_a_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Dask workers open a new store together: each may find a table or index made by another between its
+    check and its create; one retry was not enough (seen once in the cluster test)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(2):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_open_at_once, args=(url, barrier)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert [worker.exitcode for worker in workers] == [0] * 6

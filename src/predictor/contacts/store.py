@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -130,6 +131,8 @@ agent_windows_table = Table(
 meta_table = Table("store_meta", metadata, Column("name", String(64), primary_key=True), Column("value", Text))
 PSEUDONYM_PREFIX = "p_"
 PSEUDONYMS = "hmac-sha256-v1"
+# Tables and indexes a new store creates: processes opening it at once may each find one made meanwhile.
+CREATE_ATTEMPTS = 8
 CONTACT_COLUMNS: tuple[str, ...] = contract.names()
 
 
@@ -210,12 +213,17 @@ class ContactStore:
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            metadata.create_all(self.engine)
-        except DatabaseError:
-            # Two processes opening a new store at once (Dask workers loading partitions): both saw no table,
-            # one created it first. The second pass finds it and creates nothing; a real fault raises again.
-            metadata.create_all(self.engine)
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                metadata.create_all(self.engine)
+                break
+            except DatabaseError:
+                # Processes opening a new store at once (Dask workers loading partitions): each saw a table or
+                # index missing, another created it first. Each pass finds more made (it checks first); a real
+                # fault raises on the last.
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         self._add_missing_columns()
         self._update_indexes()
         self._key = self._pseudonym_key(pseudonym_key)
