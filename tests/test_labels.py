@@ -126,3 +126,22 @@ def test_an_empty_log_has_no_labels_and_no_error() -> None:
     assert agent_windows(empty, LabelConfig()).empty
     assert agent_windows(empty, LabelConfig(), as_of=pd.Timestamp("2026-01-01", tz="UTC")).empty
     assert len(build(empty).frame) == 0
+
+
+def test_labels_of_plain_arrays_equal_those_of_the_frame() -> None:
+    """A scorer hands its history over as ``ContactArrays`` (times in µs): the labels must not depend on it.
+    On an export unlike the simulator's default: closed tickets only, open ~3 days, 3% repeats, transfers."""
+    from predictor.contacts.labels import ContactArrays, label_arrays
+    from predictor.contacts.simulate import SimulatorConfig, simulate
+
+    config = SimulatorConfig(n_contacts=1500, seed=21, export="closed-only", ticket_days=3.0, repeat_rate=0.03)
+    log = validate(simulate(config).contacts).contacts
+    as_of = log["closed_at"].quantile(0.8)
+    for when in (None, as_of):
+        of_frame, of_arrays = (
+            label_arrays(log, LabelConfig(), when),
+            label_arrays(ContactArrays.of(log), LabelConfig(), when),
+        )
+        for name in ("repeat", "censored", "next_row", "window_end_ms", "window_complete", "continues"):
+            assert getattr(of_frame, name).tolist() == getattr(of_arrays, name).tolist(), name
+        assert pd.Series(of_frame.hours).equals(pd.Series(of_arrays.hours))

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -229,11 +230,11 @@ def test_kept_windows_of_a_customer_written_meanwhile_are_dropped(store: Contact
     read = store.pseudonymous_history([store.pseudonym("U1")])
     windows = agent_windows(read, LabelConfig(), as_of=pd.Timestamp("2030-01-01", tz="UTC"))
     store.load_frame(rows.tail(1))  # meanwhile
-    store.keep_windows(windows, "rules", read["customer_id"].value_counts().to_dict())
+    store.keep_windows(windows, "rules", dict(Counter(read.customer_id.tolist())))
     with store.engine.connect() as db:
         assert db.execute(agent_windows_table.select()).first() is None
     read = store.pseudonymous_history([store.pseudonym("U1")])
-    store.keep_windows(agent_windows(read, LabelConfig()), "rules", read["customer_id"].value_counts().to_dict())
+    store.keep_windows(agent_windows(read, LabelConfig()), "rules", dict(Counter(read.customer_id.tolist())))
     with store.engine.connect() as db:
         assert len(db.execute(agent_windows_table.select()).fetchall()) == 1  # C1's (C2's window is open)
 
@@ -244,6 +245,46 @@ def test_sqlite_store_passes_its_integrity_check(tmp_path: Path) -> None:
     assert s.integrity_ok()
     with s.engine.connect() as db:
         assert db.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+
+
+def test_history_is_read_back_as_the_contacts_were_given(store: ContactStore) -> None:
+    """The history a scorer reads (plain arrays, times parsed off the driver's rows) holds what was loaded:
+    times to the microsecond, whatever offset they came with, on SQLite (text) and PostgreSQL (datetimes)."""
+    from predictor.contacts.labels import ContactArrays
+
+    rows = validate(
+        frame(
+            contact("C1", customer_id="U1", transfers=2),
+            contact("C2", customer_id="U1", opened_hours=30.000001, issue="delivery_late"),
+            contact("C3", customer_id="U2", opened_hours=5),
+        )
+    ).contacts
+    rows.loc[1, "closed_at"] = pd.Timestamp("2026-03-29 01:30:00.123456+02:00").tz_convert("UTC")
+    store.load_frame(rows)
+    read = store.customers_history(rows.iloc[[0]])
+    expected = ContactArrays.of(rows.iloc[[0, 1]])
+    order = np.argsort(read.contact_id)
+    for name in ("contact_id", "customer_id", "opened_us", "closed_us", "issue", "agent_id", "transfers"):
+        assert getattr(read, name)[order].tolist() == getattr(expected, name).tolist(), name
+    assert len(store.customers_history(rows.iloc[[0]].assign(customer_id="nobody"))) == 0
+
+
+def test_times_of_any_form_a_driver_returns_parse_as_pandas_parses_them() -> None:
+    from datetime import timedelta, timezone
+
+    from predictor.contacts.labels import epoch_us
+    from predictor.contacts.store import _epoch_us_of
+
+    forms = [
+        ["2026-03-01 10:00:00.000001", "2026-03-01 10:00:00", "1999-12-31T23:59:59.5"],  # SQLite's text
+        ["2026-03-01 10:00:00+02:00", "2026-03-01 10:00:00.25"],  # one with an offset: pandas parses all
+        [datetime(2026, 3, 1, 10, 0, 0, 7, tzinfo=timezone(timedelta(hours=-5)))],  # PostgreSQL's
+        [datetime(2026, 3, 1, 10, 0, 0, 7)],  # naive: UTC, as the store writes it
+        [],
+    ]
+    for values in forms:
+        expected = epoch_us(pd.Series(pd.to_datetime(values, utc=True, format="ISO8601")))
+        assert _epoch_us_of(values).tolist() == expected.tolist(), values
 
 
 def test_customer_ids_are_pseudonymised_and_queues_redacted(store: ContactStore) -> None:
@@ -261,7 +302,7 @@ def test_customer_ids_are_pseudonymised_and_queues_redacted(store: ContactStore)
     assert set(kept["customer_id"]) == {store.pseudonym(secret)}
     # The history a scorer asks for by the raw id comes back under that id (the features link on it).
     history = store.customers_history(rows.tail(1))
-    assert set(history["customer_id"]) == {secret} and len(history) == 2
+    assert set(history.customer_id) == {secret} and len(history) == 2
 
 
 def test_nul_characters_in_text_do_not_fail_the_insert(store: ContactStore) -> None:

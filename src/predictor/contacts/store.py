@@ -14,6 +14,7 @@ import functools
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from predictor.config import ServiceConfig, sqlite_file
 from predictor.contacts import contract
+from predictor.contacts.labels import ContactArrays, epoch_us
 from predictor.contacts.redact import redact
 
 # How each kind of contract field is stored (lengths as the service's request model allows).
@@ -338,28 +340,37 @@ class ContactStore:
                 for row in db.execute(_queries().stored, {"ids": ids})
             }
 
-    def customers_history(self, contacts: pd.DataFrame) -> pd.DataFrame:
+    def customers_history(self, contacts: pd.DataFrame) -> ContactArrays:
         """The contacts of the customers of ``contacts``, all time, under the ids the caller knows them by: their
         ``contract.HISTORY_FIELDS``, all the feature function reads of history."""
         raw_of = {self.pseudonym(customer): customer for customer in contacts["customer_id"].unique().tolist()}
         return self._history_rows(sorted(raw_of), raw_of)
 
-    def _history_rows(self, customers: list[str], raw_of: dict[str, str]) -> pd.DataFrame:
-        # Only what the feature function reads of history (``contract.HISTORY_FIELDS``: its index covers them).
-        columns = list(contract.HISTORY_FIELDS)
-        if not customers:
-            return typed_columns({name: () for name in columns})
-        with self.engine.connect() as db:
-            # The driver's own rows: SQLAlchemy's per-row processing (a datetime parsed per cell on SQLite) took
-            # most of a /score; pandas types the columns at once below.
-            rows = db.execute(_queries().history, {"customers": customers}).cursor.fetchall()
-        values = dict(zip(columns, zip(*rows, strict=True), strict=True)) if rows else {}
-        # The scored customers under the ids the caller knows them by; other customers stay pseudonyms
-        # (features only compare customer ids, never read them). Mapped before pandas holds them: iterating
-        # an Arrow string column costs ~10x a tuple's.
-        values["customer_id"] = [raw_of.get(p, p) for p in values.get("customer_id", ())]
-        # Only these columns: typing the other nine, all empty, cost half of the frame (~0.4 ms a read).
-        return typed_columns({name: values.get(name, ()) for name in columns})
+    def _history_rows(self, customers: list[str], raw_of: dict[str, str]) -> ContactArrays:
+        # Only what the feature function reads of history (``contract.HISTORY_FIELDS``: its index covers them),
+        # as arrays: a typed frame of a few rows cost more than the features read off it.
+        rows = []
+        if customers:
+            with self.engine.connect() as db:
+                # The driver's own rows: SQLAlchemy's per-row processing (a datetime parsed per cell on SQLite)
+                # took most of a /score.
+                rows = db.execute(_queries().history, {"customers": customers}).cursor.fetchall()
+        values = dict(zip(contract.HISTORY_FIELDS, zip(*rows, strict=True), strict=True)) if rows else {}
+
+        def strings(name: str) -> np.ndarray:
+            return np.array(values.get(name, ()), dtype=object)
+
+        return ContactArrays(
+            contact_id=strings("contact_id"),
+            # The scored customers under the ids the caller knows them by; other customers stay pseudonyms
+            # (features only compare customer ids, never read them).
+            customer_id=np.array([raw_of.get(p, p) for p in values.get("customer_id", ())], dtype=object),
+            opened_us=_epoch_us_of(values.get("opened_at", ())),
+            closed_us=_epoch_us_of(values.get("closed_at", ())),
+            issue=strings("issue"),
+            agent_id=strings("agent_id"),
+            transfers=np.array(values.get("transfers", ()), dtype=np.int64),
+        )
 
     # -- agents' closed windows (``agent_windows_table``) ------------------------------------------------------
     def unwindowed_customers(
@@ -371,7 +382,7 @@ class ContactStore:
         with self.engine.connect() as db:
             return [row[0] for row in db.execute(_queries().unwindowed, bound).cursor.fetchall()]
 
-    def pseudonymous_history(self, customers: list[str]) -> pd.DataFrame:
+    def pseudonymous_history(self, customers: list[str]) -> ContactArrays:
         """All contacts of these customers, by the store's pseudonyms (for their labels: ids compared only);
         their ``contract.HISTORY_FIELDS``."""
         return self._history_rows(list(customers), {})
@@ -639,6 +650,18 @@ def _earliest_openings(customers: Iterable[str], opened: Iterable[Any]) -> dict[
         earlier = out.get(customer)
         out[customer] = us if earlier is None else min(earlier, us)
     return out
+
+
+def _epoch_us_of(values: Sequence[Any]) -> np.ndarray:
+    """Times as the driver hands them back, in microseconds since 1970 (UTC): SQLite's naive ISO text parsed
+    by NumPy (50x pandas' ``to_datetime`` on a few rows), anything else (PostgreSQL's datetimes, a text with
+    an offset) as ``typed_columns`` parses it."""
+    if all(type(value) is str and _NAIVE_TEXT.fullmatch(value) for value in values):
+        return np.array(values, dtype="datetime64[us]").astype(np.int64)
+    return epoch_us(pd.to_datetime(list(values), utc=True, format="ISO8601").as_unit("ns"))
+
+
+_NAIVE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?")  # how SQLite keeps a datetime
 
 
 def _stamp(value: Any) -> pd.Timestamp:

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.special import expit
 
 from predictor.config import EmbeddingConfig, LabelConfig
+from predictor.contacts.labels import ContactArrays
 from predictor.features.build import CATEGORICAL, FeatureSet, TextViews, as_model_input, build, text_views
 from predictor.features.embed import Embedder
 
@@ -121,7 +122,7 @@ class RepeatContactModel:
     def features(
         self,
         contacts: pd.DataFrame,
-        history: pd.DataFrame | None = None,
+        history: pd.DataFrame | ContactArrays | None = None,
         text: TextViews | None = None,
         other_windows: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
     ) -> FeatureSet:

@@ -10,13 +10,14 @@ store (tested).
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
-from predictor.contacts.labels import epoch_us
+from predictor.contacts.labels import ContactArrays, epoch_us
 from predictor.contacts.store import ContactStore
 from predictor.features.build import LOOKBACK_DAYS, WINDOW_COLUMNS, closed_windows, days_us, join_windows
 
@@ -32,7 +33,7 @@ def labels_key(labels: LabelConfig) -> str:
 
 def scoring_history(
     store: ContactStore, contacts: pd.DataFrame, labels: LabelConfig
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+) -> tuple[ContactArrays, dict[str, np.ndarray]]:
     """What ``build`` needs of the store to describe ``contacts``: their customers' contacts (its ``history``)
     and their agents' closed windows of other customers (its ``other_windows``, ``WINDOW_COLUMNS`` as arrays)."""
     known = store.customers_history(contacts)
@@ -55,7 +56,7 @@ def scoring_history(
         return known, kept
     rows = store.pseudonymous_history(missing)
     windows = closed_windows(rows, labels, as_of=pd.Timestamp(until, unit="us", tz="UTC"))
-    store.keep_windows(windows, key, rows["customer_id"].value_counts().to_dict())
+    store.keep_windows(windows, key, dict(Counter(rows.customer_id.tolist())))
     # A set, not np.isin: on object arrays it sorts (8 ms for a batch's 20k windows; pandas' isin pays ~0.1 ms
     # a call for a /score's few).
     wanted = set(agents)
