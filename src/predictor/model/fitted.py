@@ -153,27 +153,25 @@ class RepeatContactModel:
     def model_matrix(self, feature_set: FeatureSet) -> tuple[np.ndarray, list[str]]:
         """``as_matrix(model_input(feature_set))`` and its column names, built column by column without the
         typed frame in between: what a scorer needs of a few rows (the frame cost ~5 ms a contact to build)."""
-        frame = feature_set.frame
-        computed = feature_set.columns  # the frame's columns as computed: numbers read here without a Series
+        computed = feature_set.columns  # the features as computed: numbers read here without a Series
         columns = []
         for name in self.feature_columns:
             values = computed.get(name)
             if name in self.categories:
                 # As ``as_model_input``: the value as text, its place among the training levels (unseen: missing).
                 codes = _level_codes(tuple(self.categories[name]))
-                text = values if isinstance(values, pd.Series) else frame[name]
-                found = [codes.get(v, np.nan) for v in text.astype(str).to_numpy(dtype=object)]
+                found = [codes.get(v, np.nan) for v in _as_text(values)]
                 columns.append(np.asarray(found, dtype=np.float64))
             elif isinstance(values, np.ndarray) and values.dtype.kind == "f":
                 columns.append(values.astype(np.float64, copy=False))
             else:
-                columns.append(frame[name].to_numpy(dtype=np.float64, na_value=np.nan))
+                columns.append(pd.Series(values).to_numpy(dtype=np.float64, na_value=np.nan))
         names = list(self.feature_columns)
         if self.text_heads is not None:
             scores = self.text_heads.scores(TextInputs.from_features(feature_set))
             columns.extend(scores.T)
             names += self.text_heads.columns
-        matrix = np.column_stack(columns) if columns else np.zeros((len(frame), 0))
+        matrix = np.column_stack(columns) if columns else np.zeros((len(feature_set.index), 0))
         return matrix, names
 
     def predict(self, contacts: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -248,15 +246,10 @@ class TextInputs:
 
     @classmethod
     def from_features(cls, feature_set: FeatureSet) -> TextInputs:
-        frame = feature_set.frame
-        kept = feature_set.vectors
         return cls(
-            embeddings={
-                view: kept[view] if view in kept else frame[columns].to_numpy()
-                for view, columns in feature_set.views.items()
-            },
+            embeddings={view: feature_set.vectors[view] for view in feature_set.views},
             texts=feature_set.transcripts,
-            has_text=frame["has_transcript"].to_numpy() > 0,
+            has_text=np.asarray(feature_set.columns["has_transcript"]) > 0,
         )
 
     def rows(self, positions: np.ndarray) -> TextInputs:
@@ -445,6 +438,14 @@ def logistic(C: float, sparse: bool) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, max_iter=3000, solver="lbfgs" if sparse else "newton-cholesky")
+
+
+def _as_text(values: Any) -> list[str]:
+    """A categorical feature's values as the text ``as_model_input`` compares (a Series of the contacts', or an
+    array the feature function computed)."""
+    if isinstance(values, pd.Series):
+        return values.astype(str).to_numpy(dtype=object).tolist()
+    return np.asarray(values).astype(str).tolist()
 
 
 @functools.lru_cache(maxsize=64)
