@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -285,6 +286,28 @@ def test_times_of_any_form_a_driver_returns_parse_as_pandas_parses_them() -> Non
     for values in forms:
         expected = epoch_us(pd.Series(pd.to_datetime(values, utc=True, format="ISO8601")))
         assert _epoch_us_of(values).tolist() == expected.tolist(), values
+
+
+def test_a_requests_times_type_as_pandas_types_them() -> None:
+    """A request's datetimes (any offset, across a DST change, to the microsecond) are typed by arithmetic,
+    everything else by pandas: the same column either way."""
+    from datetime import timedelta, timezone
+
+    from predictor.contacts.store import _utc_times
+
+    zone = ZoneInfo("Europe/Belgrade")
+    forms = [
+        [datetime(2026, 3, 29, 1, 59, 59, 999999, tzinfo=zone), datetime(2026, 3, 29, 3, 0, 0, 1, tzinfo=zone)],
+        [datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=timezone(timedelta(hours=-9, minutes=-30)))],
+        [datetime(2026, 3, 1, 10, 0, 0, 7)],  # naive
+        ["2026-03-01 10:00:00.25", "2026-03-01T10:00:00+02:00"],
+        [pd.Timestamp("2026-03-01 10:00:00.000000001", tz="UTC")],  # nanoseconds
+        [],
+    ]
+    for values in forms:
+        expected = pd.to_datetime(values, utc=True, format="ISO8601").as_unit("ns")
+        assert _utc_times(values).equals(expected), values
+        assert str(_utc_times(values).dtype) == "datetime64[ns, UTC]"
 
 
 def test_customer_ids_are_pseudonymised_and_queues_redacted(store: ContactStore) -> None:

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -212,7 +212,9 @@ class ContactStore:
     def __init__(self, url: str, pseudonym_key: str | None = None) -> None:
         if (database := sqlite_file(url)) is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        # A server's connection may be dropped while pooled: ping it before use. A SQLite file's cannot, and
+        # the ping was a query per connection a /score takes (~8).
+        self.engine: Engine = create_engine(url, pool_pre_ping=database is None)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         for attempt in range(CREATE_ATTEMPTS):
@@ -775,6 +777,19 @@ def _array(values: Any) -> Any:
     return values if hasattr(values, "dtype") else np.asarray(values, dtype=object)
 
 
+def _utc_times(values: Any) -> Any:
+    """Times as UTC nanoseconds, as ``pd.to_datetime(values, utc=True, format="ISO8601")`` reads them; a request's
+    datetimes (each with its offset) by integer arithmetic, at a fifth of its cost."""
+    if isinstance(values, list | tuple) and all(type(v) is datetime and v.tzinfo is not None for v in values):
+        us = np.array([(v - _EPOCH) // _MICROSECOND for v in values], dtype="datetime64[us]")
+        return pd.DatetimeIndex(us.astype("datetime64[ns]"), dtype="datetime64[ns, UTC]")
+    return pd.to_datetime(values, utc=True, format="ISO8601").as_unit("ns")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def typed_columns(columns: dict[str, Any], index: pd.Index | None = None) -> pd.DataFrame:
     """``typed_contacts`` of columns as sequences (a driver's rows, a request's fields), framed once.
 
@@ -785,7 +800,7 @@ def typed_columns(columns: dict[str, Any], index: pd.Index | None = None) -> pd.
         # utc=True: a batch may mix offsets (one zone across a DST change); naive values are UTC already.
         # ISO-8601 (SQLite's text, or datetimes): no per-call guessing of the format, mixed forms parse too.
         if column in columns:
-            typed[column] = pd.to_datetime(columns[column], utc=True, format="ISO8601").as_unit("ns")
+            typed[column] = _utc_times(columns[column])
     for column in contract.names(*contract.TEXT_KINDS):
         if column in columns:
             values = columns[column]
