@@ -11,12 +11,14 @@ Bounded: a fixed number of sequential requests. Results go to bench-results/serv
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import results
 
 from predictor.config import PACKAGE_DATA, EmbeddingConfig, RegistryConfig, Settings
@@ -70,6 +72,11 @@ def main() -> None:
                 f"{r['score_batch']['contacts_per_second']} | {r['score_long']['raw_embedding_ms']['p50']} |"
             )
         results.write(args.out, f"service-{args.language}-backends", reports, lines)
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of these processes, every thread of each."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def long_transcript(language: str) -> str:
@@ -147,17 +154,21 @@ def run(backend: str, args: argparse.Namespace) -> dict:
             row["contact_id"] = f"bench-batch-{k}"
             row["transcript"] = f"{row['transcript']} (batch ref {k})"
             bodies.append(contact_json(row))
+        server = [psutil.Process(service.process.pid), *psutil.Process(service.process.pid).children(recursive=True)]
+        cpu_before = _cpu_seconds(server)
         started = time.perf_counter()
         response = client.post("/score_batch", json={"contacts": bodies})
         batch_seconds = time.perf_counter() - started
+        batch_cpu = _cpu_seconds(server) - cpu_before
         response.raise_for_status()
         started = time.perf_counter()
         embedder.encode([b["transcript"] + " raw" for b in bodies])
         raw_batch = time.perf_counter() - started
         # What the service embeds of each contact: the whole conversation and its closing turns (two views).
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         text_views([b["transcript"] + " views" for b in bodies], embedder)
-        raw_views = time.perf_counter() - started
+        raw_views, views_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        cores = os.cpu_count() or 1
         report["score_batch"] = {
             "contacts": args.batch,
             "seconds": round(batch_seconds, 2),
@@ -165,19 +176,15 @@ def run(backend: str, args: argparse.Namespace) -> dict:
             "raw_embedding_contacts_per_second": round(args.batch / raw_batch, 1),
             "raw_text_views_contacts_per_second": round(args.batch / raw_views, 1),
             "service_over_raw": round(batch_seconds / raw_batch, 2),
+            # CPU time (every thread, user + system) per contact, and what all cores could do at that cost: a
+            # ceiling no scheduling of this work across processes or threads can pass.
+            "service_cpu_ms_per_contact": round(batch_cpu / args.batch * 1000, 3),
+            "service_ceiling_contacts_per_second": round(cores * args.batch / batch_cpu, 1),
+            "text_views_cpu_ms_per_contact": round(views_cpu / args.batch * 1000, 3),
+            "text_views_ceiling_contacts_per_second": round(cores * args.batch / views_cpu, 1),
+            "cores": cores,
         }
-        import psutil
-
-        report["service_rss_mb"] = round(
-            sum(
-                p.memory_info().rss
-                for p in [
-                    psutil.Process(service.process.pid),
-                    *psutil.Process(service.process.pid).children(recursive=True),
-                ]
-            )
-            / 2**20
-        )
+        report["service_rss_mb"] = round(sum(p.memory_info().rss for p in server) / 2**20)
     report["backend"] = backend
     report["language"] = args.language
     report["store_contacts"] = len(history)
@@ -196,6 +203,9 @@ def run(backend: str, args: argparse.Namespace) -> dict:
         f"(raw embedding alone: {b['raw_embedding_contacts_per_second']}/s, both of the model's text views "
         f"{b['raw_text_views_contacts_per_second']}/s; "
         f"service / raw time = {b['service_over_raw']}x)",
+        f"CPU per contact (every thread): the service {b['service_cpu_ms_per_contact']} ms, its text views alone "
+        f"{b['text_views_cpu_ms_per_contact']} ms; at those costs {b['cores']} cores could do at most "
+        f"{b['service_ceiling_contacts_per_second']} and {b['text_views_ceiling_contacts_per_second']} contacts/s",
         f"service RSS: {report['service_rss_mb']} MB; contact store: {report['store_contacts']:,} contacts",
     ]
     long = report["score_long"]["http_ms"]
