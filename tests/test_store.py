@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -308,6 +308,8 @@ def test_a_requests_times_type_as_pandas_types_them() -> None:
         expected = pd.to_datetime(values, utc=True, format="ISO8601").as_unit("ns")
         assert _utc_times(values).equals(expected), values
         assert str(_utc_times(values).dtype) == "datetime64[ns, UTC]"
+    with pytest.raises(pd.errors.OutOfBoundsDatetime):  # as pandas: never a time wrapped round
+        _utc_times([datetime(2500, 1, 1, tzinfo=UTC)])
 
 
 def test_customer_ids_are_pseudonymised_and_queues_redacted(store: ContactStore) -> None:
