@@ -43,12 +43,12 @@ def scoring_history(
     t = epoch_us(contacts["closed_at"])
     window = days_us(labels.repeat_window_days)
     after, until = int(t.min()) - days_us(LOOKBACK_DAYS) - 1, int(t.max())
-    agents = contacts["agent_id"].astype(str).unique().tolist()
+    agents = list(dict.fromkeys(contacts["agent_id"].tolist()))  # in order, once each
 
     # Windows of the agents' contacts that ended by now and are not kept yet: derived from all of their
     # customers' contacts, used as derived and kept for the next caller. The scored customers' own windows
     # ``build`` derives from their contacts as this call has them.
-    scored = {store.pseudonym(c) for c in contacts["customer_id"].astype(str).unique()}
+    scored = {store.pseudonym(c) for c in set(contacts["customer_id"].tolist())}
     found = store.unwindowed_customers(agents, key, _at(after - window - SLACK_US), _at(until - window + SLACK_US))
     missing = [p for p in found if p not in scored]
     kept = store.kept_windows(agents, key, after, until, except_pseudonyms=scored | set(missing))

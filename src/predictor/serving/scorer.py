@@ -373,9 +373,11 @@ class Scorer:
         service = self.settings.service
         cooldown_hours = service.follow_up_cooldown_hours
         cooldown = pd.Timedelta(hours=cooldown_hours)
-        closed = dict(zip(frame["contact_id"], frame["closed_at"], strict=True))
+        # Lists, not the Series: iterating an Arrow string column costs ~10x a list's.
+        ids = frame["contact_id"].tolist()
+        closed = dict(zip(ids, frame["closed_at"].tolist(), strict=True))
         due = [cid for cid, follow_up in recommended.items() if follow_up.act]
-        customers = dict(zip(frame["contact_id"], frame["customer_id"], strict=True))
+        customers = dict(zip(ids, frame["customer_id"].tolist(), strict=True))
         earlier: dict[str, list] = {}
         if due:
             times = [closed[cid] for cid in due]
