@@ -159,3 +159,18 @@ def test_text_views_are_the_whole_conversation_and_its_close(settings) -> None:
     assert np.abs(whole[0] - closing[0]).max() > 0  # different texts, different vectors
     assert not whole[1].any() and not closing[1].any()  # no transcript: zero vectors, never embedded
     assert "4111" not in features.transcripts[0] and "[CARD]" in features.transcripts[0]
+
+
+def test_positions_are_those_pandas_finds() -> None:
+    """The feature function looks ids and agents up by a dict (a scorer's few rows paid ~0.1 ms per index):
+    the same positions as ``pd.Index.get_indexer``, -1 for the absent."""
+    from predictor.features.build import _positions
+
+    rng = np.random.default_rng(3)
+    keys = np.array(sorted({f"id-{k}" for k in rng.integers(0, 10_000, 500)}), dtype=object)
+    rng.shuffle(keys)
+    wanted = np.array([*keys[::7], "absent", "", *keys[:3]], dtype=object)
+    expected = pd.Index(keys).get_indexer(wanted)
+    assert _positions(keys, wanted).tolist() == expected.tolist()
+    assert _positions(keys[:0], wanted[:2]).tolist() == [-1, -1]
+    assert _positions(keys, wanted[:0]).tolist() == []

@@ -232,7 +232,7 @@ def _history(
     # The customer's earlier contacts: theirs that closed by this one's close, this one excluded.
     ordered = np.lexsort((id_rank, closed, customers))
     keys = _Keyed(customers[ordered], closed[ordered])
-    position = pd.Index(ids).get_indexer(contacts.contact_id)  # always found
+    position = _positions(ids, contacts.contact_id)  # always found
     query_code = customers[position]
     t = contacts.closed_us
     upto = keys.count_upto(query_code, t)  # includes the contact itself
@@ -288,6 +288,13 @@ def _history(
         for column in AGENT_COLUMNS:
             out[column] = agent_features[column].to_numpy(dtype=float)
     return out
+
+
+def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each wanted value is among ``keys`` (unique), -1 if absent: ``pd.Index.get_indexer`` by a dict,
+    which is ~20x cheaper on a scorer's few rows (building an index's hash table cost ~0.1 ms a call)."""
+    where = dict(zip(keys.tolist(), range(len(keys)), strict=True))
+    return np.fromiter((where.get(value, -1) for value in wanted.tolist()), np.int64, len(wanted))
 
 
 class _Keyed:
@@ -370,7 +377,7 @@ def _agent_rates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The rate of each contact's ``agent`` as of its close ``t`` (µs), over the windows given."""
     agents, agent_ids = pd.factorize(window_agents)
-    query_code = pd.Index(agent_ids).get_indexer(agent).astype(float)
+    query_code = _positions(agent_ids, agent).astype(float)
     query_code[query_code < 0] = np.nan  # an agent with no closed window yet
     return _shrunk_rate(
         agents, window_end_us, repeat, query_code, t, t - days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE,
