@@ -199,25 +199,18 @@ def label_arrays(
             repeat=empty.astype(bool), censored=empty.astype(bool), next_row=empty.astype(np.int64), hours=empty,
             window_end_ms=empty.astype(np.int64), window_complete=empty.astype(bool), continues=empty.astype(bool),
         )  # fmt: skip
-    if isinstance(contacts, ContactArrays):
-        contact_ids, customer_ids = contacts.contact_id, contacts.customer_id
-        opened_all, closed_all = contacts.opened_us // 1000, contacts.closed_us // 1000
-        transfers_all = contacts.transfers
-    else:  # a log's frame: only the columns read here (a million rows' strings are not copied for nothing)
-        contact_ids = contacts["contact_id"].to_numpy(dtype=object)
-        customer_ids = contacts["customer_id"].to_numpy(dtype=object)
-        opened_all, closed_all = _epoch_ms(contacts["opened_at"]), _epoch_ms(contacts["closed_at"])
-        transfers_all = contacts["transfers"].to_numpy()
+    known = ContactArrays.of(contacts)
+    opened_all, closed_all = known.opened_us // 1000, known.closed_us // 1000
     as_of_ms = (
         int((pd.Timestamp(as_of) - _EPOCH) // pd.Timedelta(milliseconds=1)) if as_of is not None else closed_all.max()
     )
 
-    customer_all = pd.factorize(customer_ids)[0].astype(np.int64)
-    order = np.lexsort((contact_ids, opened_all, customer_all))
+    customer_all = pd.factorize(known.customer_id)[0].astype(np.int64)
+    order = np.lexsort((known.contact_id, opened_all, customer_all))
     customer = customer_all[order]
     opened = opened_all[order]
     closed = closed_all[order]
-    transfers = transfers_all[order]
+    transfers = known.transfers[order]
 
     same_customer_as_prev = np.r_[False, customer[1:] == customer[:-1]]
     prev_closed = np.r_[0, closed[:-1]]
@@ -269,10 +262,6 @@ def epoch_us(times: pd.Series) -> np.ndarray:
         # and the scorer takes these keys seven times per contact.
         return values.as_unit("us").asi8
     return ((times - _EPOCH) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
-
-
-def _epoch_ms(times: pd.Series) -> np.ndarray:
-    return epoch_us(times) // 1000
 
 
 def _empty_labels(out: pd.DataFrame) -> pd.DataFrame:
