@@ -657,10 +657,10 @@ def _earliest_openings(customers: Iterable[str], opened: Iterable[Any]) -> dict[
 def _epoch_us_of(values: Sequence[Any]) -> np.ndarray:
     """Times as the driver hands them back, in microseconds since 1970 (UTC): SQLite's naive ISO text parsed
     by NumPy (50x pandas' ``to_datetime`` on a few rows), anything else (PostgreSQL's datetimes, a text with
-    an offset) as ``typed_columns`` parses it."""
+    an offset) as ``typed_columns`` types it."""
     if all(type(value) is str and _NAIVE_TEXT.fullmatch(value) for value in values):
         return np.array(values, dtype="datetime64[us]").astype(np.int64)
-    return epoch_us(pd.to_datetime(list(values), utc=True, format="ISO8601").as_unit("ns"))
+    return epoch_us(_utc_times(list(values)))
 
 
 _NAIVE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?")  # how SQLite keeps a datetime
