@@ -761,10 +761,6 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _empty_frame() -> pd.DataFrame:
-    return typed_contacts(pd.DataFrame(columns=list(CONTACT_COLUMNS)))
-
-
 def typed_contacts(frame: pd.DataFrame) -> pd.DataFrame:
     """Contact rows typed as the schema types them; naive datetimes are UTC (SQLite hands them back so)."""
     if frame.empty:
