@@ -10,6 +10,7 @@ The logic lives in `predictor.serving.scorer`; this file only wires it to HTTP.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from http import HTTPStatus
@@ -37,6 +38,9 @@ from predictor.serving.api import (
 )
 from predictor.serving.devserver import auth_notice
 from predictor.serving.guard import BodyLimits, GuardMiddleware, bound_header_time, bucket_unknown_paths
+
+# Read by the tokenizers library at each call (ServiceConfig.parallel_tokenizer).
+TOKENIZER_THREADS = "TOKENIZERS_PARALLELISM"
 
 
 def _token() -> str | None:
@@ -66,13 +70,15 @@ class Predictor:
 
         logs.setup(plain=True)  # a log file: one plain line per record
         self.settings = get_settings()
+        os.environ[TOKENIZER_THREADS] = "true" if self.settings.service.parallel_tokenizer else "false"
         log = logging.getLogger(__name__)
         if notice := auth_notice(self.settings.api_token):
             log.warning(notice)
         self.scorer = Scorer.from_settings(self.settings)
         sklearn = "scikit-learn loaded: a model without a lean copy" if "sklearn" in sys.modules else "no scikit-learn"
-        log.info("worker ready in %.1f s (model version %s; %s)", time.perf_counter() - started,
-                 self.scorer.model_version, sklearn)  # fmt: skip
+        tokenizer = "every core" if os.environ[TOKENIZER_THREADS] == "true" else "one thread"
+        log.info("worker ready in %.1f s (model version %s; %s; tokenizing on %s)", time.perf_counter() - started,
+                 self.scorer.model_version, sklearn, tokenizer)  # fmt: skip
 
     def __is_ready__(self) -> bool:
         return self.scorer is not None
