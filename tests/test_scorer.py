@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from predictor.contacts.store import ContactStore
+from predictor.features.build import TextViews
 from predictor.reports.plan import follow_up_plan
 from predictor.serving.api import ContactIn, OutOfTime, contact_json
 from predictor.serving.scorer import KeyLocks, Scorer
@@ -97,3 +98,29 @@ def test_past_the_budget_the_rest_of_a_batch_is_reported_and_not_stored(scorer: 
         scorer.score(batch[-1], deadline=time.monotonic() - 1)
     # Sent again in time, the unscored ones are scored (nothing of them was kept).
     assert scorer.score_batch(as_items(batch[4:])).scored == 4
+
+
+def test_a_retried_batch_is_replayed_from_the_store_without_embedding_it_again(
+    scorer: Scorer, trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer a caller gets is the one stored, and a retry of a batch replays it without the costly part
+    (a single contact is embedded before the store is asked: a replay of one wastes ~1 ms, not a batch's)."""
+    batch = bodies(trained, 200, 4, "retry")
+    embedded: list[int] = []
+    original = scorer.model.text_views
+
+    def counting(frame: pd.DataFrame) -> TextViews | None:
+        embedded.append(len(frame))
+        return original(frame)
+
+    monkeypatch.setattr(scorer.model, "text_views", counting)  # the model is the session's: undone after
+    first = scorer.score_batch(as_items(batch))
+    stored = scorer.store.stored([c.contact_id for c in batch])
+    for item in first.results:
+        assert item.ok and not item.result.replayed
+        assert stored[item.contact_id].response == item.result.model_dump(mode="json")
+    again = scorer.score_batch(as_items(batch))
+    assert embedded == [2, 2]  # the first call's two chunks; the retry embeds nothing
+    for before, after in zip(first.results, again.results, strict=True):
+        assert after.result.replayed
+        assert after.result.model_dump(exclude={"replayed"}) == before.result.model_dump(exclude={"replayed"})
