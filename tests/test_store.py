@@ -98,6 +98,28 @@ def test_the_content_hash_ignores_offsets_and_number_formats() -> None:
     assert content_hash(rows) == content_hash(moved) != content_hash(other)
 
 
+def test_rows_a_caller_read_already_are_hashed_and_saved_as_the_frame_is(tmp_path: Path) -> None:
+    """A scorer reads its frame's rows once and hands them to ``content_hash`` and ``save``: the same hashes, the
+    same stored contacts, and the caller's rows left as they were."""
+    import copy
+
+    from predictor.contacts.store import content_hash, records
+
+    rows = validate(frame(contact("C1", queue="Call me on 4111 1111 1111 1111"), contact("C2", csat=None))).contacts
+    read = records(rows, list(rows.columns))
+    before = copy.deepcopy(read)
+    assert content_hash(rows, rows=read) == content_hash(rows)
+    assert content_hash(rows, issues=["a", "b"], rows=read) == content_hash(rows, issues=["a", "b"])
+    stores = [ContactStore(f"sqlite:///{tmp_path / f'{name}.db'}", pseudonym_key="k") for name in ("frame", "rows")]
+    answers = {"C1": answer("C1"), "C2": answer("C2")}
+    assert stores[0].save(rows, answers, "1") == stores[1].save(rows, answers, "1", rows=read) == {"C1", "C2"}
+    kept = [store.all_contacts().sort_values("contact_id").reset_index(drop=True) for store in stores]
+    pd.testing.assert_frame_equal(kept[0], kept[1])
+    assert "4111" not in kept[1]["queue"].str.cat() and kept[1]["customer_id"].tolist() != ["U1", "U1"]
+    assert [s.content_hash for s in stores[1].stored(["C1", "C2"]).values()] == content_hash(rows)
+    assert read == before
+
+
 def test_the_content_hash_is_the_same_with_or_without_a_language() -> None:
     """The language is read off the transcript when not sent, and contacts stored before the field existed were
     hashed without it: a retry that does (or does not) say its language replays, across the upgrade too."""
