@@ -161,6 +161,29 @@ def test_text_views_are_the_whole_conversation_and_its_close(settings) -> None:
     assert "4111" not in features.transcripts[0] and "[CARD]" in features.transcripts[0]
 
 
+def test_text_views_embed_every_view_in_one_call_as_each_alone(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both views go to the embedder in one call (each call tokenizes and embeds on its own: ~0.15 ms a call for
+    a scorer's one contact); the vectors are those of each view embedded alone."""
+    from predictor.features.build import text_views
+    from predictor.features.embed import Embedder
+
+    embedder = Embedder(settings.embedding)
+    transcripts = [
+        "Agent: hi\nCustomer: my bill is wrong\nAgent: let me look\nAgent: fixed\nCustomer: thanks\nAgent: bye",
+        "Customer: short",  # its closing turns are the whole of it
+        "",
+        "one long line " * 400,
+    ]
+    encode, calls = embedder.encode, []
+    monkeypatch.setattr(embedder, "encode", lambda texts, **kw: calls.append(len(texts)) or encode(texts, **kw))
+    views = text_views(transcripts, embedder)
+    assert calls == [2 * len(transcripts)]
+    closing = [closing_turns(t, embedder.config.closing_turns) for t in transcripts]
+    np.testing.assert_allclose(views.vectors["whole"], encode(transcripts), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(views.vectors["closing"], encode(closing), rtol=0, atol=1e-6)
+    assert views.vectors["whole"].shape == views.vectors["closing"].shape == (len(transcripts), embedder.dimension)
+
+
 def test_positions_are_those_pandas_finds() -> None:
     """The feature function looks ids and agents up by a dict (a scorer's few rows paid ~0.1 ms per index):
     the same positions as ``pd.Index.get_indexer``, -1 for the absent."""
