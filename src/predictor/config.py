@@ -154,9 +154,10 @@ class ServiceConfig(BaseModel):
     batch_chunk: int = Field(250, ge=1, description="Contacts a batch scores at a time.")
     # The tokenizers library tokenizes a batch on every core unless TOKENIZERS_PARALLELISM says no, which the
     # Makefile and the tests do (a process that forks after tokenizing could deadlock). A service worker never
-    # forks: it decides for itself. On, a 200-contact batch scored ~7% more contacts/s here (in-process, six
-    # alternating runs); a single /score took ~0.15 ms (2%) longer, waking the tokenizer's second thread.
-    parallel_tokenizer: bool = Field(True, description="Tokenize a batch's transcripts on every core.")
+    # forks: it decides for itself, whatever its caller's environment. On, a 200-contact batch scored ~7% more
+    # contacts/s here (in-process, six alternating runs), but one contact's text views took 1.69 ms against 1.40
+    # (waking the tokenizer's second thread for each of its calls): off by default, for the /score at close time.
+    parallel_tokenizer: bool = Field(False, description="Tokenize a batch's transcripts on every core.")
     protect_metrics: bool = Field(False, description="Require the bearer token on /metrics too.")
     allow_open: bool = Field(False, description="Serve without a token on an address other than loopback.")
     scripts_path: Path = Field(
