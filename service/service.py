@@ -84,11 +84,11 @@ class Predictor:
         return self.scorer is not None
 
     @bentoml.api
-    async def score(self, contact: ContactIn, /) -> ScoreResponse:
+    def score(self, contact: ContactIn, /) -> ScoreResponse:
         """Score one contact at close (a retry of the same contact gets the stored answer; the same
         contact_id with other content is a 409)."""
         try:
-            return await self.scorer.score_in_loop(contact, self.scorer.deadline())
+            return self.scorer.score(contact, self.scorer.deadline())
         except ContentConflict as conflict:
             return _error(HTTPStatus.CONFLICT, str(conflict))
         except OutOfTime as late:

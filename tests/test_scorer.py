@@ -12,8 +12,8 @@ import pytest
 from predictor.contacts.store import ContactStore
 from predictor.features.build import TextViews
 from predictor.reports.plan import follow_up_plan
-from predictor.serving.api import ContactIn, OutOfTime, ScoreResponse, contact_json
-from predictor.serving.scorer import KeyLocks, LockBusy, Scorer
+from predictor.serving.api import ContactIn, OutOfTime, contact_json
+from predictor.serving.scorer import KeyLocks, Scorer
 
 pytestmark = pytest.mark.slow  # needs the trained model
 
@@ -124,42 +124,3 @@ def test_a_retried_batch_is_replayed_from_the_store_without_embedding_it_again(
     for before, after in zip(first.results, again.results, strict=True):
         assert after.result.replayed
         assert after.result.model_dump(exclude={"replayed"}) == before.result.model_dump(exclude={"replayed"})
-
-
-def test_in_the_event_loop_a_score_whose_customer_is_held_waits_on_a_thread(scorer: Scorer, trained) -> None:
-    """The service scores a /score in its event loop (the hop to a worker thread cost ~1 ms), but one whose
-    customer another call holds waits on a thread: waiting in the loop would hold up every other request."""
-    import asyncio
-
-    contacts = bodies(trained, 300, 40, "loop")
-    held = contacts[0]
-    other = next(c for c in contacts if c.customer_id != held.customer_id)
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:  # another call scoring this customer (a batch's chunk)
-        with scorer._locks.holding([f"customer\0{held.customer_id}"], None, 1.0):
-            entered.set()
-            release.wait(5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert entered.wait(5)
-    with pytest.raises(LockBusy):
-        scorer.score(held, wait=False)
-    assert held.contact_id not in scorer.store.stored([held.contact_id])  # refused before anything was stored
-
-    async def both() -> tuple[ScoreResponse, float, bool, ScoreResponse]:
-        waiting = asyncio.create_task(scorer.score_in_loop(held))
-        await asyncio.sleep(0.05)  # it starts, finds its customer held, and waits on a thread
-        started = time.perf_counter()
-        answered = await scorer.score_in_loop(other)
-        took = time.perf_counter() - started
-        still_waiting = not waiting.done()
-        release.set()
-        return answered, took, still_waiting, await waiting
-
-    answered, took, still_waiting, late = asyncio.run(both())
-    holder.join()
-    assert still_waiting and took < 2.0, f"the loop was held up {took:.1f} s"
-    assert answered.contact_id == other.contact_id and late.contact_id == held.contact_id
-    assert not answered.replayed and not late.replayed

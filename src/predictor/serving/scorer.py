@@ -61,10 +61,6 @@ log = logging.getLogger(__name__)
 UNKNOWN_ISSUE = "other"
 
 
-class LockBusy(RuntimeError):
-    """Another call holds a lock this one needs, and it may not wait (``KeyLocks.holding(wait=False)``)."""
-
-
 class KeyLocks:
     """A lock per key (a contact id, a customer id), held only while in use: scoring holds the locks of the
     contacts and customers at hand, so callers scoring other customers never wait for each other.
@@ -77,14 +73,8 @@ class KeyLocks:
         self._guard = threading.Lock()
         self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}  # key -> (lock, [users])
 
-    def held(self, keys: list[str]) -> bool:
-        """Whether another call holds (or waits for) any of these keys now."""
-        with self._guard:
-            return any(key in self._locks for key in keys)
-
     @contextmanager
-    def holding(self, keys: list[str], deadline: float | None, budget_s: float, wait: bool = True) -> Iterator[None]:
-        """Hold every key's lock; ``wait=False``: raise ``LockBusy`` at once when one is taken."""
+    def holding(self, keys: list[str], deadline: float | None, budget_s: float) -> Iterator[None]:
         with self._guard:
             entries = [self._locks.setdefault(key, (threading.Lock(), [0])) for key in sorted(set(keys))]
             for _, users in entries:
@@ -92,10 +82,8 @@ class KeyLocks:
         taken: list[threading.Lock] = []
         try:
             for lock, _ in entries:
-                if not wait:
-                    if not lock.acquire(blocking=False):
-                        raise LockBusy
-                elif not lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+                wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not lock.acquire(timeout=wait):
                     raise OutOfTime(budget_s)
                 taken.append(lock)
             yield
@@ -156,29 +144,13 @@ class Scorer:
         return time.monotonic() + self.settings.service.request_budget_s
 
     # -- entry points -------------------------------------------------------------------------------------
-    def score(self, contact: ContactIn, deadline: float | None = None, wait: bool = True) -> ScoreResponse:
+    def score(self, contact: ContactIn, deadline: float | None = None) -> ScoreResponse:
         """One contact; raises ``ContentConflict`` when its id was scored with other content, ``OutOfTime``
-        when the deadline passes first; ``wait=False``: ``LockBusy`` (nothing stored) rather than wait for a
-        call holding this contact's or customer's lock."""
-        result = self._score_all([contact], deadline, wait)[0]
+        when the deadline passes first."""
+        result = self._score_all([contact], deadline)[0]
         if isinstance(result, Exception):
             raise result
         return result
-
-    async def score_in_loop(self, contact: ContactIn, deadline: float | None = None) -> ScoreResponse:
-        """``score`` for an event loop: in the loop itself (the hop to a worker thread and back cost ~1 ms of a
-        /score here: 9.6-9.9 ms over HTTP against 11.5-11.6, alternating), unless another call holds this
-        contact's or customer's lock: waiting for it in the loop would hold up every other request, so that one
-        waits on a worker thread. A /score's few milliseconds in the loop hold up others no longer than they
-        did on a thread, where they held the GIL."""
-        import anyio.to_thread
-
-        if not self._locks.held(_lock_keys([contact.contact_id], [contact.customer_id])):
-            try:
-                return self.score(contact, deadline, wait=False)
-            except LockBusy:
-                pass  # taken meanwhile, before anything was stored
-        return await anyio.to_thread.run_sync(self.score, contact, deadline)
 
     def score_batch(self, items: list[Any], deadline: float | None = None) -> BatchResponse:
         """Validate each item on its own: a bad one is reported, the others are scored (those the deadline
@@ -208,7 +180,7 @@ class Scorer:
         rejected = sum(not item.ok for item in ordered)
         return BatchResponse(results=ordered, scored=len(ordered) - rejected, rejected=rejected)
 
-    def _score_all(self, contacts: list[ContactIn], deadline: float | None, wait: bool = True) -> list[Outcome]:
+    def _score_all(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
         """Idempotent by id *and* content: a contact seen before with the same content gets the stored answer
         (``replayed``), one with other content a ``ContentConflict``; the same id twice in one call likewise.
         Chunk by chunk, each under its own customers' locks; past the deadline the rest is ``OutOfTime``."""
@@ -226,7 +198,7 @@ class Scorer:
             try:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise OutOfTime(budget)
-                self._score_chunk(frame, rows, hashes, positions, warnings, deadline, out, wait)
+                self._score_chunk(frame, rows, hashes, positions, warnings, deadline, out)
             except OutOfTime as late:
                 out[start:] = [late] * (len(contacts) - start)
                 break
@@ -241,7 +213,6 @@ class Scorer:
         warnings: dict[str, list[str]],
         deadline: float | None,
         out: list[Outcome | None],
-        wait: bool = True,
     ) -> None:
         ids = [rows[p]["contact_id"] for p in positions]
         # The costly part (redaction, embedding) reads no store: done before any lock is taken, for the
@@ -250,8 +221,8 @@ class Scorer:
         answered = set() if len(ids) == 1 else {k for k, v in self.store.stored(ids).items() if v.response is not None}
         embedded = [p for p, contact_id in zip(positions, ids, strict=True) if contact_id not in answered]
         text = self.model.text_views(frame.iloc[embedded]) if embedded else None
-        keys = _lock_keys(ids, [rows[p]["customer_id"] for p in positions])
-        with self._locks.holding(keys, deadline, self.settings.service.request_budget_s, wait):
+        keys = [f"contact\0{i}" for i in ids] + [f"customer\0{rows[p]['customer_id']}" for p in positions]
+        with self._locks.holding(keys, deadline, self.settings.service.request_budget_s):
             stored = self.store.stored(ids)
             scored_now: dict[str, int] = {}  # id -> the position scored in this chunk
             decisions: list[str] = []
@@ -460,10 +431,6 @@ class Scorer:
                         )
             out[cid] = FollowUpOut(**fields)
         return out, counted
-
-
-def _lock_keys(contact_ids: list[str], customer_ids: list[str]) -> list[str]:
-    return [f"contact\0{i}" for i in contact_ids] + [f"customer\0{c}" for c in customer_ids]
 
 
 def _rows(table: dict[str, Any]) -> list[SimpleNamespace]:
