@@ -246,10 +246,10 @@ class Scorer:
                 row_of = {p: k for k, p in enumerate(embedded)}
                 # Every fresh contact was unanswered before the lock too (an answer is never taken back).
                 fresh_text = text.rows([row_of[p] for p in fresh]) if text is not None else None
-                fresh_rows = [rows[p] for p in fresh]
-                answers, experiments = self._score_frame(frame.iloc[fresh], fresh_rows, warnings, fresh_text)
+                fresh_frame, fresh_rows = frame.iloc[fresh], [rows[p] for p in fresh]
+                answers, experiments = self._score_frame(fresh_frame, fresh_rows, warnings, fresh_text)
                 self.store.save(
-                    frame.iloc[fresh],
+                    fresh_frame,
                     {contact_id: answer.model_dump(mode="json") for contact_id, answer in answers.items()},
                     self.model_version,
                     hashes=[hashes[p] for p in fresh],
@@ -335,8 +335,8 @@ class Scorer:
         recommended: dict[str, FollowUp] = {}
         scored: list[tuple[float, list[NextIssue], Any, Any, int]] = []
         # Plain rows: iterating a frame's tuples (Arrow strings) cost ~2 ms a contact.
-        contacts = [SimpleNamespace(**row) for row in rows]
-        for position, (row, contact) in enumerate(zip(_rows(predictions), contacts, strict=True)):
+        predicted = records(predictions, list(predictions))
+        for position, (row, contact) in enumerate(zip(_attributes(predicted), _attributes(rows), strict=True)):
             p = float(row.repeat_probability)
             next_issues = [
                 NextIssue(
@@ -433,6 +433,6 @@ class Scorer:
         return out, counted
 
 
-def _rows(table: dict[str, Any]) -> list[SimpleNamespace]:
-    """The rows of arrays by column name as attribute records."""
-    return [SimpleNamespace(**record) for record in records(table, list(table))]
+def _attributes(rows: list[dict[str, Any]]) -> list[SimpleNamespace]:
+    """Rows (``records``) as attribute records."""
+    return [SimpleNamespace(**row) for row in rows]
