@@ -34,10 +34,13 @@ from predictor.training.train import fit
 
 # Issue #15's figures of this benchmark on this machine before the service work (two runs), and its targets.
 BEFORE = {"score_long_p50": "42.6 / 60.8", "score_long_p99": "75 / 144", "batch_per_s": "475 / 398", "ready_s": "~18"}
-TARGET = {"score_long_p50": "<= 20", "score_long_p99": "<= 50", "batch_per_s": ">= 1,500", "ready_s": "<= 5"}
-# The issue's HTTP floor (GET /readyz p50) beside its first run: its targets as multiples of the floor, which this
+TARGET_MS = {"p50": 20, "p99": 50}  # /score, long transcript
+TARGET = {"score_long_p50": f"<= {TARGET_MS['p50']}", "score_long_p99": f"<= {TARGET_MS['p99']}",
+          "batch_per_s": ">= 1,500", "ready_s": "<= 5"}  # fmt: skip
+# The issue's HTTP floor (GET /readyz p50) and its first run: the targets as multiples of the floor, which this
 # machine's speed swings (1.0 to 2.3 ms) move together with everything else.
 ISSUE_FLOOR_MS = 2.3
+ISSUE_FIRST_RUN_MS = {"p50": 42.6, "p99": 75}
 LONG_FILLER = " ".join(["I have been waiting for this for quite a while and I checked the app twice already."] * 20)
 
 
@@ -237,10 +240,11 @@ def run(backend: str, args: argparse.Namespace) -> dict:
         "|---|---|---|---|",
         f"| /score long p50 ms | {long['p50']} | {TARGET['score_long_p50']} | {BEFORE['score_long_p50']} |",
         f"| /score long p99 ms | {long['p99']} | {TARGET['score_long_p99']} | {BEFORE['score_long_p99']} |",
-        f"| /score long p50 / HTTP floor | {long['p50'] / f['p50']:.1f}x | <= {20 / ISSUE_FLOOR_MS:.1f}x | "
-        f"{42.6 / ISSUE_FLOOR_MS:.1f}x |",
-        f"| /score long p99 / HTTP floor | {long['p99'] / f['p50']:.1f}x | <= {50 / ISSUE_FLOOR_MS:.1f}x | "
-        f"{75 / ISSUE_FLOOR_MS:.1f}x |",
+        *[
+            f"| /score long {q} / HTTP floor | {long[q] / f['p50']:.1f}x | <= {TARGET_MS[q] / ISSUE_FLOOR_MS:.1f}x | "
+            f"{ISSUE_FIRST_RUN_MS[q] / ISSUE_FLOOR_MS:.1f}x |"
+            for q in ("p50", "p99")
+        ],
         f"| /score_batch contacts/s | {b['contacts_per_second']} | {TARGET['batch_per_s']} | {BEFORE['batch_per_s']} |",
         f"| start to ready s | {report['ready_seconds']} | {TARGET['ready_s']} | {BEFORE['ready_s']} |",
         f"(HTTP floor p50 {f['p50']} ms in this run, {ISSUE_FLOOR_MS} ms in the issue's)",
