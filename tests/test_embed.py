@@ -282,6 +282,60 @@ def test_reading_only_the_ends_of_a_long_text_cuts_it_as_reading_all_of_it(
         assert prepared == expected, strategy
 
 
+@pytest.fixture(scope="module")
+def static_model(settings) -> Embedder:
+    """The default (model2vec) backend on the session's cache: distilled once, shared with training tests."""
+    embedder = Embedder(settings.embedding.model_copy(update={"backend": "model2vec", "cache": False}))
+    embedder.encode(["warm up"])
+    return embedder
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "head_fraction", "strategy"),
+    [
+        (128, 0.3, "head_tail"),
+        (128, 0.3, "head"),
+        (32, 0.5, "head_tail"),
+        (16, 0.0, "head_tail"),
+        (48, 1.0, "head_tail"),
+    ],
+)
+def test_a_static_model_embeds_from_the_cut_ids_as_from_the_cut_text(
+    static_model: Embedder, small_log, max_tokens: int, head_fraction: float, strategy: str
+) -> None:
+    """The static backend embeds a cut text from the ids the cut read, not from its decoded text tokenized
+    again: the same vectors, bit for bit, on the simulated transcripts and their closing turns, on texts built
+    to break the cut (a tail that starts inside a word, pieces only one vocabulary has, long words, blank
+    ones), and with most texts taking the ids' way."""
+    from predictor.features.build import closing_turns
+
+    config = static_model.config.model_copy(
+        update={"max_tokens": max_tokens, "head_fraction": head_fraction, "truncation": strategy}
+    )
+    by_ids, by_text = Embedder(config), Embedder(config)
+    by_ids._model = by_text._model = static_model._load()
+    by_text._embedded_from_ids = lambda *args: []  # the text way only
+    taken: list[int] = []
+    embedded_from_ids = by_ids._embedded_from_ids
+    by_ids._embedded_from_ids = lambda *args: taken.append(len(out := embedded_from_ids(*args))) or out
+    transcripts = [t for t in small_log.contacts["transcript"].head(300) if isinstance(t, str)]
+    rng = random.Random(11)
+    words = ["a", "ok", "bill", "internationalization", "unaffable", "x" * 120, "ünïcödé", "don't", "4.5", "回复", "!"]
+    near = [
+        "".join(rng.choice(words) + rng.choice([" ", "  ", "\n", ", ", ". "]) for _ in range(rng.randint(3, 90)))
+        for _ in range(600)
+    ]
+    odd = [
+        "[CLS] hello [SEP] there [MASK] " * 40, "ask [UNK] or [PAD] " * 30, "\u200b", " ", "\x00", "\x1c\x1c",
+        "I do not know , do n't say it 's fine ! " * 30, ("qwertyuiopasdfghjklzxcvbnm" * 5 + " ") * 40,
+        "y" * 3_100 + " late", "word " * 600 + "y" * 5_000, ("ΟΔΟΣ ΣΟΦΟΣ " * 300).strip(),
+        "Клиент: у меня не проходит оплата. " * 80,
+    ]  # fmt: skip
+    texts = transcripts + [closing_turns(t, 4) for t in transcripts] + near + odd
+    np.testing.assert_array_equal(by_ids.encode(texts), by_text.encode(texts))
+    assert sum(taken) > 0.8 * len(set(texts))
+
+
 def test_another_tokenizer_cuts_as_the_word_pieces_do(small_log, tmp_path: Path) -> None:
     """A tokenizer without the ends-only reading (the multilingual backends' own) tokenizes whole texts: short
     ones stay as they are, long ones are cut alike (transformers' tokenizer of the same vocabulary stands in)."""

