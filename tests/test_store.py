@@ -240,6 +240,16 @@ def test_the_scorers_history_gives_the_features_of_the_whole_store(store: Contac
         history, windows = scoring_history(store, chunk, labels)
         pd.testing.assert_frame_equal(build(chunk, history, other_windows=windows).frame, build(chunk, known).frame)
         store.save(chunk, {c: answer(c) for c in chunk["contact_id"]}, "1")
+    # A /score's one contact: its agent's windows are read pooled, a row standing for many.
+    pooled = []
+    for k in range(1430, 1460):
+        one = contacts.iloc[k : k + 1].reset_index(drop=True)
+        known = pd.concat([past, contacts.iloc[1230:k]], ignore_index=True)
+        history, windows = scoring_history(store, one, labels)
+        pooled.append(windows["windows"].max(initial=0))
+        pd.testing.assert_frame_equal(build(one, history, other_windows=windows).frame, build(one, known).frame)
+        store.save(one, {c: answer(c) for c in one["contact_id"]}, "1")
+    assert max(pooled) > 10
 
 
 def test_kept_windows_of_a_customer_written_meanwhile_are_dropped(store: ContactStore) -> None:

@@ -62,6 +62,9 @@ FIELDS: dict[str, ContactField] = {f.name: f for f in CONTACT_FIELDS}
 HISTORY_FIELDS: tuple[str, ...] = (
     "contact_id", "customer_id", "opened_at", "closed_at", "issue", "agent_id", "transfers",
 )  # fmt: skip
+# Agents' closed windows, as the feature function reads them, may come pooled: a row standing for this many
+# windows (their repeats summed); a row without it stands for one.
+WINDOW_COUNT = "windows"
 
 
 def names(*kinds: str, required: bool | None = None) -> tuple[str, ...]:

@@ -40,7 +40,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal_column,
+    or_,
     select,
+    union_all,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError
@@ -434,21 +437,29 @@ class ContactStore:
         after_us: int,
         until_us: int,
         except_pseudonyms: Iterable[str] = (),
+        pooled: tuple[int, int] | None = None,
     ) -> dict[str, np.ndarray]:
         """The agents' kept windows that ended in (``after_us``, ``until_us``], but those of the customers
-        named (by the store's pseudonyms: the caller derived theirs itself): ``WINDOW_COLUMNS`` as arrays, which
-        is all the feature function reads of them (a frame of them cost more than the query)."""
+        named (by the store's pseudonyms: the caller derived theirs itself): ``WINDOW_COLUMNS`` and the count
+        of windows each row stands for, as arrays, which is all the feature function reads of them.
+
+        ``pooled``: windows that ended in this closed span come back as one row per agent (at its end, with
+        their count and repeats summed), for a caller to whom they all weigh alike (every contact it scores
+        counts them). A /score's agent has months of windows: thousands of rows on a busy one, read one by one
+        before. Windows of one agent that ended at the same time are one row too."""
+        low, high = pooled if pooled is not None else (1, 0)  # an empty span: none pooled
         bound = {
             "labels": labels, "agents": agent_ids, "after": after_us, "until": until_us,
-            "skipped": sorted(set(except_pseudonyms)),
+            "skipped": sorted(set(except_pseudonyms)), "pool_from": int(low), "pool_to": int(high),
         }  # fmt: skip
         with self.engine.connect() as db:
             rows = db.execute(_queries().kept_windows, bound).cursor.fetchall()
-        agents, ends, repeats = zip(*rows, strict=True) if rows else ((), (), ())
+        agents, ends, repeats, counts = zip(*rows, strict=True) if rows else ((), (), (), ())
         return {
             "agent_id": np.asarray(agents, dtype=object),
             "window_end_us": np.asarray(ends, dtype=np.int64),
             "repeat": np.asarray(repeats, dtype=float),
+            contract.WINDOW_COUNT: np.asarray(counts, dtype=float),
         }
 
     def save(
@@ -698,6 +709,13 @@ def _queries() -> SimpleNamespace:
     keying each for its cache) cost ~0.2 ms a query."""
     c, w = contacts_table.c, agent_windows_table.c
     kept = select(w.contact_id).where(w.labels == bindparam("labels"), w.contact_id == c.contact_id).exists()
+    in_kept = (
+        w.labels == bindparam("labels"),
+        w.agent_id.in_(bindparam("agents", expanding=True)),
+        w.window_end_us > bindparam("after"),
+        w.window_end_us <= bindparam("until"),
+        w.customer_id.not_in(bindparam("skipped", expanding=True)),
+    )
     return SimpleNamespace(
         stored=select(c.contact_id, c.response, c.content_hash).where(
             c.contact_id.in_(bindparam("ids", expanding=True))
@@ -728,12 +746,20 @@ def _queries() -> SimpleNamespace:
         forget_since=agent_windows_table.delete().where(
             w.customer_id.in_(bindparam("customers", expanding=True)), w.window_end_us >= bindparam("since")
         ),
-        kept_windows=select(w.agent_id, w.window_end_us, w.is_repeat).where(
-            w.labels == bindparam("labels"),
-            w.agent_id.in_(bindparam("agents", expanding=True)),
-            w.window_end_us > bindparam("after"),
-            w.window_end_us <= bindparam("until"),
-            w.customer_id.not_in(bindparam("skipped", expanding=True)),
+        # Pooled: one row per agent, read off the index in its order (no sort); the rest one by one. A GROUP BY
+        # on a CASE of the end instead sorted every row (~0.7 µs each: 1.5 ms for a busy agent's /score).
+        kept_windows=union_all(
+            select(w.agent_id, bindparam("pool_to", type_=BigInteger), func.sum(w.is_repeat), func.count())
+            .where(
+                *in_kept,
+                w.window_end_us >= bindparam("pool_from"),
+                w.window_end_us <= bindparam("pool_to"),
+            )
+            .group_by(w.agent_id),
+            select(w.agent_id, w.window_end_us, w.is_repeat, literal_column("1")).where(
+                *in_kept,
+                or_(w.window_end_us < bindparam("pool_from"), w.window_end_us > bindparam("pool_to")),
+            ),
         ),
     )
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.config import LabelConfig
+from predictor.contacts.contract import WINDOW_COUNT
 from predictor.contacts.labels import ContactArrays, LabelArrays, epoch_us, label_arrays
 from predictor.contacts.redact import redact
 from predictor.features.embed import Embedder
@@ -285,8 +286,9 @@ def _history(
         if other_windows is not None:
             windows = join_windows(windows, other_windows)
         out["agent_repeat_rate"], out["agent_closed_windows"] = _agent_rates(
-            contacts.agent_id, t, windows["agent_id"], windows["window_end_us"], windows["repeat"]
-        )
+            contacts.agent_id, t, windows["agent_id"], windows["window_end_us"], windows["repeat"],
+            _window_counts(windows),
+        )  # fmt: skip
     else:
         for column in AGENT_COLUMNS:
             out[column] = agent_features[column].to_numpy(dtype=float)
@@ -349,12 +351,21 @@ def _closed_windows(known: ContactArrays, labelled: LabelArrays) -> dict[str, np
 
 
 def join_windows(*parts: Any) -> dict[str, np.ndarray]:
-    """Agents' windows (frames, or mappings of arrays, holding ``WINDOW_COLUMNS``) as one set of arrays, in
-    order: a scorer's one row paid more for concatenating frames than for the rates read off them."""
-    return {
+    """Agents' windows (frames, or mappings of arrays, holding ``WINDOW_COLUMNS`` and, if pooled, the count of
+    windows each row stands for) as one set of arrays, in order: a scorer's one row paid more for concatenating
+    frames than for the rates read off them."""
+    joined = {
         column: np.concatenate([np.empty(0, dtype=kind), *(np.asarray(part[column], dtype=kind) for part in parts)])
         for column, kind in zip(WINDOW_COLUMNS, (object, np.int64, float), strict=True)
     }
+    joined[WINDOW_COUNT] = np.concatenate([np.empty(0), *(_window_counts(part) for part in parts)])
+    return joined
+
+
+def _window_counts(windows: Any) -> np.ndarray:
+    if WINDOW_COUNT in windows:
+        return np.asarray(windows[WINDOW_COUNT], dtype=float)
+    return np.ones(len(windows["window_end_us"]))
 
 
 def agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
@@ -376,15 +387,21 @@ def _agent_features(contacts: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFra
 
 
 def _agent_rates(
-    agent: np.ndarray, t: np.ndarray, window_agents: np.ndarray, window_end_us: np.ndarray, repeat: np.ndarray
+    agent: np.ndarray,
+    t: np.ndarray,
+    window_agents: np.ndarray,
+    window_end_us: np.ndarray,
+    repeat: np.ndarray,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rate of each contact's ``agent`` as of its close ``t`` (µs), over the windows given."""
+    """The rate of each contact's ``agent`` as of its close ``t`` (µs), over the windows given (``counts``: how
+    many windows each row stands for, when pooled)."""
     agents, agent_ids = pd.factorize(window_agents)
     query_code = _positions(agent_ids, agent).astype(float)
     query_code[query_code < 0] = np.nan  # an agent with no closed window yet
     return _shrunk_rate(
         agents, window_end_us, repeat, query_code, t, t - days_us(LOOKBACK_DAYS) - 1, DEFAULT_REPEAT_RATE,
-        AGENT_PRIOR_STRENGTH,
+        AGENT_PRIOR_STRENGTH, counts,
     )  # fmt: skip
 
 
@@ -397,15 +414,21 @@ def _shrunk_rate(
     since: np.ndarray,
     prior: float,
     strength: float,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A group's repeat rate over its windows that ended in (``since``, ``t``], shrunk towards ``prior`` with
-    ``strength`` pseudo-windows, and how many windows that was (agents: the look-back; customers: all time)."""
+    ``strength`` pseudo-windows, and how many windows that was (agents: the look-back; customers: all time).
+    ``counts``: how many windows each row stands for (pooled rows: ``repeat`` is their sum); one if None."""
     order = np.lexsort((window_end, codes))
     keys = _Keyed(codes[order], window_end[order])
     upto = keys.count_upto(query_code, t)
     start = keys.count_upto(query_code, since)
     cum = np.r_[0.0, np.cumsum(repeat[order])]
-    volume = (upto - start).astype(float)
+    if counts is None:
+        volume = (upto - start).astype(float)
+    else:  # whole numbers summed: the same floats as counting rows one by one
+        windows = np.r_[0.0, np.cumsum(counts[order])]
+        volume = windows[upto] - windows[start]
     return (cum[upto] - cum[start] + strength * prior) / (volume + strength), volume
 
 

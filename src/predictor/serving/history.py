@@ -51,7 +51,10 @@ def scoring_history(
     scored = {store.pseudonym(c) for c in set(contacts["customer_id"].tolist())}
     found = store.unwindowed_customers(agents, key, _at(after - window - SLACK_US), _at(until - window + SLACK_US))
     missing = [p for p in found if p not in scored]
-    kept = store.kept_windows(agents, key, after, until, except_pseudonyms=scored | set(missing))
+    # Windows every contact here counts (ended within the look-back of the latest and by the earliest close)
+    # are read pooled: a busy agent's months of windows are one row.
+    pooled = (int(t.max()) - days_us(LOOKBACK_DAYS), int(t.min()))
+    kept = store.kept_windows(agents, key, after, until, except_pseudonyms=scored | set(missing), pooled=pooled)
     if not missing:
         return known, kept
     rows = store.pseudonymous_history(missing)
