@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--batch", type=positive, default=200, help="contacts per /score_batch call")
     parser.add_argument("--batches", type=positive, default=5, help="/score_batch calls (the median is reported)")
     parser.add_argument("--store-contacts", type=int, default=20_000, help="contacts simulated, trained on, stored")
+    parser.add_argument(
+        "--agents", type=positive, default=SimulatorConfig().n_agents,
+        help="agents in the simulated centre (the default's handle ~1.4 contacts a day; 5 make a busy one, ~22)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument(
         "--backend", action="append", choices=["model2vec", "sentence-transformers", "onnx-int8", "e5-static", "e5"],
@@ -113,7 +117,9 @@ def run(backend: str, args: argparse.Namespace) -> dict:
     )
     # A store the size of a real one (months of contacts): history look-ups cost what they would in use.
     days = max(30, round(180 * args.store_contacts / 20_000))
-    simulated = simulate(SimulatorConfig(n_contacts=args.store_contacts, seed=3, days=days, language=args.language))
+    simulated = simulate(
+        SimulatorConfig(n_contacts=args.store_contacts, seed=3, days=days, language=args.language, n_agents=args.agents)
+    )
     contacts = validate(simulated.contacts).contacts
     result = fit(contacts, settings, ablation=False)
     log_and_register(result, settings, contacts)
@@ -212,6 +218,7 @@ def run(backend: str, args: argparse.Namespace) -> dict:
     report["backend"] = backend
     report["language"] = args.language
     report["store_contacts"] = len(history)
+    report["agents"] = args.agents
     lines = ["| measure | HTTP p50 / p95 / p99 ms | raw embedding p50 / p95 / p99 ms |", "|---|---|---|"]
     f = report["http_floor_ms"]
     lines.append(f"| GET /readyz (HTTP floor) | {f['p50']} / {f['p95']} / {f['p99']} | - |")
@@ -231,7 +238,8 @@ def run(backend: str, args: argparse.Namespace) -> dict:
         f"CPU per contact (every thread): the service {b['service_cpu_ms_per_contact']} ms, its text views alone "
         f"{b['text_views_cpu_ms_per_contact']} ms; at those costs {b['cores']} cores could do at most "
         f"{b['service_ceiling_contacts_per_second']} and {b['text_views_ceiling_contacts_per_second']} contacts/s",
-        f"service RSS: {report['service_rss_mb']} MB; contact store: {report['store_contacts']:,} contacts",
+        f"service RSS: {report['service_rss_mb']} MB; contact store: {report['store_contacts']:,} contacts of "
+        f"{report['agents']} agents",
     ]
     long = report["score_long"]["http_ms"]
     lines += [
