@@ -42,6 +42,8 @@ from predictor.model import split as splits
 from predictor.model.fitted import RepeatContactModel, TextHeads, TextInputs, TfidfBaseline
 
 log = logging.getLogger(__name__)
+# LightGBM's checks that data-parallel training trips when workers bin their parts differently.
+DISTRIBUTED_SPLIT_CHECKS = ("best_split_info.left_count", "best_split_info.right_count")
 
 
 class DaskBackend:
@@ -180,15 +182,34 @@ class DaskBackend:
     def fit(
         self, booster: Booster, rows: Rows, columns: list[str], target: Target, stop: tuple[Rows, int] | None = None
     ) -> Any:
-        """``stop`` is not used: lightgbm.dask scores a validation set only where its parts live."""
-        from lightgbm import DaskLGBMClassifier, DaskLGBMRegressor
+        """``stop`` is not used: lightgbm.dask scores a validation set only where its parts live.
+
+        lightgbm.dask can stop on its own consistency check ("Check failed: (best_split_info.left_count) >
+        (0)", LightGBM issues #4026 and #4739): each worker bins its own part, and with few rows on a worker
+        (a next-issue model learns from repeats only) the workers can disagree on a split. Then the model is
+        fitted on the chosen rows in this process, as the local backend fits it, and the log says so."""
+        from lightgbm import DaskLGBMClassifier, DaskLGBMRegressor, LGBMClassifier, LGBMRegressor
+        from lightgbm.basic import LightGBMError
 
         chosen = self.frame.map_partitions(_select, rows, meta=self.frame._meta)
         y_meta = pd.Series(target.values(self.frame._meta))
         y = chosen.map_partitions(_target, target, meta=y_meta)
-        kind = DaskLGBMClassifier if booster.kind == "classifier" else DaskLGBMRegressor
-        model = kind(client=self.client, verbose=-1, **booster.params)
-        return model.fit(chosen[columns], y).to_local()
+        classifier = booster.kind == "classifier"
+        model = (DaskLGBMClassifier if classifier else DaskLGBMRegressor)(
+            client=self.client, verbose=-1, **booster.params
+        )
+        try:
+            return model.fit(chosen[columns], y).to_local()
+        except LightGBMError as error:
+            if not any(check in str(error) for check in DISTRIBUTED_SPLIT_CHECKS):
+                raise
+            X_local, y_local = self.client.compute([chosen[columns], y], sync=True)
+            log.warning(
+                "lightgbm.dask stopped on its split check across workers (%s); fitting this %s on the %d chosen "
+                "rows in this process instead", str(error).split(" at ")[0], booster.kind, len(X_local),
+            )  # fmt: skip
+            local = (LGBMClassifier if classifier else LGBMRegressor)(verbose=-1, **booster.params)
+            return local.fit(X_local, y_local)
 
     def collect(self, rows: Rows, columns: list[str] | None = None) -> pd.DataFrame:
         chosen = self.frame.map_partitions(_select, rows, meta=self.frame._meta)
