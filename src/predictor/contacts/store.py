@@ -446,7 +446,7 @@ class ContactStore:
         ``pooled``: windows that ended in this closed span come back as one row per agent (at its end, with
         their count and repeats summed), for a caller to whom they all weigh alike (every contact it scores
         counts them). A /score's agent has months of windows: thousands of rows on a busy one, read one by one
-        before. Windows of one agent that ended at the same time are one row too."""
+        before."""
         low, high = pooled if pooled is not None else (1, 0)  # an empty span: none pooled
         bound = {
             "labels": labels, "agents": agent_ids, "after": after_us, "until": until_us,

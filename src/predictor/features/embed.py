@@ -410,12 +410,11 @@ class WordPieces:
         later = [pool.submit(self._plain_ids, part) for part in parts[1:]]
         return [ids for part in (self._plain_ids(parts[0]), *(f.result() for f in later)) for ids in part]
 
-    def _plain_ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    def _plain_ids(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
 
     def __call__(self, texts: list[str], add_special_tokens: bool = False, truncation: bool = False) -> dict:
-        encoded = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
-        return {"input_ids": [e.ids for e in encoded]}
+        return {"input_ids": self._plain_ids(list(texts), add_special_tokens)}
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
