@@ -13,7 +13,8 @@ from predictor.contacts.store import ContactStore
 from predictor.features.build import TextViews
 from predictor.reports.plan import follow_up_plan
 from predictor.serving.api import ContactIn, OutOfTime, contact_json
-from predictor.serving.scorer import KeyLocks, Scorer
+from predictor.serving.locks import KeyLocks
+from predictor.serving.scorer import Scorer
 
 pytestmark = pytest.mark.slow  # needs the trained model
 

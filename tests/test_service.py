@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +84,7 @@ def served(trained, settings, workdir: Path) -> Iterator[dict]:
             "settings": service_settings,
             "version": registration.version,
             "env": env,
+            "process": service.process,
         }
 
 
@@ -676,6 +679,56 @@ def test_outcomes_and_follow_ups_import_read_the_service_store(served, tmp_path:
     assert figures["sent"] >= 1
     missing = runner.invoke(app, ["outcomes", "--store-url", f"sqlite:///{tmp_path / 'none.db'}"])
     assert missing.exit_code == 2 and "no contact store" in missing.output
+
+
+def _helpers(server_pid: int) -> list:
+    """The batch helper processes under a running service."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(server_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker just killed is a zombie until reaped
+            if "predictor.serving.split" in " ".join(process.cmdline()):
+                found.append(process)
+    return found
+
+
+def _await_helper(log: Path, pid: int) -> None:
+    """Until the service's log says the helper has loaded."""
+    deadline = time.monotonic() + 60
+    while f"batch helper process {pid} ready" not in log.read_text():
+        assert time.monotonic() < deadline, "the helper never said it was ready"
+        time.sleep(0.1)
+
+
+def test_a_large_batch_is_shared_with_the_helper_process(served, workdir: Path) -> None:
+    """One worker process scores ~1,000 contacts/s whatever its threads do: a batch of at least ``split_min``
+    is shared with a helper it starts, whose contacts come back in the batch's order."""
+    (helper,) = _helpers(served["process"].pid)
+    rows = [as_json(r) for _, r in served["to_score"].iloc[150:190].iterrows()]
+    rows = [{**row, "contact_id": f"shared-{k}"} for k, row in enumerate(rows)]
+    _await_helper(workdir / "bentoml.log", helper.pid)
+    before = sum(helper.cpu_times()[:2])
+    out = served["client"].post("/score_batch", json={"contacts": rows}).json()
+    assert out["scored"] == 40 and [item["contact_id"] for item in out["results"]] == [r["contact_id"] for r in rows]
+    assert sum(helper.cpu_times()[:2]) - before > 0.005  # it scored its share
+    assert set(served["store"].responses([r["contact_id"] for r in rows])) == {r["contact_id"] for r in rows}
+
+
+def test_a_helper_stops_with_its_worker(served, workdir: Path) -> None:
+    """A helper reads the worker's pipe: when the worker dies (even SIGKILLed), it stops; none outlives the
+    service."""
+    import psutil
+
+    with running_service(served["env"], workdir / "helpers.log") as service:
+        (helper,) = _helpers(service.process.pid)
+        _await_helper(workdir / "helpers.log", helper.pid)  # loaded: waiting for shares
+        worker = helper.parent()
+        worker.send_signal(signal.SIGKILL)
+        helper.wait(10)  # psutil.TimeoutExpired if it outlived the worker
+        helpers = [p.pid for p in _helpers(service.process.pid)]  # the worker restarted starts a new one
+    time.sleep(1)
+    assert not [pid for pid in helpers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
 
 
 def test_crash_mid_load_loses_no_answered_contact(served, workdir: Path) -> None:

@@ -7,6 +7,7 @@ package carries a magic number. Model hyperparameters are versioned separately i
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -158,6 +159,14 @@ class ServiceConfig(BaseModel):
     # contacts/s here (in-process, six alternating runs), but one contact's text views took 1.69 ms against 1.40
     # (waking the tokenizer's second thread for each of its calls): off by default, for the /score at close time.
     parallel_tokenizer: bool = Field(False, description="Tokenize a batch's transcripts on every core.")
+    # One process scores ~1,000 contacts/s here whatever its threads do (the GIL): a batch of at least
+    # ``split_min`` is shared with helper processes the worker starts (``serving.split``), ~300 MB each.
+    batch_processes: int = Field(
+        default_factory=lambda: min(len(os.sched_getaffinity(0)), 4),
+        ge=1,
+        description="Processes a large batch is scored by: the worker and helpers (default: the cores, at most 4).",
+    )
+    split_min: int = Field(32, ge=2, description="Smallest batch shared with the helper processes.")
     protect_metrics: bool = Field(False, description="Require the bearer token on /metrics too.")
     allow_open: bool = Field(False, description="Serve without a token on an address other than loopback.")
     scripts_path: Path = Field(

@@ -16,10 +16,12 @@ import hmac
 import json
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -216,6 +218,7 @@ class PseudonymKeyError(ValueError):
 
 class ContactStore:
     def __init__(self, url: str, pseudonym_key: str | None = None) -> None:
+        self.url = url
         if (database := sqlite_file(url)) is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
         # A server's connection may be dropped while pooled: ping it before use. A SQLite file's cannot, and
@@ -243,6 +246,17 @@ class ContactStore:
         """The store the service configuration names, with its pseudonym key."""
         key = service.pseudonym_key.get_secret_value() if service.pseudonym_key else None
         return cls(service.store_url, pseudonym_key=key)
+
+    @property
+    def pseudonym_key(self) -> str:
+        """The key in use (configured or the store's own): another process opening this store with it
+        links the same customers."""
+        return self._key.decode()
+
+    @property
+    def lock_path(self) -> Path | None:
+        """The file the processes of this host scoring into this store lock keys on (``lock_path_of``)."""
+        return lock_path_of(self.url)
 
     # -- customer pseudonyms ------------------------------------------------------------------------------
     def pseudonym(self, customer_id: str) -> str:
@@ -646,6 +660,17 @@ class ContactStore:
             return True
         with self.engine.connect() as db:
             return db.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def lock_path_of(url: str) -> Path | None:
+    """The lock file of the store at ``url`` (``serving.locks``): beside a SQLite file, in the temporary folder
+    for a server (one per URL); None for a store in memory, which no other process can open."""
+    if (database := sqlite_file(url)) is not None:
+        return database.with_name(database.name + ".locks")
+    if url.startswith("sqlite"):
+        return None
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"predictor-store-{digest}.locks"
 
 
 def _forget_windows(db: Any, customers: dict[str, int | None]) -> None:

@@ -476,6 +476,16 @@ def as_matrix(X: pd.DataFrame | np.ndarray) -> np.ndarray:
 # Past it both cores pay: a batch of 200 was predicted in 10 ms instead of 16, its reasons (SHAP values, ~0.15
 # ms a row) in 23 instead of 37.
 SINGLE_THREAD_ROWS = 64
+# Threads a larger prediction may use in this process (0: LightGBM's default, every core). Processes sharing
+# the cores each take their part (``serving.split``): two processes each waking OpenMP threads on both cores
+# spin against each other (a batch split over two ran ~1,190 contacts/s instead of ~1,400).
+_PREDICT_THREADS = 0
+
+
+def set_predict_threads(threads: int) -> None:
+    """The threads this process's larger predictions may use (0: every core)."""
+    global _PREDICT_THREADS
+    _PREDICT_THREADS = threads
 
 
 def booster_predict(model: Any, X: pd.DataFrame | np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -483,6 +493,8 @@ def booster_predict(model: Any, X: pd.DataFrame | np.ndarray, **kwargs: Any) -> 
     matrix = as_matrix(X)
     if len(matrix) <= SINGLE_THREAD_ROWS:
         kwargs.setdefault("num_threads", 1)
+    elif _PREDICT_THREADS:
+        kwargs.setdefault("num_threads", _PREDICT_THREADS)
     return model.booster_.predict(matrix, **kwargs)
 
 

@@ -117,6 +117,9 @@ class ContentConflict(ValueError):
         )
         self.contact_id = contact_id
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # rebuilt from its id when sent between processes
+        return type(self), (self.contact_id,)
+
 
 class OutOfTime(RuntimeError):
     """The request's time budget ran out before this contact was scored: nothing of it was stored (503)."""
@@ -126,6 +129,10 @@ class OutOfTime(RuntimeError):
             f"not scored: the request's time budget of {budget_s:g} s ran out first (nothing was stored for "
             "it); send it again, or in a smaller batch"
         )
+        self.budget_s = budget_s
+
+    def __reduce__(self) -> tuple[type, tuple[float]]:
+        return type(self), (self.budget_s,)
 
 
 class NextIssue(BaseModel):

@@ -10,8 +10,6 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +26,7 @@ from predictor.contacts.store import (
     Experimented,
     FollowUpRecord,
     content_hash,
+    lock_path_of,
     records,
     typed_columns,
     typed_contacts,
@@ -56,46 +55,11 @@ from predictor.serving.api import (
     item_errors,
 )
 from predictor.serving.history import scoring_history
+from predictor.serving.locks import KeyLocks
+from predictor.serving.split import RESTART_AFTER_S, Helper, HelperLost, share_cores, shares
 
 log = logging.getLogger(__name__)
 UNKNOWN_ISSUE = "other"
-
-
-class KeyLocks:
-    """A lock per key (a contact id, a customer id), held only while in use: scoring holds the locks of the
-    contacts and customers at hand, so callers scoring other customers never wait for each other.
-
-    A customer's contacts are scored one after the other (the second sees the first in its history), and one
-    contact id is decided once (replay or conflict). Keys are taken in sorted order, so two callers never
-    deadlock; a caller gives up when its deadline passes."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}  # key -> (lock, [users])
-
-    @contextmanager
-    def holding(self, keys: list[str], deadline: float | None, budget_s: float) -> Iterator[None]:
-        with self._guard:
-            entries = [self._locks.setdefault(key, (threading.Lock(), [0])) for key in sorted(set(keys))]
-            for _, users in entries:
-                users[0] += 1
-        taken: list[threading.Lock] = []
-        try:
-            for lock, _ in entries:
-                wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-                if not lock.acquire(timeout=wait):
-                    raise OutOfTime(budget_s)
-                taken.append(lock)
-            yield
-        finally:
-            for lock in reversed(taken):
-                lock.release()
-            with self._guard:
-                for key in sorted(set(keys)):
-                    lock, users = self._locks[key]
-                    users[0] -= 1
-                    if users[0] == 0:
-                        del self._locks[key]
 
 
 Outcome = ScoreResponse | ContentConflict | OutOfTime
@@ -110,12 +74,18 @@ class Scorer:
     settings: Settings
 
     def __post_init__(self) -> None:
-        self._locks = KeyLocks()
+        self._locks = KeyLocks(self.store.lock_path)
+        self._helpers: list[Helper] = []
+        self._helpers_guard = threading.Lock()  # two batches at once must not both replace a lost helper
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
+        """The configured champion (or pinned version), warmed up, with its batch helpers loading."""
         from predictor.registry.tracking import load_version
 
+        # Started first: a helper's imports (most of its start) overlap this process loading the model.
+        shared = lock_path_of(settings.service.store_url) is not None  # no other process opens a store in memory
+        helpers = [Helper.spawn() for _ in range(settings.service.batch_processes - 1)] if shared else []
         model, version, mined = load_version(settings, settings.service.model_version, serving=True)
         store = ContactStore.for_service(settings.service)
         plan = follow_up_plan(settings.service, mined)
@@ -126,7 +96,23 @@ class Scorer:
             log.info("model version %s has no mined plan: follow-ups from the scripts file only", version)
         scorer = cls(model, version, store, plan, settings)
         scorer.warm_up()
+        scorer.attach(helpers)
         return scorer
+
+    def attach(self, helpers: list[Helper]) -> None:
+        """Score large batches with these helper processes too (``serving.split``): each is sent this
+        scorer's model, plan, settings and store."""
+        if helpers:
+            share_cores(len(helpers) + len(self._helpers) + 1)
+        for helper in helpers:
+            helper.load(self)
+        self._helpers.extend(helpers)
+
+    def close(self) -> None:
+        """Stop the helper processes (they stop by themselves too, when this process ends)."""
+        for helper in self._helpers:
+            helper.close()
+        self._helpers.clear()
 
     def warm_up(self) -> None:
         """Load the embedding model and touch every code path once, so the first caller waits for nothing.
@@ -168,7 +154,7 @@ class Scorer:
                     ok=False,
                     errors=item_errors(exc),
                 )
-        scored = self._score_all([c for _, c in valid], deadline) if valid else []
+        scored = self._score_split([c for _, c in valid], deadline) if valid else []
         for (index, contact), response in zip(valid, scored, strict=True):
             if isinstance(response, Exception):
                 field = "contact_id" if isinstance(response, ContentConflict) else "contacts"
@@ -179,6 +165,52 @@ class Scorer:
         ordered = [results[i] for i in range(len(items))]
         rejected = sum(not item.ok for item in ordered)
         return BatchResponse(results=ordered, scored=len(ordered) - rejected, rejected=rejected)
+
+    def _score_split(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
+        """A large batch shared with the idle helpers (``serving.split``), this process scoring one share
+        meanwhile; a share whose helper is lost on the way is scored here."""
+        service = self.settings.service
+        taken: list[Helper] = []
+        if len(contacts) >= service.split_min and self._helpers:
+            with self._helpers_guard:
+                self._replace_lost_helpers()
+                taken = [h for h in self._helpers if h.take()]
+        if not taken:
+            return self._score_all(contacts, deadline)
+        parts = shares(contacts, len(taken) + 1)
+        for helper, share in zip(taken, parts[1:], strict=True):
+            helper.score([contacts[i] for i in share], deadline)
+        try:
+            done = self._score_all([contacts[i] for i in parts[0]], deadline)
+        finally:  # every taken helper answers (or is lost) before it is given back, whatever happened here
+            theirs = [self._share_result(h, [contacts[i] for i in share], deadline) for h, share in
+                      zip(taken, parts[1:], strict=True)]  # fmt: skip
+        out: list[Outcome | None] = [None] * len(contacts)
+        outcomes = [*done, *(outcome for share in theirs for outcome in share)]
+        for position, outcome in zip([i for part in parts for i in part], outcomes, strict=True):
+            out[position] = outcome
+        return out  # type: ignore[return-value]  # every position is filled above
+
+    def _share_result(self, helper: Helper, share: list[ContactIn], deadline: float | None) -> list[Outcome]:
+        try:
+            return helper.result(deadline)
+        except HelperLost as lost:
+            # What it stored before it was lost is replayed; past the deadline the rest is reported (a retry
+            # replays what was stored).
+            log.warning("scoring a share of %d contacts in the worker: %s", len(share), lost)
+            return self._score_all(share, deadline)
+
+    def _replace_lost_helpers(self) -> None:
+        """A lost helper is replaced (loading in the background; batches are scored without it meanwhile), at
+        most once per ``RESTART_AFTER_S`` (one that dies as it starts must not cost a process per batch)."""
+        for k, helper in enumerate(self._helpers):
+            if helper.lost and time.monotonic() - helper.started > RESTART_AFTER_S:
+                self._helpers[k] = Helper.spawn()
+                self._helpers[k].load(self)
+
+    def score_share(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
+        """A helper's share of a batch (validated contacts), outcome by outcome."""
+        return self._score_all(contacts, deadline)
 
     def _score_all(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
         """Idempotent by id *and* content: a contact seen before with the same content gets the stored answer
