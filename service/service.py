@@ -80,6 +80,12 @@ class Predictor:
         log.info("worker ready in %.1f s (model version %s; %s; tokenizing on %s)", time.perf_counter() - started,
                  self.scorer.model_version, sklearn, tokenizer)  # fmt: skip
 
+    @bentoml.on_shutdown
+    def stop_helpers(self) -> None:
+        """The batch helper processes stop with the worker (they would at its exit anyway: their pipe closes)."""
+        logging.getLogger(__name__).info("worker stopping: its batch helpers too")
+        self.scorer.close()
+
     def __is_ready__(self) -> bool:
         return self.scorer is not None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 HUNG_AFTER_S = 60.0
 # A lost helper is replaced no sooner than this after it was started.
 RESTART_AFTER_S = 30.0
+# A helper whose pipe was closed has this long to stop by itself (mid-share it finishes a chunk first).
+STOP_WAIT_S = 1.0
 
 
 def share_cores(processes: int) -> int:
@@ -96,6 +99,7 @@ class Helper:
         self.lost = False
         self.started = time.monotonic()
         self.shares_scored = 0
+        self.closed = False
 
     @classmethod
     def spawn(cls) -> Helper:
@@ -134,7 +138,8 @@ class Helper:
         try:
             message = self._from.recv()
         except (EOFError, OSError):
-            self._lose(f"batch helper process {self.process.pid} stopped while loading (exit {self.process.poll()})")
+            if not self.closed:  # not stopped by this process on purpose
+                self._lose(f"batch helper process {self.process.pid} stopped while loading")
             return
         log.info("batch helper process %s ready in %.1f s", message[1], time.monotonic() - self.started)
         self._ready = True
@@ -171,7 +176,7 @@ class Helper:
                     raise HelperLost("the helper did not answer in time")
                 status, payload = self._from.recv()
             except (EOFError, OSError) as exc:
-                self._lose(f"batch helper process {self.process.pid} stopped (exit {self.process.poll()})")
+                self._lose(f"batch helper process {self.process.pid} stopped")
                 raise HelperLost("the helper stopped") from exc
             if status != "scored":
                 raise HelperLost(f"the helper failed on its share: {payload}")
@@ -181,16 +186,27 @@ class Helper:
             self._busy.release()
 
     def _lose(self, why: str) -> None:
-        if not self.lost:
-            log.error("%s; its batches' shares are scored by the worker until a new one is ready", why)
-        self.lost = True
+        was_lost, self.lost = self.lost, True
         self.close()
+        if was_lost:
+            return
+        code = self.process.returncode
+        if code in (-signal.SIGTERM, -signal.SIGINT):
+            # Asked to stop (a server stopping signals its workers' children too): not a fault.
+            log.info("%s (%s)", why, signal.Signals(-code).name)
+        else:
+            status = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            log.error("%s (%s); its batches' shares are scored by the worker until a new one is ready", why, status)
 
     def close(self) -> None:
+        """Stop the helper: its pipe closes, so it stops by itself; killed if it has not within a second."""
+        self.closed = True
         for end in (self._to, self._from):
             with contextlib.suppress(OSError):
                 end.close()
-        if self.process.poll() is None:
+        try:
+            self.process.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
 
