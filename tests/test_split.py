@@ -134,12 +134,33 @@ def _wait_ready(helper: Helper) -> None:
         time.sleep(0.05)
 
 
+def _store_urls(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """Two empty stores of the kind: the batch scored by one process, and shared."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'alone.db'}", f"sqlite:///{tmp_path / 'shared.db'}"
+    from sqlalchemy import create_engine
+
+    server = request.getfixturevalue("postgres_url")
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as db:
+        for name in ("split_alone", "split_shared"):
+            db.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            db.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    base = server.rsplit("/", 1)[0]
+    return f"{base}/split_alone", f"{base}/split_shared"
+
+
 @pytest.mark.slow
-def test_a_batch_shared_with_a_helper_gets_the_answers_of_one_process(trained, settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_batch_shared_with_a_helper_gets_the_answers_of_one_process(
+    kind: str, trained, settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     history, batch = _close_time_batch(trained)
     items = [c.model_dump(mode="json", exclude_none=True) for c in batch]
-    alone = _scorer(trained, settings, f"sqlite:///{tmp_path / 'alone.db'}", history).score_batch(items)
-    shared = _scorer(trained, settings, f"sqlite:///{tmp_path / 'shared.db'}", history)
+    alone_url, shared_url = _store_urls(kind, request, tmp_path)
+    alone = _scorer(trained, settings, alone_url, history).score_batch(items)
+    shared = _scorer(trained, settings, shared_url, history)
     helper = Helper.spawn()
     shared.attach([helper])
     try:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,39 +17,6 @@ from predictor.config import LabelConfig
 from predictor.contacts.schema import validate
 from predictor.contacts.store import ContactStore, Experimented, FollowUpRecord
 from predictor.features.build import build
-from predictor.serving.devserver import free_port
-
-
-def _postgres_bin() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return candidates[-1].parent if candidates else None
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a loopback port (run as the postgres user when we are root)."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
-    base = Path(tempfile.mkdtemp(prefix="predictor-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        base.chmod(0o700)
-        Path(tempfile.gettempdir()).chmod(0o1777)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = base / "data"
-    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
