@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,6 +100,22 @@ def test_a_killed_holder_leaves_no_key_locked(tmp_path: Path) -> None:
 
 # -- the helper process (needs the trained model) ----------------------------------------------------------
 BATCH = 48
+
+
+@pytest.fixture(autouse=True)
+def _threads_as_they_were() -> Iterator[None]:
+    """A scorer given helpers limits this process's prediction and BLAS threads (``share_cores``): the tests
+    after these get them back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from predictor.model import fitted
+
+    before = fitted._PREDICT_THREADS
+    blas = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    yield
+    fitted.set_predict_threads(before)
+    if blas:
+        threadpool_limits(max(blas), user_api="blas")
 
 
 def _close_time_batch(trained) -> tuple[pd.DataFrame, list[ContactIn]]:

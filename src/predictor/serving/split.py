@@ -158,7 +158,8 @@ class Helper:
         return True
 
     def score(self, contacts: list[ContactIn], deadline: float | None) -> None:
-        """Send a share (the helper must be taken); ``result`` waits for it."""
+        """Send a share (the helper must be taken); ``result`` waits for it. The deadline is ``time.monotonic``'s:
+        the system's clock since boot, the same in every process."""
         try:
             self._to.send((contacts, deadline))
         except OSError:
