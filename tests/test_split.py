@@ -18,7 +18,7 @@ from predictor.contacts.store import ContactStore
 from predictor.reports.plan import follow_up_plan
 from predictor.serving import split
 from predictor.serving.api import ContactIn, OutOfTime, contact_json
-from predictor.serving.locks import KeyLocks
+from predictor.serving.locks import KeyLocks, locks_for
 from predictor.serving.scorer import Scorer
 from predictor.serving.split import Helper, shares
 
@@ -49,7 +49,7 @@ def test_shares_keep_a_customer_and_a_contact_id_together_in_order() -> None:
 HOLDER = """
 import sys
 from pathlib import Path
-from predictor.serving.locks import KeyLocks
+from predictor.serving.locks import KeyLocks, locks_for
 locks = KeyLocks(Path(sys.argv[1]))
 with locks.holding([k.replace("|", "\\0") for k in sys.argv[2:]], deadline=None, budget_s=1):
     print("held", flush=True)
@@ -85,6 +85,19 @@ def test_a_key_held_by_another_process_waits_and_gives_up_at_the_deadline(tmp_pa
         pass  # ...and this one takes both
     assert other.wait(5) == 0
     assert not locks._locks
+
+
+def test_the_scorers_of_one_process_share_its_locks_on_a_store(tmp_path: Path) -> None:
+    """Two lock objects of one process on one file would both "hold" a byte (POSIX locks are the process's)."""
+    path = tmp_path / "store.db.locks"
+    first, second = locks_for(path), locks_for(tmp_path / "." / "store.db.locks")
+    assert first is second and locks_for(None) is not locks_for(None)
+    with (
+        first.holding(["customer\0U1"], None, 1),
+        pytest.raises(OutOfTime),
+        second.holding(["customer\0U1"], time.monotonic() + 0.1, 0.1),
+    ):
+        pass
 
 
 def test_a_killed_holder_leaves_no_key_locked(tmp_path: Path) -> None:

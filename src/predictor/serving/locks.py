@@ -29,6 +29,23 @@ POLL_FIRST_S = 0.0002
 POLL_LONGEST_S = 0.005
 
 
+_BY_FILE: dict[tuple[int, Path], KeyLocks] = {}  # (process, lock file) -> its locks
+_BY_FILE_GUARD = threading.Lock()
+
+
+def locks_for(path: Path | None) -> KeyLocks:
+    """This process's locks on a store's lock file: one object per file and process. A second one would take
+    the same bytes as this process (POSIX locks are the process's, not the thread's), so it would not keep two
+    threads apart, and its unlocking a byte would drop the other's hold. None: locks of this process alone."""
+    if path is None:
+        return KeyLocks()
+    with _BY_FILE_GUARD:
+        key = (os.getpid(), path.resolve())
+        if key not in _BY_FILE:
+            _BY_FILE[key] = KeyLocks(key[1])
+        return _BY_FILE[key]
+
+
 def slot(key: str) -> int:
     """A key's byte in the lock file, the same in every process (Python's ``hash`` is salted per process)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> (64 - SLOT_BITS)

@@ -55,7 +55,7 @@ from predictor.serving.api import (
     item_errors,
 )
 from predictor.serving.history import scoring_history
-from predictor.serving.locks import KeyLocks
+from predictor.serving.locks import locks_for
 from predictor.serving.split import RESTART_AFTER_S, Helper, HelperLost, share_cores, shares
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Scorer:
     settings: Settings
 
     def __post_init__(self) -> None:
-        self._locks = KeyLocks(self.store.lock_path)
+        self._locks = locks_for(self.store.lock_path)  # shared by the scorers of this process on this store
         self._helpers: list[Helper] = []
         self._helpers_guard = threading.Lock()  # two batches at once must not both replace a lost helper
 
