@@ -46,6 +46,13 @@ def test_shares_keep_a_customer_and_a_contact_id_together_in_order() -> None:
     assert shares([], 3) == [[], [], []]
 
 
+@pytest.mark.parametrize("argv", [[], ["x", "y"], ["1"], ["9997", "9998"]])
+def test_the_helper_started_by_hand_says_so(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert split.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "BATCH_PROCESSES" in err
+
+
 HOLDER = """
 import sys
 from pathlib import Path

@@ -247,5 +247,21 @@ def serve(read_fd: int, write_fd: int) -> None:
             outbox.send(("scored", outcomes))
 
 
+def main(argv: list[str]) -> int:
+    """The helper's command line: the two pipe ends its worker passed it."""
+    try:
+        read_fd, write_fd = (int(arg) for arg in argv)
+        os.fstat(read_fd), os.fstat(write_fd)
+    except (ValueError, OSError):
+        print(
+            "error: python -m predictor.serving.split is started by the scoring service's worker with its two pipe "
+            "ends (READ_FD WRITE_FD), not by hand: set PREDICTOR_SERVICE__BATCH_PROCESSES instead",
+            file=sys.stderr,
+        )
+        return 2
+    serve(read_fd, write_fd)
+    return 0
+
+
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    sys.exit(main(sys.argv[1:]))
