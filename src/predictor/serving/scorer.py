@@ -102,10 +102,11 @@ class Scorer:
     def attach(self, helpers: list[Helper]) -> None:
         """Score large batches with these helper processes too (``serving.split``): each is sent this
         scorer's model, plan, settings and store."""
+        processes = len(helpers) + len(self._helpers) + 1
         if helpers:
-            share_cores(len(helpers) + len(self._helpers) + 1)
+            share_cores(processes)
         for helper in helpers:
-            helper.load(self)
+            helper.load(self, processes)
         self._helpers.extend(helpers)
 
     def close(self) -> None:
@@ -206,7 +207,7 @@ class Scorer:
         for k, helper in enumerate(self._helpers):
             if helper.lost and time.monotonic() - helper.started > RESTART_AFTER_S:
                 self._helpers[k] = Helper.spawn()
-                self._helpers[k].load(self)
+                self._helpers[k].load(self, len(self._helpers) + 1)
 
     def score_share(self, contacts: list[ContactIn], deadline: float | None) -> list[Outcome]:
         """A helper's share of a batch (validated contacts), outcome by outcome."""

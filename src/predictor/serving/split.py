@@ -117,13 +117,14 @@ class Helper:
         os.close(from_write)
         return cls(process, Connection(from_read, writable=False), Connection(to_write, readable=False))
 
-    def load(self, scorer: Scorer) -> None:
-        """Send the helper the scorer's model, plan, settings and store (without waiting for it to read)."""
+    def load(self, scorer: Scorer, processes: int) -> None:
+        """Send the helper the scorer's model, plan, settings and store, and how many processes share the cores
+        (without waiting for it to read)."""
         # A worker scoring a model's lean copy runs without scikit-learn, and so does its helper; one scoring a
         # full bundle (tests, a model without a lean copy) needs LightGBM's estimator classes before unpickling.
         whole = "sklearn" in sys.modules
         parts = (scorer.model, scorer.model_version, scorer.plan, scorer.settings, scorer.store.url,
-                 scorer.store.pseudonym_key)  # fmt: skip
+                 scorer.store.pseudonym_key, processes)  # fmt: skip
         # ~3 MB through a 64 KB pipe: the send waits for the helper to read, which it does once imported.
         threading.Thread(target=self._send_parts, args=(whole, parts), name="helper-load", daemon=True).start()
         threading.Thread(target=self._await_ready, name="helper-ready", daemon=True).start()
@@ -226,10 +227,10 @@ def serve(read_fd: int, write_fd: int) -> None:
     try:
         if inbox.recv():
             lightgbm_whole()
-        model, version, plan, settings, url, key = inbox.recv()
+        model, version, plan, settings, url, key, processes = inbox.recv()
     except EOFError:
         return
-    share_cores(settings.service.batch_processes)
+    share_cores(processes)  # as many as the worker counted
     scorer = Scorer(model, version, ContactStore(url, pseudonym_key=key), plan, settings)
     scorer.warm_up()
     outbox.send(("ready", os.getpid()))
