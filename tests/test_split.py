@@ -53,6 +53,23 @@ def test_the_helper_started_by_hand_says_so(argv: list[str], capsys: pytest.Capt
     assert err.startswith("error: ") and err.count("\n") == 1 and "BATCH_PROCESSES" in err
 
 
+def test_the_helper_given_pipes_without_a_worker_says_so() -> None:
+    """Pipe ends that carry something else than a worker's start (it was a traceback)."""
+    import os
+    from multiprocessing.connection import Connection
+
+    to_read, to_write = os.pipe()
+    from_read, from_write = os.pipe()
+    Connection(to_write, readable=False).send_bytes(b"not what a worker sends")
+    done = subprocess.run(
+        [sys.executable, "-m", "predictor.serving.split", str(to_read), str(from_write)],
+        pass_fds=(to_read, from_write), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    for fd in (to_read, from_read, from_write):
+        os.close(fd)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+
+
 HOLDER = """
 import sys
 from pathlib import Path

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -213,8 +215,13 @@ class Helper:
             self.process.wait()
 
 
+class NotFromAWorker(RuntimeError):
+    """The helper's pipe ends do not carry a worker's start: it was run by hand."""
+
+
 def serve(read_fd: int, write_fd: int) -> None:
-    """The helper's side: load, say ready, score shares until the worker's pipe closes."""
+    """The helper's side: load, say ready, score shares until the worker's pipe closes. Raises
+    ``NotFromAWorker`` when what it reads first is not a worker's start."""
     from predictor import logs
     from predictor.model.lean import lightgbm_alone, lightgbm_whole
 
@@ -229,7 +236,9 @@ def serve(read_fd: int, write_fd: int) -> None:
             lightgbm_whole()
         model, version, plan, settings, url, key, processes = inbox.recv()
     except EOFError:
-        return
+        return  # the worker stopped before sending it
+    except (OSError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        raise NotFromAWorker from exc  # not a readable pipe, or not what a worker sends
     share_cores(processes)  # as many as the worker counted
     scorer = Scorer(model, version, ContactStore(url, pseudonym_key=key), plan, settings)
     scorer.warm_up()
@@ -252,15 +261,20 @@ def main(argv: list[str]) -> int:
     """The helper's command line: the two pipe ends its worker passed it."""
     try:
         read_fd, write_fd = (int(arg) for arg in argv)
-        os.fstat(read_fd), os.fstat(write_fd)
+        pipes = all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (read_fd, write_fd))
     except (ValueError, OSError):
+        pipes = False
+    try:
+        if not pipes:
+            raise NotFromAWorker
+        serve(read_fd, write_fd)
+    except NotFromAWorker:
         print(
             "error: python -m predictor.serving.split is started by the scoring service's worker with its two pipe "
             "ends (READ_FD WRITE_FD), not by hand: set PREDICTOR_SERVICE__BATCH_PROCESSES instead",
             file=sys.stderr,
         )
         return 2
-    serve(read_fd, write_fd)
     return 0
 
 
