@@ -98,8 +98,9 @@ def test_redaction_leaves_ordinary_text(text: str) -> None:
 
 
 def test_redaction_skips_only_patterns_a_text_cannot_match() -> None:
-    """Patterns are skipped for texts with too few digits (or no @): the same text out as running every
-    pattern on every text, on strings dense in the characters they read."""
+    """Patterns are skipped for texts that cannot hold them (too few digits, no @, no dot before a top-level
+    domain, no + for a short phone): the same text out as running every pattern on every text, on strings
+    dense in the characters they read."""
     from predictor.contacts.redact import _PII_PATTERNS
 
     def every_pattern(text: str) -> str:
@@ -109,14 +110,17 @@ def test_redaction_skips_only_patterns_a_text_cannot_match() -> None:
 
     rng = random.Random(11)
     alphabet = "0123456789" * 3 + "ABCDXYZabcz +-.()/@" + "٣"  # an Arabic-Indic digit: \d reads it too
-    pieces = [" at ", " dot ", "example.com", "+7 ", "8 (", "DE", "RS35 ", "-", "  "]
+    pieces = [" at ", " dot ", " DOT ", "(dot) ", "example.com", ".CO", ".uk", "jane.doe", "+7 ", "8 (", "DE", "RS35 ",
+              "-", "  ", "\n"]  # fmt: skip
     texts = [
         "".join(rng.choice(alphabet) if rng.random() < 0.85 else rng.choice(pieces) for _ in range(rng.randint(1, 60)))
         for _ in range(20_000)
     ]
     # Each pattern's form with the fewest digits it allows, where a count set one too high would show.
     fewest = ["iban GB82ABCDEFGHIJK ok", "ni QQ 12 34 56 C ok", "card 1234567890123 ok", "call +1      2 now",
-              "zvoni 8 12 34 56 ok", "local 123-45-67 ok", "account 123456 ok"]  # fmt: skip
+              "call (12) 345 678 now", "zvoni 8 12 34 56 ok", "local 123-45-67 ok", "account 123456 ok",
+              "mail jane dot doe at example Dot Com", "mail jane.doe at example.COM",
+              "card ٣٣٣٣ ٣٣٣٣ ٣٣٣٣ ٣٣٣٣"]  # fmt: skip
     for text in fewest + texts:
         assert redact(text) == every_pattern(text), text
 
