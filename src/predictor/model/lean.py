@@ -14,10 +14,10 @@ without, in a process that only scores (the service's worker).
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -108,33 +108,38 @@ class LeanTfidf:
     def transform(self, texts: list[str]) -> SparseRows:
         pattern = re.compile(self.token_pattern)
         low, high = self.ngram_range
-        indptr, indices, data = [0], [], []
         lookup = self.vocabulary.get
+        missing = itertools.repeat(-1)
+        columns: list[int] = []
+        lengths = []
         for text in texts:
             tokens = pattern.findall(text.lower() if self.lowercase else text)
-            # The n-grams as scikit-learn joins them, built and looked up by map and zip (an index per n-gram
-            # in Python cost ~0.2 ms of each scored contact).
-            counts: Counter[int] = Counter()
+            before = len(columns)
+            # The n-grams as scikit-learn joins them, looked up by map and zip (-1: not in the vocabulary),
+            # counted below for all texts at once (a Counter and a sort per text cost ~40 us a contact).
             for n in range(low, min(high, len(tokens)) + 1):
                 grams = tokens if n == 1 else map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False))
-                counts.update(column for column in map(lookup, grams) if column is not None)
-            columns = sorted(counts)
-            values = np.array([counts[c] for c in columns], dtype=np.float64)
-            if self.sublinear_tf:
-                values = np.log(values) + 1
-            if self.idf is not None:
-                values = values * self.idf[columns]
-            if self.norm == "l2" and len(values):
-                length = np.sqrt(np.dot(values, values))
-                if length > 0:
-                    values = values / length
-            indices.extend(columns)
-            data.extend(values.tolist())
-            indptr.append(len(indices))
+                columns.extend(map(lookup, grams, missing))
+            lengths.append(len(columns) - before)
         width = len(self.vocabulary)
-        return SparseRows(
-            np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), np.asarray(data), width
-        )
+        found = np.asarray(columns, dtype=np.int64)
+        row = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        known = found >= 0
+        # One key per (row, column): unique keys come sorted by row, then column (CSR's order), with counts.
+        keys, counts = np.unique(row[known] * width + found[known], return_counts=True)
+        row, column = np.divmod(keys, width)
+        values = counts.astype(np.float64)
+        if self.sublinear_tf:
+            values = np.log(values) + 1
+        if self.idf is not None:
+            values = values * self.idf[column]
+        if self.norm == "l2" and len(values):
+            # Each row's sum of squares in the row's order, as scikit-learn's row normalisation adds them.
+            length = np.sqrt(np.bincount(row, weights=values * values, minlength=len(texts)))[row]
+            values = np.divide(values, length, out=values, where=length > 0)
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=len(texts)), out=indptr[1:])
+        return SparseRows(indptr, column, values, width)
 
 
 def lean(model: RepeatContactModel) -> RepeatContactModel | None:
