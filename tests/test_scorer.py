@@ -125,3 +125,30 @@ def test_a_retried_batch_is_replayed_from_the_store_without_embedding_it_again(
     for before, after in zip(first.results, again.results, strict=True):
         assert after.result.replayed
         assert after.result.model_dump(exclude={"replayed"}) == before.result.model_dump(exclude={"replayed"})
+
+
+def test_warm_up_scores_a_made_up_batch_and_stores_nothing(trained, settings, tmp_path: Path) -> None:
+    """The start scores made-up contacts (a first batch was ~20% slower than the next): none of them, and no
+    agent window derived for them, may reach the store, whose agents have history of their own."""
+    import sqlalchemy as sa
+
+    from predictor.contacts.store import agent_windows_table
+
+    result, contacts = trained
+    service = settings.service.model_copy(update={"store_url": f"sqlite:///{tmp_path / 'w.db'}"})
+    store = ContactStore(service.store_url)
+    store.load_frame(contacts.sort_values("closed_at").iloc[:400])
+
+    def windows() -> int:
+        with store.engine.connect() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(agent_windows_table)).scalar_one()
+
+    before = store.count(), windows()
+    scored: list[int] = []
+    scorer = Scorer(result.model, "1", store, follow_up_plan(service), settings.model_copy(update={"service": service}))
+    original = scorer._score_frame
+    scorer._score_frame = lambda frame, *args: scored.append(len(frame)) or original(frame, *args)  # type: ignore[method-assign]
+    scorer.warm_up()
+    assert scored and scored[0] >= 32  # a batch: its tokenizer calls take the threaded path (64 texts)
+    assert (store.count(), windows()) == before
+    assert store.stored([f"warm-up-{k}" for k in range(scored[0])]) == {}
