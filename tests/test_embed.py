@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import string
 from pathlib import Path
 
 import numpy as np
@@ -230,35 +229,6 @@ def test_the_tokenizer_file_reads_as_transformers_does(small_log) -> None:
     for row in ids:
         for cut in (row[:40], row[-80:]):
             assert ours.decode(cut) == reference.decode(cut)
-
-
-def test_texts_read_word_by_word_get_the_libraries_ids(small_log, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plain-ASCII texts are read a word at a time, each word's ids asked once (``WordPieces._word_ids``): the
-    same ids as the library's whole-text reading, on the simulated transcripts and on fuzzed text dense in
-    what BERT's pipeline treats specially (punctuation, whitespace controls, over-long words, added tokens)."""
-    from predictor.features import embed
-    from predictor.features.embed import WordPieces, default_model_path
-
-    ours = WordPieces(Path(default_model_path()) / "tokenizer.json")
-    assert ours._by_word
-
-    def library(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in ours._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
-    rng = random.Random(5)
-    alphabet = string.ascii_letters + string.digits + string.punctuation + " \t\n\r" * 4
-    pieces = ["[CLS]", "[cls]", "x[SEP]y", "[EMAIL]", "[UNK]", "[MASK", "##ing", "don't", "e-mail", "a" * 99,
-              "b" * 101, "\x0b", "\x0c", "\x00", "\x7f", "é", "ü", "中文", "  \n\n  ", "U.S.A.", "3.14"]  # fmt: skip
-    fuzzed = [
-        "".join(rng.choice(alphabet) if rng.random() < 0.9 else rng.choice(pieces) for _ in range(rng.randint(0, 90)))
-        for _ in range(5_000)
-    ]
-    texts = [*small_log.contacts["transcript"].head(400), *fuzzed]
-    assert ours._ids(texts) == library(texts)
-    assert len(ours._words) > 100  # read word by word, not all left to the library
-    monkeypatch.setattr(embed, "WORD_CACHE", 50)  # the kept words dropped once they overflow, the ids alike
-    for part in (texts[:300], texts[300:600]):
-        assert ours._ids(part) == library(part)
 
 
 def _cuts_of_whole_texts(embedder: Embedder, texts: list[str], strategy: str) -> list[str]:

@@ -12,10 +12,8 @@ import contextlib
 import functools
 import hashlib
 import io
-import json
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -385,24 +383,6 @@ def _tokenizer_pool(threads: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-# Texts read word by word (``WordPieces._word_ids``): printable ASCII and the three whitespace controls BERT
-# reads as spaces; its words are runs of letters and digits, and every other mark alone.
-_PLAIN_ASCII = re.compile(r"[\t\n\r\x20-\x7e]*")
-_BERT_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
-WORD_CACHE = 100_000  # words whose ids a tokenizer keeps (~15 MB)
-
-
-def _bert_uncased(spec: dict[str, Any]) -> bool:
-    """Whether a tokenizer file describes BERT's uncased pipeline (lower-cased normaliser with its control
-    characters dropped, BERT's whitespace and punctuation split, word pieces): what ``_word_ids`` reads."""
-    normalizer, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-    return (
-        normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase") is True
-        and normalizer.get("clean_text") is True and pre.get("type") == "BertPreTokenizer"
-        and model.get("type") == "WordPiece"
-    )  # fmt: skip
-
-
 class WordPieces:
     """The model's own tokenizer file read by the ``tokenizers`` library: the ids and the decoded text of
     transformers' fast tokenizer (checked equal by a test), without importing transformers, which imports
@@ -416,69 +396,22 @@ class WordPieces:
         self._tokenizer.no_padding()
         self.model_max_length = 1_000_000
         self.threads = threads
-        self._by_word = _bert_uncased(json.loads(path.read_text(encoding="utf-8")))
-        self._added = [token.content.lower() for token in self._tokenizer.get_added_tokens_decoder().values()]
-        self._words: dict[str, list[int]] = {}  # a word's ids, for the texts read word by word
-        self._words_lock = threading.Lock()
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        """Each text's ids: plain-ASCII texts word by word (``_word_ids``), the others by the library."""
-        return self._plain_ids(texts, split=True)
-
-    def _plain_ids(self, texts: list[str], add_special_tokens: bool = False, split: bool = False) -> list[list[int]]:
-        out: list[list[int] | None] = [None] * len(texts)
-        if self._by_word and not add_special_tokens:
-            self._word_ids(texts, out)
-        rest = [k for k, ids in enumerate(out) if ids is None]
-        if rest:
-            for k, ids in zip(
-                rest, self._library_ids([texts[k] for k in rest], add_special_tokens, split), strict=True
-            ):
-                out[k] = ids
-        return out  # type: ignore[return-value]  # every text is read above
-
-    def _library_ids(self, texts: list[str], add_special_tokens: bool, split: bool) -> list[list[int]]:
-        """The library's ids (``_fast``: no character offsets, ~30% less than ``encode_batch``). With ``split``,
-        many texts are split over ``threads`` Python threads: the call releases the GIL, and a scorer runs the
-        tokenizer's own threads off (``ServiceConfig.parallel_tokenizer``: they cost a single contact more
-        than they give), so a batch's transcripts were read on one core (200 of them: 29 -> ~15 ms on two)."""
-        if not split or self.threads < 2 or len(texts) < SPLIT_TEXTS:
-            return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+        """Each text's ids (``_fast``: no character offsets, ~30% less than ``encode_batch``). Many texts are
+        split over ``threads`` Python threads: the call releases the GIL, and a scorer runs the tokenizer's own
+        threads off (``ServiceConfig.parallel_tokenizer``: they cost a single contact more than they give),
+        so a batch's transcripts were read on one core (200 of them: 29 -> ~15 ms on two)."""
+        if self.threads < 2 or len(texts) < SPLIT_TEXTS:
+            return self._plain_ids(texts)
         size = -(-len(texts) // self.threads)
         parts = [texts[start : start + size] for start in range(0, len(texts), size)]
         pool = _tokenizer_pool(self.threads - 1)
-        later = [pool.submit(self._library_ids, part, add_special_tokens, False) for part in parts[1:]]
-        first = self._library_ids(parts[0], add_special_tokens, False)
-        return [ids for part in (first, *(f.result() for f in later)) for ids in part]
+        later = [pool.submit(self._plain_ids, part) for part in parts[1:]]
+        return [ids for part in (self._plain_ids(parts[0]), *(f.result() for f in later)) for ids in part]
 
-    def _word_ids(self, texts: list[str], out: list[list[int] | None]) -> None:
-        """The ids of each plain-ASCII text, word by word, into ``out`` (others are left None).
-
-        BERT's uncased pipeline reads such a text as: lower case, split at whitespace, each punctuation mark a
-        word of its own, each word cut into word pieces alone. So a text's ids are its words' ids in order, and
-        a word's ids are the library's own for that word, asked once and kept: words repeat (agents' set
-        phrases, the language's common words), and 200 transcripts were read in 15 -> 6 ms. A text with another
-        character (accents, scripts, controls), or one that may hold an added token (``[CLS]``), is left to the
-        library. A test holds the ids equal to the library's on fuzzed text."""
-        words_of: dict[int, list[str]] = {}
-        for k, text in enumerate(texts):
-            if _PLAIN_ASCII.fullmatch(text) and not ("[" in text and any(a in text.lower() for a in self._added)):
-                words_of[k] = _BERT_WORDS.findall(text.lower())
-        if not words_of:
-            return
-        with self._words_lock:
-            if len(self._words) > WORD_CACHE:
-                self._words.clear()  # bounded: a worker's lifetime of words must not grow without end
-            new = list({word: None for words in words_of.values() for word in words if word not in self._words})
-            if new:
-                encoded = self._tokenizer.encode_batch_fast(new, add_special_tokens=False)
-                self._words.update(zip(new, (e.ids for e in encoded), strict=True))
-            pieces = self._words.__getitem__
-            for k, words in words_of.items():
-                ids: list[int] = []
-                for word_ids in map(pieces, words):
-                    ids += word_ids
-                out[k] = ids
+    def _plain_ids(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
 
     def __call__(self, texts: list[str], add_special_tokens: bool = False, truncation: bool = False) -> dict:
         return {"input_ids": self._plain_ids(list(texts), add_special_tokens)}
