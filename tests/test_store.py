@@ -412,3 +412,13 @@ def test_processes_opening_a_new_store_at_once_all_open_it(tmp_path: Path) -> No
         for worker in workers:
             worker.join(120)
         assert [worker.exitcode for worker in workers] == [0] * 6
+
+
+def test_a_response_given_as_json_text_is_stored_as_sent(store: ContactStore) -> None:
+    """A scorer hands its answers over serialised (pydantic's JSON: cheaper than a dict through json.dumps)."""
+    rows = validate(frame(contact("C1"), contact("C2", opened_hours=1))).contacts
+    text = '{"contact_id":"C1","repeat_probability":0.25,"send_by":"2026-03-03T09:12:00Z"}'
+    assert store.save(rows, {"C1": text, "C2": answer("C2")}, "1") == {"C1", "C2"}
+    stored = store.stored(["C1", "C2"])
+    assert stored["C1"].response == {"contact_id": "C1", "repeat_probability": 0.25, "send_by": "2026-03-03T09:12:00Z"}
+    assert stored["C2"].response == answer("C2")

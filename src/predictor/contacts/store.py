@@ -479,7 +479,7 @@ class ContactStore:
     def save(
         self,
         contacts: pd.DataFrame,
-        responses: dict[str, dict[str, Any]],
+        responses: Mapping[str, dict[str, Any] | str],
         model_version: str,
         hashes: list[str] | None = None,
         experiments: dict[str, Experimented] | None = None,
@@ -490,7 +490,8 @@ class ContactStore:
         (the scorer hashes the contact as sent, before it maps an unknown issue code); default, of the rows.
         ``experiments``: the contacts that count in a follow-up experiment, with their arm and send-by time.
         ``rows``: the frame's ``records`` when the caller has read them already (a scorer reads its one row's
-        once: ~0.25 ms each time; left as they are).
+        once: ~0.25 ms each time; left as they are). A response is a JSON object, or its text (a scorer's
+        answers serialised by pydantic: a fifth of the time of a dict and ``json.dumps``).
 
         Returns the ids actually written.
         """
@@ -513,7 +514,8 @@ class ContactStore:
             record["transfers"] = int(record["transfers"])
             record["scored_at"] = now
             record["model_version"] = model_version
-            record["response"] = json.dumps(responses[record["contact_id"]])
+            response = responses[record["contact_id"]]
+            record["response"] = response if isinstance(response, str) else json.dumps(response)
             record["content_hash"] = digest
             counted = (experiments or {}).get(record["contact_id"])
             record["experiment"] = counted.experiment if counted else None

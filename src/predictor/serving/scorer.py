@@ -313,7 +313,7 @@ class Scorer:
                 answers, experiments = self._score_frame(fresh_frame, fresh_rows, warnings, fresh_text)
                 self.store.save(
                     fresh_frame,
-                    {contact_id: answer.model_dump(mode="json") for contact_id, answer in answers.items()},
+                    {contact_id: answer.model_dump_json() for contact_id, answer in answers.items()},
                     self.model_version,
                     hashes=[hashes[p] for p in fresh],
                     experiments=experiments,
