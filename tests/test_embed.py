@@ -231,6 +231,29 @@ def test_the_tokenizer_file_reads_as_transformers_does(small_log) -> None:
             assert ours.decode(cut) == reference.decode(cut)
 
 
+def test_a_text_ending_another_is_read_once_with_the_same_ids(small_log) -> None:
+    """A conversation's closing turns end the conversation: the tokenizer reads them once, and the
+    conversation as its part before them plus them (``WordPieces._ids``). The ids equal the library's for
+    every text, with the closing turns of the simulated transcripts, ends of ends, and texts that end another
+    only mid-line or across other line breaks (read alone)."""
+    from predictor.features.build import closing_turns
+    from predictor.features.embed import WordPieces, _line_suffixes, default_model_path
+
+    ours = WordPieces(Path(default_model_path()) / "tokenizer.json")
+    transcripts = [t for t in small_log.contacts["transcript"].head(300) if t]
+    odd = [
+        "Agent: é\nUser: 中文 ok\nAgent: ünï [EMAIL]", "User: 中文 ok\nAgent: ünï [EMAIL]", "Agent: ünï [EMAIL]",
+        "one\r\ntwo\r\nthree", "two\r\nthree", "three", "x\nab cd", "b cd", "cd", "Agent:x\n\n\nlast", "\nlast",
+    ]  # fmt: skip
+    closing = [closing_turns(t, turns) for turns in (2, 1) for t in transcripts]
+    texts = [*transcripts, *closing, *odd]
+    texts = list(dict.fromkeys(texts))
+    within = _line_suffixes(texts)
+    assert len(within) > len(transcripts) // 2  # most conversations are read with their closing turns
+    library = [e.ids for e in ours._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    assert ours._ids(texts) == library
+
+
 def _cuts_of_whole_texts(embedder: Embedder, texts: list[str], strategy: str) -> list[str]:
     """How ``prepare`` cut texts when it tokenized all of each: the reference the ends-only reading must equal."""
     tokenizer = embedder._load_tokenizer()

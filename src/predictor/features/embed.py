@@ -371,6 +371,7 @@ class _OnnxEncoder:
 
 
 SPLIT_TEXTS = 64  # texts from which a tokenizer call is split over threads (a /score's two never are)
+SUFFIX_LINES = 8  # a text is read as the end of another from one of the other's last this many lines
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process, threads, pool)
 
 
@@ -381,6 +382,23 @@ def _tokenizer_pool(threads: int) -> ThreadPoolExecutor:
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < threads:
         _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="tokenizer"))
     return _POOL[2]
+
+
+def _line_suffixes(texts: list[str]) -> dict[int, int]:
+    """Texts that end with another of ``texts`` from the start of one of their last ``SUFFIX_LINES`` lines:
+    text -> the longest such other text."""
+    index = {text: k for k, text in enumerate(texts)}
+    within: dict[int, int] = {}
+    for k, text in enumerate(texts):
+        start = text.rfind("\n")
+        for _ in range(SUFFIX_LINES):
+            if start < 0:
+                break
+            end = index.get(text[start + 1 :])
+            if end is not None and end != k:
+                within[k] = end  # a longer one, found later, replaces it
+            start = text.rfind("\n", 0, start)
+    return within
 
 
 class WordPieces:
@@ -398,6 +416,21 @@ class WordPieces:
         self.threads = threads
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids. A text that is the end of another, from a line on (a conversation's closing turns,
+        beside the conversation), is read once: the other is read as its part before that line and this text
+        (word pieces never cross a line's end, nor does the normaliser: the same ids, a test holds them equal;
+        a batch's two text views were read in ~25% less)."""
+        within = _line_suffixes(texts)
+        if not within:
+            return self._read_ids(texts)
+        parts = [text[: len(text) - len(texts[within[k]])] if k in within else text for k, text in enumerate(texts)]
+        encoded = self._read_ids(parts)
+        full: dict[int, list[int]] = {}
+        for k in sorted(range(len(texts)), key=lambda k: len(texts[k])):  # a text's end is read before it
+            full[k] = encoded[k] + full[within[k]] if k in within else encoded[k]
+        return [full[k] for k in range(len(texts))]
+
+    def _read_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's ids (``_fast``: no character offsets, ~30% less than ``encode_batch``). Many texts are
         split over ``threads`` Python threads: the call releases the GIL, and a scorer runs the tokenizer's own
         threads off (``ServiceConfig.parallel_tokenizer``: they cost a single contact more than they give),
@@ -447,18 +480,22 @@ class WordPieces:
                 whole.append(k)
                 continue
             cuts.append((k, text[:i], text[j + 1 :]))
-        if cuts:
-            pieces = [part for _, first, last in cuts for part in (first, last)]
-            encoded = self._ids(pieces)
-            for n, (k, _, _) in enumerate(cuts):
-                first, last = encoded[2 * n], encoded[2 * n + 1]
-                if len(first) >= head and len(last) >= tail and len(first) + len(last) > budget:
-                    out[k] = Ends(first, last, whole=False)
-                else:
-                    whole.append(k)
-        if whole:
-            for k, ids in zip(whole, self._ids([texts[k] for k in whole]), strict=True):
-                out[k] = Ends(ids, ids, whole=len(ids) <= budget)
+        # The ends and the texts read whole in one call: a text that ends another (a conversation's closing
+        # turns, beside the conversation) is read once (``_ids``).
+        pieces = [part for _, first, last in cuts for part in (first, last)]
+        encoded = self._ids(pieces + [texts[k] for k in whole])
+        again = []
+        for n, (k, _, _) in enumerate(cuts):
+            first, last = encoded[2 * n], encoded[2 * n + 1]
+            if len(first) >= head and len(last) >= tail and len(first) + len(last) > budget:
+                out[k] = Ends(first, last, whole=False)
+            else:
+                again.append(k)
+        read = list(zip(whole, encoded[len(pieces) :], strict=True))
+        if again:
+            read += zip(again, self._ids([texts[k] for k in again]), strict=True)
+        for k, ids in read:
+            out[k] = Ends(ids, ids, whole=len(ids) <= budget)
         return out  # type: ignore[return-value]  # every text is read above
 
 
