@@ -14,9 +14,11 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +56,8 @@ from predictor.config import ServiceConfig, sqlite_file
 from predictor.contacts import contract
 from predictor.contacts.labels import ContactArrays, epoch_us
 from predictor.contacts.redact import redact
+
+log = logging.getLogger(__name__)
 
 # How each kind of contract field is stored (lengths as the service's request model allows).
 _COLUMN_TYPES = {
@@ -217,7 +221,10 @@ class PseudonymKeyError(ValueError):
 
 
 class ContactStore:
-    def __init__(self, url: str, pseudonym_key: str | None = None) -> None:
+    def __init__(self, url: str, pseudonym_key: str | None = None, checkpoints: bool = True) -> None:
+        """``checkpoints``: whether this process's commits copy a SQLite store's write-ahead log into its file
+        when it grows (SQLite's default); a scoring service's do not, it copies it in a thread instead
+        (``start_checkpoints``)."""
         self.url = url
         if (database := sqlite_file(url)) is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +232,8 @@ class ContactStore:
         # the ping was a query per connection a /score takes (~8).
         self.engine: Engine = create_engine(url, pool_pre_ping=database is None)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", functools.partial(_sqlite_pragmas, checkpoints=checkpoints))
+        self._checkpoints: tuple[threading.Thread, threading.Event] | None = None
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 metadata.create_all(self.engine)
@@ -243,9 +251,42 @@ class ContactStore:
 
     @classmethod
     def for_service(cls, service: ServiceConfig) -> ContactStore:
-        """The store the service configuration names, with its pseudonym key."""
+        """The store the service configuration names, with its pseudonym key; its commits leave the copying of
+        the write-ahead log to ``start_checkpoints``."""
         key = service.pseudonym_key.get_secret_value() if service.pseudonym_key else None
-        return cls(service.store_url, pseudonym_key=key)
+        return cls(service.store_url, pseudonym_key=key, checkpoints=False)
+
+    def start_checkpoints(self, every_s: float) -> None:
+        """Copy a SQLite store's write-ahead log into its file every ``every_s`` seconds in a thread (a
+        passive checkpoint, as SQLite's own: it waits for no reader or writer), so that no request's commit
+        does; one process of those writing the store does it for all. Nothing to do for a server database."""
+        if self.engine.dialect.name != "sqlite" or sqlite_file(self.url) is None or self._checkpoints:
+            return
+        stop = threading.Event()
+
+        def copy_log() -> None:
+            failed = False
+            while not stop.wait(every_s):
+                try:
+                    with self.engine.connect() as db:
+                        db.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                    failed = False
+                except Exception as exc:  # a busy or vanished file: tried again next time, said once
+                    if not failed:
+                        log.warning("copying the contact store's write-ahead log failed (tried again): %s", exc)
+                    failed = True
+
+        thread = threading.Thread(target=copy_log, name="store-checkpoints", daemon=True)
+        thread.start()
+        self._checkpoints = (thread, stop)
+
+    def stop_checkpoints(self) -> None:
+        """Stop ``start_checkpoints``' thread (a last copy is left to the next process to open the store)."""
+        if self._checkpoints:
+            thread, stop = self._checkpoints
+            stop.set()
+            thread.join()
+            self._checkpoints = None
 
     @property
     def pseudonym_key(self) -> str:
@@ -816,11 +857,13 @@ def _insert(dialect: str) -> Any:
     return insert
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(connection: Any, _record: Any, checkpoints: bool = True) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash in WAL mode
+    if not checkpoints:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")  # copied by ``ContactStore.start_checkpoints``
     cursor.close()
 
 

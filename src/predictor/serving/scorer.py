@@ -92,6 +92,7 @@ class Scorer:
         helpers = [Helper.spawn() for _ in range(settings.service.batch_processes - 1)] if shared else []
         model, version, mined = load_version(settings, settings.service.model_version, serving=True)
         store = ContactStore.for_service(settings.service)
+        store.start_checkpoints(settings.service.checkpoint_every_s)  # for its helpers' commits too
         plan = follow_up_plan(settings.service, mined)
         source = mined or settings.service.plan_path
         if Path(source).exists():
@@ -114,10 +115,12 @@ class Scorer:
         self._helpers.extend(helpers)
 
     def close(self) -> None:
-        """Stop the helper processes (they stop by themselves too, when this process ends)."""
+        """Stop the helper processes (they stop by themselves too, when this process ends) and the store's
+        checkpoints."""
         for helper in self._helpers:
             helper.close()
         self._helpers.clear()
+        self.store.stop_checkpoints()
 
     def warm_up(self) -> None:
         """Load the embedding model and touch every code path once, so the first caller waits for nothing.

@@ -240,7 +240,8 @@ def serve(read_fd: int, write_fd: int) -> None:
     except (OSError, pickle.UnpicklingError, ValueError, TypeError) as exc:
         raise NotFromAWorker from exc  # not a readable pipe, or not what a worker sends
     share_cores(processes)  # as many as the worker counted
-    scorer = Scorer(model, version, ContactStore(url, pseudonym_key=key), plan, settings)
+    # Its commits leave the write-ahead log to the worker's checkpoints, as the worker's own do.
+    scorer = Scorer(model, version, ContactStore(url, pseudonym_key=key, checkpoints=False), plan, settings)
     scorer.warm_up()
     outbox.send(("ready", os.getpid()))
     while True:
