@@ -427,7 +427,6 @@ def test_a_response_given_as_json_text_is_stored_as_sent(store: ContactStore) ->
 def test_a_service_store_copies_its_log_in_a_thread_not_in_its_commits(tmp_path: Path) -> None:
     """A commit that passed SQLite's 1,000 log pages copied them into the file (~10-30 ms of a request, one
     batch in three): a service's store never does in a commit; its thread copies the log, and stops."""
-    import threading
     import time
 
     from predictor.contacts.simulate import SimulatorConfig, simulate
@@ -448,6 +447,8 @@ def test_a_service_store_copies_its_log_in_a_thread_not_in_its_commits(tmp_path:
     while path.stat().st_size == written and time.monotonic() < deadline:
         time.sleep(0.05)
     assert path.stat().st_size > written
+    assert store._checkpoints is not None
+    thread = store._checkpoints[0]
     store.stop_checkpoints()
-    assert not any(t.name == "store-checkpoints" for t in threading.enumerate())
+    assert not thread.is_alive()
     assert store.count() == len(contacts)
