@@ -452,3 +452,42 @@ def test_a_service_store_copies_its_log_in_a_thread_not_in_its_commits(tmp_path:
     store.stop_checkpoints()
     assert not thread.is_alive()
     assert store.count() == len(contacts)
+
+
+@pytest.mark.parametrize(
+    ("url", "file"),
+    [
+        ("sqlite:///store.db", "store.db"),
+        ("sqlite:////abs/store.db", "/abs/store.db"),
+        ("sqlite+pysqlite:///store.db", "store.db"),
+        ("sqlite+pysqlite:////abs/store.db?timeout=30", "/abs/store.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("sqlite+pysqlite:///:memory:", None),
+        ("postgresql://user@host/db", None),
+        ("postgresql+psycopg:///db", None),
+    ],
+)
+def test_a_sqlite_url_names_its_file_whatever_its_driver(url: str, file: str | None, tmp_path: Path) -> None:
+    """A URL naming SQLite's driver was read as a store in memory: no helpers, no locks across processes, and
+    (since its commits leave the log to a thread) no checkpoints. Made absolute under a home, its driver and
+    query stay."""
+    from predictor.config import sqlite_file, under
+    from predictor.contacts.store import lock_path_of
+
+    assert sqlite_file(url) == (None if file is None else Path(file))
+    if file is None:
+        assert under(tmp_path, url) == url
+        return
+    assert lock_path_of(url) == Path(file).with_name(Path(file).name + ".locks")
+    made = under(tmp_path, url)
+    assert sqlite_file(made) == (Path(file) if Path(file).is_absolute() else tmp_path / file)
+    _, mark, query = url.partition("?")
+    assert made.split(":///")[0] == url.split(":///")[0] and made.endswith(mark + query)
+
+
+def test_a_service_store_named_with_its_driver_gets_its_checkpoints(tmp_path: Path) -> None:
+    store = ContactStore(f"sqlite+pysqlite:///{tmp_path / 's.db'}", checkpoints=False)
+    store.start_checkpoints(60)
+    assert store._checkpoints is not None
+    store.stop_checkpoints()

@@ -1239,10 +1239,10 @@ def serve_demo(
 
 def _absolute_sqlite(uri: str) -> str:
     """The same database for a child process started elsewhere: a relative SQLite path made absolute."""
-    from predictor.config import sqlite_file
+    from predictor.config import sqlite_file, with_sqlite_file
 
     database = sqlite_file(uri)
-    return f"sqlite:///{database.resolve()}" if database is not None else uri
+    return with_sqlite_file(uri, database.resolve()) if database is not None else uri
 
 
 WEAKEST_SLICES = 6  # groups shown under the metrics table; all of them are in MLflow and --metrics-json

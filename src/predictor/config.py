@@ -310,18 +310,39 @@ class Settings(BaseSettings):
 
 
 def under(home: Path, url: str) -> str:
-    """A ``sqlite:///`` URL with a relative file, made absolute under ``home``; any other URL as it is."""
+    """A SQLite URL with a relative file, made absolute under ``home``; any other URL as it is."""
     database = sqlite_file(url)
     if database is None or database.is_absolute():
         return url
-    return f"sqlite:///{home / database}"
+    return with_sqlite_file(url, home / database)
+
+
+def _sqlite_parts(url: str) -> tuple[str, str, str] | None:
+    """A SQLite file URL as (``sqlite[+driver]:///``, the file, ``?query`` or ""); None for another database or
+    one in memory (``sqlite://``, ``:memory:``)."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+", 1)[0] != "sqlite":
+        return None
+    database, mark, query = rest.partition("?")
+    if not database or database == ":memory:":
+        return None
+    return scheme + sep, database, mark + query
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL (relative or absolute), or None for other databases/memory."""
-    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
-        return None
-    return Path(url.removeprefix("sqlite:///"))
+    """The file behind a SQLite URL, ``sqlite:///`` or naming its driver (``sqlite+pysqlite:///``), relative or
+    absolute, without its query; None for other databases and for memory. A driver's URL read as memory had
+    been given no batch helpers, no locks across processes and no log checkpoints."""
+    parts = _sqlite_parts(url)
+    return None if parts is None else Path(parts[1])
+
+
+def with_sqlite_file(url: str, database: Path) -> str:
+    """``url`` (a SQLite file URL) naming ``database`` instead, its driver and query kept."""
+    parts = _sqlite_parts(url)
+    if parts is None:
+        raise ValueError(f"not a SQLite file URL: {url}")
+    return f"{parts[0]}{database}{parts[2]}"
 
 
 @lru_cache(maxsize=1)
