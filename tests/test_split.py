@@ -259,3 +259,41 @@ def test_a_lost_helpers_share_is_scored_by_the_worker_and_the_helper_replaced(
         assert replacement.shares_scored == 1
     finally:
         scorer.close()
+
+
+@pytest.mark.slow
+def test_a_helper_whose_worker_stops_mid_share_ends_quietly(trained, settings, tmp_path: Path) -> None:
+    """The worker's end of the answer pipe closes while the helper scores a share (the worker died): the
+    helper stored what it scored and ends, exit 0, without a broken-pipe traceback in the service's log."""
+    import os
+    from multiprocessing.connection import Connection
+
+    history, batch = _close_time_batch(trained)
+    scorer = _scorer(trained, settings, f"sqlite:///{tmp_path / 's.db'}", history)
+    to_read, to_write = os.pipe()
+    from_read, from_write = os.pipe()
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "predictor.serving.split", str(to_read), str(from_write)],
+        pass_fds=(to_read, from_write), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(to_read)
+    os.close(from_write)
+    to_helper, from_helper = Connection(to_write, readable=False), Connection(from_read, writable=False)
+    try:
+        to_helper.send(True)  # the test's model is a full bundle: LightGBM's estimator classes first
+        store = scorer.store
+        to_helper.send((scorer.model, "1", scorer.plan, scorer.settings, store.url, store.pseudonym_key, 2))
+        assert from_helper.poll(120) and from_helper.recv()[0] == "ready"
+        to_helper.send((batch[:12], None))
+        from_helper.close()  # the worker is gone before the share's answers
+        deadline = time.monotonic() + 60
+        while store.count() < len(history) + 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        to_helper.close()
+        _, errors = helper.communicate(timeout=60)
+    finally:
+        scorer.close()
+        if helper.poll() is None:
+            helper.kill()
+    assert store.count() == len(history) + 12
+    assert helper.returncode == 0 and "Traceback" not in errors, errors

@@ -250,12 +250,14 @@ def serve(read_fd: int, write_fd: int) -> None:
         except EOFError:
             return  # the worker stopped
         try:
-            outcomes = scorer.score_share(contacts, deadline)
+            answer: tuple[str, Any] = ("scored", scorer.score_share(contacts, deadline))
         except Exception as exc:  # reported to the worker, which scores the share itself
             log.exception("batch helper failed on a share of %d contacts", len(contacts))
-            outbox.send(("failed", f"{type(exc).__name__}: {exc}"))
-        else:
-            outbox.send(("scored", outcomes))
+            answer = ("failed", f"{type(exc).__name__}: {exc}")
+        try:
+            outbox.send(answer)
+        except OSError:
+            return  # the worker stopped while this share was scored (what was stored stays: a retry replays it)
 
 
 def main(argv: list[str]) -> int:
