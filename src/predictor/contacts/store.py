@@ -252,15 +252,17 @@ class ContactStore:
     @classmethod
     def for_service(cls, service: ServiceConfig) -> ContactStore:
         """The store the service configuration names, with its pseudonym key; its commits leave the copying of
-        the write-ahead log to ``start_checkpoints``."""
+        the write-ahead log to a thread of its own (``start_checkpoints``), which copies its helpers' too."""
         key = service.pseudonym_key.get_secret_value() if service.pseudonym_key else None
-        return cls(service.store_url, pseudonym_key=key, checkpoints=False)
+        store = cls(service.store_url, pseudonym_key=key, checkpoints=False)
+        store.start_checkpoints(service.checkpoint_every_s)
+        return store
 
     def start_checkpoints(self, every_s: float) -> None:
         """Copy a SQLite store's write-ahead log into its file every ``every_s`` seconds in a thread (a
         passive checkpoint, as SQLite's own: it waits for no reader or writer), so that no request's commit
         does; one process of those writing the store does it for all. Nothing to do for a server database."""
-        if self.engine.dialect.name != "sqlite" or sqlite_file(self.url) is None or self._checkpoints:
+        if sqlite_file(self.url) is None or self._checkpoints:
             return
         stop = threading.Event()
 

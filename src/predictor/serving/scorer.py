@@ -92,7 +92,6 @@ class Scorer:
         helpers = [Helper.spawn() for _ in range(settings.service.batch_processes - 1)] if shared else []
         model, version, mined = load_version(settings, settings.service.model_version, serving=True)
         store = ContactStore.for_service(settings.service)
-        store.start_checkpoints(settings.service.checkpoint_every_s)  # for its helpers' commits too
         plan = follow_up_plan(settings.service, mined)
         source = mined or settings.service.plan_path
         if Path(source).exists():

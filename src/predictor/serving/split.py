@@ -243,7 +243,8 @@ def serve(read_fd: int, write_fd: int) -> None:
     # Its commits leave the write-ahead log to the worker's checkpoints, as the worker's own do.
     scorer = Scorer(model, version, ContactStore(url, pseudonym_key=key, checkpoints=False), plan, settings)
     scorer.warm_up()
-    outbox.send(("ready", os.getpid()))
+    if not _tell(outbox, ("ready", os.getpid())):
+        return
     while True:
         try:
             contacts, deadline = inbox.recv()
@@ -254,10 +255,18 @@ def serve(read_fd: int, write_fd: int) -> None:
         except Exception as exc:  # reported to the worker, which scores the share itself
             log.exception("batch helper failed on a share of %d contacts", len(contacts))
             answer = ("failed", f"{type(exc).__name__}: {exc}")
-        try:
-            outbox.send(answer)
-        except OSError:
-            return  # the worker stopped while this share was scored (what was stored stays: a retry replays it)
+        if not _tell(outbox, answer):
+            return  # what was stored of the share stays: a retry replays it
+
+
+def _tell(outbox: Connection, message: tuple[str, Any]) -> bool:
+    """Send the worker a message; False when it has stopped (its end of the pipe closed while this helper
+    loaded or scored): the helper then ends quietly, no broken-pipe traceback in the service's log."""
+    try:
+        outbox.send(message)
+    except OSError:
+        return False
+    return True
 
 
 def main(argv: list[str]) -> int:
